@@ -1,0 +1,43 @@
+"""The ``linewatch`` command: one console script, one subcommand per job.
+
+Each package registers its own subcommands (``register(subparsers)``) so that the
+behaviour behind a command lives next to the code it runs; heavy imports (torch)
+happen inside the handlers, so ``linewatch camera`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from alerts import cli as alerts_cli
+from deploy import stack_cli
+from detector import cli as detector_cli
+from ingest import cli as ingest_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by tests that check deploy files against the CLI)."""
+    parser = argparse.ArgumentParser(prog="linewatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (ingest_cli, detector_cli, alerts_cli, stack_cli):
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``linewatch`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``linewatch stack``: run the local broker and Redis until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``stack`` subcommand (``demo`` is added by :mod:`deploy.demo`)."""
+    stack = subparsers.add_parser("stack", help="run a local Kafka-protocol broker and Redis until Ctrl-C")
+    stack.add_argument("--log-dir", type=Path, default=None, help="where service logs go")
+    stack.set_defaults(func=run_stack)
+    try:
+        from deploy import demo
+    except ImportError:  # pragma: no cover - demo is part of the package
+        return
+    demo.register(subparsers)
+
+
+def run_stack(args: argparse.Namespace) -> int:
+    """Start the stack, print its endpoints, wait for SIGINT/SIGTERM, stop it."""
+    from deploy.local import start_local_stack
+
+    stack = start_local_stack(args.log_dir)
+    print(f"KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap_servers}")
+    print(f"REDIS_URL={stack.redis_url}")
+    print(f"logs: {stack.log_dir}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
