@@ -221,7 +221,7 @@ def decode_image(value: bytes, meta: FrameMeta, max_side: int = MAX_SIDE) -> np.
         expected = meta.width * meta.height * meta.channels
         if len(value) != expected:
             raise WireFormatError("dimension_mismatch", f"raw frame has {len(value)} bytes, headers say {expected}")
-        image = np.frombuffer(value, dtype=np.uint8).reshape(meta.height, meta.width, meta.channels)
+        image: np.ndarray = np.frombuffer(value, dtype=np.uint8).reshape(meta.height, meta.width, meta.channels)
     else:
         width, height = probe_dimensions(value, meta.encoding)
         if width == 0 or height == 0:

@@ -1,0 +1,38 @@
+"""Redis key schema of the heatmap cache (written by the detector, read by alerts).
+
+With ``p`` the configured key prefix (default ``lw``):
+
+- ``p:cameras``                    set of camera ids seen;
+- ``p:cam:{camera}:latest``        hash: line_id, sequence, capture_ns, image_score,
+                                   normalised_score, anomalous (0/1), heatmap_key, updated_ns;
+- ``p:cam:{camera}:recent``        list of the latest N heatmap keys, newest first (LTRIM);
+- ``p:hm:{camera}:{sequence}``     hash: ``overlay`` (PNG of the colour overlay on the frame),
+                                   ``map`` (PNG, 16-bit grayscale low-resolution anomaly map),
+                                   ``map_scale`` (float: map value = pixel / 65535 * map_scale),
+                                   image_score, normalised_score, anomalous, capture_ns, line_id;
+                                   expires after ``heatmap_ttl_s``, or ``breach_ttl_s`` for breaches.
+
+Memory is bounded by N per camera, the TTLs, and the server's ``maxmemory`` policy.
+"""
+
+from __future__ import annotations
+
+
+def cameras_key(prefix: str) -> str:
+    """Set of every camera id the detector has seen."""
+    return f"{prefix}:cameras"
+
+
+def latest_key(prefix: str, camera_id: str) -> str:
+    """Hash with a camera's latest score and heatmap key."""
+    return f"{prefix}:cam:{camera_id}:latest"
+
+
+def recent_key(prefix: str, camera_id: str) -> str:
+    """List of a camera's latest heatmap keys, newest first."""
+    return f"{prefix}:cam:{camera_id}:recent"
+
+
+def heatmap_key(prefix: str, camera_id: str, sequence: int) -> str:
+    """Hash holding one frame's heatmap overlay and low-resolution map."""
+    return f"{prefix}:hm:{camera_id}:{sequence}"
