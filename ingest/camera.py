@@ -1,0 +1,273 @@
+"""The camera run loop: capture thread -> bounded queue -> encode, size guard, sequence, produce.
+
+Capture and publishing run in separate threads so a slow broker never stalls a live camera: the
+bounded queue between them either drops its oldest frame (counted as ``queue_full``) or blocks the
+capture, as configured. Source faults are retried with exponential backoff; the loop never exits on
+one. ``run_camera`` is the public, blocking entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ingest.metrics import DROP_ENCODE_ERROR, DROP_OVERSIZE, DROP_QUEUE_FULL, DROP_UNSENT, CameraMetrics
+from ingest.producer import FrameProducer, fit_to_limit
+from ingest.sequence import SequenceStore
+from ingest.settings import CameraSettings
+from ingest.sources import CapturedFrame, Source, open_source
+from ingest.topics import TopicError, ensure_topics
+from ingest.wire import EncodedFrame, encode_frame
+
+__all__ = ["Camera", "CameraSettings", "CameraStats", "run_camera"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CameraStats:
+    """What one run did. ``sent`` counts frames the broker acknowledged."""
+
+    camera_id: str
+    captured: int = 0
+    sent: int = 0
+    bytes_sent: int = 0
+    delivery_errors: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    open_failures: int = 0
+    reopens: int = 0
+    first_sequence: int | None = None
+    last_sequence: int | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def dropped_total(self) -> int:
+        """Frames captured but not sent, all reasons."""
+        return sum(self.dropped.values())
+
+
+class Camera:
+    """One camera: a source, its capture thread, and the publishing loop (see module docstring)."""
+
+    def __init__(self, settings: CameraSettings, source: Source | str | None = None, *,
+                 metrics: CameraMetrics | None = None, producer: FrameProducer | None = None,
+                 stop_event: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.source = open_source(settings.source if source is None else source) \
+            if not isinstance(source, Source) else source
+        self.metrics = metrics or CameraMetrics()
+        self.stop_event = stop_event or threading.Event()
+        self.stats = CameraStats(camera_id=settings.camera_id)
+        policy = settings.queue_policy
+        self.drop_oldest = policy == "drop-oldest" or (policy == "auto" and self.source.live)
+        self._queue: queue.Queue[CapturedFrame] = queue.Queue(maxsize=settings.queue_size)
+        self._capture_done = threading.Event()
+        self._abort = threading.Event()  # ours only: the caller's stop_event may be shared by cameras
+        self._producer = producer
+        self._max_frames: int | None = None
+        self._labels = {"camera": settings.camera_id}
+
+    def _drop(self, reason: str) -> None:
+        self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+        self.metrics.dropped.labels(camera=self.settings.camera_id, reason=reason).inc()
+
+    # ---- capture thread -------------------------------------------------------------------------
+    def _stopped(self) -> bool:
+        return self.stop_event.is_set() or self._abort.is_set()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopped():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._abort.wait(min(left, 0.05))
+
+    def _wait_backoff(self, delay: float) -> float:
+        self._sleep(delay)
+        return min(delay * 2, self.settings.reopen_max_s)
+
+    def _enqueue(self, frame: CapturedFrame) -> None:
+        if self.drop_oldest:
+            while True:
+                try:
+                    self._queue.put_nowait(frame)
+                    return
+                except queue.Full:
+                    try:
+                        self._queue.get_nowait()
+                        self._drop(DROP_QUEUE_FULL)
+                    except queue.Empty:
+                        pass
+        while not self._stopped():
+            try:
+                self._queue.put(frame, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        self._drop(DROP_UNSENT)
+
+    def _capture(self) -> None:
+        from ingest.sources import FrameError, SourceError
+
+        cam, source, settings = self.settings.camera_id, self.source, self.settings
+        delay = settings.reopen_initial_s
+        is_open, failing, frames_this_pass = False, False, 0
+        interval = 1.0 / settings.fps if settings.fps else 0.0
+        next_due = time.monotonic()
+        try:
+            while not self._stopped():
+                if not is_open:
+                    try:
+                        source.open()
+                    except Exception as exc:  # any open failure is retried, the process stays up
+                        self.stats.open_failures += 1
+                        log.warning("camera %s: cannot open %s: %s; retrying in %.1fs", cam, source.description,
+                                    exc, delay)
+                        failing, delay = True, self._wait_backoff(delay)
+                        continue
+                    is_open, frames_this_pass = True, 0
+                    if failing:
+                        log.info("camera %s: %s is open again", cam, source.description)
+                if interval:
+                    now = time.monotonic()
+                    if next_due > now:
+                        self._sleep(next_due - now)
+                        if self._stopped():
+                            break
+                    next_due = max(next_due + interval, time.monotonic() - interval)
+                try:
+                    frame = source.read()
+                except FrameError as exc:
+                    self._drop("unreadable")
+                    log.warning("camera %s: skipped an unreadable frame: %s", cam, exc)
+                    continue
+                except Exception as exc:  # SourceError or anything unexpected from a driver
+                    kind = "" if isinstance(exc, SourceError) else f" ({type(exc).__name__})"
+                    log.warning("camera %s: %s failed%s: %s; reopening in %.1fs", cam, source.description, kind,
+                                exc, delay)
+                    source.close()
+                    is_open, failing = False, True
+                    self.stats.reopens += 1
+                    delay = self._wait_backoff(delay)
+                    continue
+                if frame is None:
+                    source.close()
+                    is_open = False
+                    if not settings.loop:
+                        log.info("camera %s: end of %s", cam, source.description)
+                        break
+                    if frames_this_pass == 0:  # an empty pass would spin: treat as a fault
+                        log.warning("camera %s: %s gave no frames; retrying in %.1fs", cam, source.description, delay)
+                        delay = self._wait_backoff(delay)
+                    continue
+                frames_this_pass += 1
+                failing, delay = False, settings.reopen_initial_s
+                self.stats.captured += 1
+                self.metrics.captured.labels(**self._labels).inc()
+                self._enqueue(frame)
+                if self._max_frames is not None and self.stats.captured >= self._max_frames:
+                    break
+        finally:
+            source.close()
+            self._capture_done.set()
+
+    # ---- publishing (caller's thread) ---------------------------------------------------------
+    def _encode(self, frame: CapturedFrame, image: np.ndarray, sequence: int) -> EncodedFrame:
+        s = self.settings
+        return encode_frame(image, camera_id=s.camera_id, line_id=s.line_id, sequence=sequence,
+                            capture_ns=frame.capture_ns, encoding=s.encoding, jpeg_quality=s.jpeg_quality,
+                            label=frame.label, defect_type=frame.defect_type, source_id=frame.source_id)
+
+    def _publish(self, frame: CapturedFrame, producer: FrameProducer, sequences: SequenceStore) -> None:
+        cam = self.settings.camera_id
+        started = time.perf_counter()
+        image = frame.image
+        if self.settings.resize and (image.shape[1], image.shape[0]) != self.settings.resize:
+            image = cv2.resize(image, self.settings.resize, interpolation=cv2.INTER_AREA)
+        sequence = sequences.peek
+        try:
+            encoded, note = fit_to_limit(image, lambda img: self._encode(frame, img, sequence),
+                                         self.settings.max_message_bytes, self.settings.oversize_policy)
+        except ValueError as exc:
+            self._drop(DROP_ENCODE_ERROR)
+            log.error("camera %s: cannot encode frame %s: %s", cam, frame.source_id or "", exc)
+            return
+        self.metrics.encode_seconds.labels(**self._labels).observe(time.perf_counter() - started)
+        if encoded is None:
+            self._drop(DROP_OVERSIZE)
+            log.error("camera %s: frame %s dropped by the size guard: %s", cam, frame.source_id or "", note)
+            return
+        if note:
+            log.warning("camera %s: size guard: %s", cam, note)
+        if producer.send(encoded, self.stop_event, self.settings.flush_timeout_s):
+            number = sequences.next()  # consumed only once the frame is queued for delivery
+            if self.stats.first_sequence is None:
+                self.stats.first_sequence = number
+            self.stats.last_sequence = number
+        producer.poll(0)
+
+    def run(self, max_frames: int | None = None) -> CameraStats:
+        """Capture and publish until the source ends, ``max_frames`` are captured or the stop event is set."""
+        s = self.settings
+        started = time.monotonic()
+        if s.create_topics:
+            try:
+                ensure_topics(s.kafka, [s.topics.frames], s.topics.partitions, s.topics.replication_factor)
+            except TopicError as exc:
+                log.warning("camera %s: %s; publishing anyway (delivery errors will show if it is missing)",
+                            s.camera_id, exc)
+        producer = self._producer or FrameProducer(s.kafka, s.topics.frames, self.metrics,
+                                                   client_id=f"linewatch-camera-{s.camera_id}",
+                                                   max_message_bytes=s.max_message_bytes)
+        sequences = SequenceStore(s.state_dir, s.camera_id, s.sequence_block)
+        acked0, bytes0, failed0 = producer.acked, producer.acked_bytes, producer.failed
+        self._max_frames = max_frames
+        log.info("camera %s: publishing %s to %s (policy %s, queue %d)", s.camera_id, self.source.description,
+                 s.topics.frames, "drop-oldest" if self.drop_oldest else "block", s.queue_size)
+        capture = threading.Thread(target=self._capture, name=f"capture-{s.camera_id}", daemon=True)
+        capture.start()
+        try:
+            while True:
+                try:
+                    frame = self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    producer.poll(0)
+                    if self._capture_done.is_set() and self._queue.empty():
+                        break
+                    continue
+                self._publish(frame, producer, sequences)
+        finally:
+            self._abort.set()  # no-op when capture already ended; stops it when publishing failed
+            capture.join(timeout=5)
+            left = producer.flush(s.flush_timeout_s)
+            if left:
+                for _ in range(left):
+                    self._drop(DROP_UNSENT)
+                log.error("camera %s: %d frames still undelivered after %.0fs flush", s.camera_id, left,
+                          s.flush_timeout_s)
+            sequences.close()
+        self.stats.sent = producer.acked - acked0
+        self.stats.bytes_sent = producer.acked_bytes - bytes0
+        self.stats.delivery_errors = producer.failed - failed0
+        self.stats.elapsed_s = time.monotonic() - started
+        log.info("camera %s: captured %d, sent %d, dropped %s, delivery errors %d", s.camera_id,
+                 self.stats.captured, self.stats.sent, self.stats.dropped or 0, self.stats.delivery_errors)
+        return self.stats
+
+
+def run_camera(settings: CameraSettings, source: Source | str | None = None, *, max_frames: int | None = None,
+               stop_event: threading.Event | None = None, metrics: CameraMetrics | None = None,
+               producer: FrameProducer | None = None) -> CameraStats:
+    """Run one camera until its source ends, ``max_frames`` frames are captured or ``stop_event`` is set.
+
+    Blocking. ``source`` is a Source, a SOURCE string (see :func:`ingest.sources.open_source`) or None
+    for ``settings.source``. Returns the counts of this run; every frame is flushed before it returns.
+    """
+    return Camera(settings, source, metrics=metrics, producer=producer, stop_event=stop_event).run(max_frames)
