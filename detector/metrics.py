@@ -1,0 +1,130 @@
+"""Anomaly-detection metrics as MVTec AD defines them (numpy and OpenCV only).
+
+Score-level metrics work on one score per item (images, or pixels in tests):
+
+- :func:`auroc`: exact; ties count one half, i.e. P(s_defect > s_good) + 0.5 * P(s_defect == s_good);
+- :func:`roc_curve`: one point per distinct score, from (0, 0) to (1, 1);
+- :func:`f1_score`, :func:`f1_at`, :func:`best_f1`: an item is flagged when its score is >= the threshold;
+- :func:`trapezoid_to` (from pixel_metrics): area under a curve up to ``x_max``, interpolated there.
+
+Pixel-level metrics over whole data sets (pixel AUROC, AUPRO) stream through
+:class:`detector.pixel_metrics.PixelAccumulator`, re-exported here.
+
+Undefined metrics (only one class present, no ground-truth region) are ``nan``, not errors: a
+per-type breakdown can legitimately have them. Malformed input (shape mismatch, non-finite scores)
+raises ``ValueError`` with the reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from detector.pixel_metrics import PixelAccumulator, quantile_edges, trapezoid_to
+
+__all__ = [
+    "PixelAccumulator",
+    "auroc",
+    "best_f1",
+    "f1_at",
+    "f1_score",
+    "quantile_edges",
+    "roc_curve",
+    "trapezoid_to",
+]
+
+
+def _scores_labels(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Flat float64 scores and bool labels (True = defect), validated."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"{s.size} scores but {y.size} labels")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or infinity")
+    if y.dtype != bool:
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError("labels must be bool or 0/1")
+        y = y.astype(bool)
+    return s, y
+
+
+def auroc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """Exact area under the ROC curve (Mann-Whitney U / (n_defect * n_good)), ties counted as 1/2.
+
+    Args:
+        scores: higher means more anomalous.
+        labels: True (or 1) for defective items.
+
+    Returns:
+        AUROC in [0, 1]; ``nan`` when either class is empty.
+    """
+    s, y = _scores_labels(scores, labels)
+    good = np.sort(s[~y])
+    defect = s[y]
+    if good.size == 0 or defect.size == 0:
+        return float("nan")
+    # For each defect score: goods strictly below it, and goods equal to it.
+    below = np.searchsorted(good, defect, side="left")
+    not_above = np.searchsorted(good, defect, side="right")
+    wins = below.sum(dtype=np.float64) + 0.5 * (not_above - below).sum(dtype=np.float64)
+    return float(wins / (float(good.size) * float(defect.size)))
+
+
+def roc_curve(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC points for thresholds at each distinct score (flag when score >= threshold).
+
+    Returns:
+        ``(fpr, tpr, thresholds)``, thresholds descending, starting at (0, 0) with threshold +inf
+        and ending at (1, 1). The trapezoid area under these points equals :func:`auroc`.
+    """
+    s, y = _scores_labels(scores, labels)
+    n_def, n_good = int(y.sum()), int((~y).sum())
+    if n_def == 0 or n_good == 0:
+        raise ValueError("ROC curve needs both good and defective items")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)
+    fp = np.cumsum(~y_sorted)
+    last_of_run = np.r_[np.diff(s_sorted) != 0, True]  # one point per distinct score
+    fpr = np.r_[0.0, fp[last_of_run] / n_good]
+    tpr = np.r_[0.0, tp[last_of_run] / n_def]
+    return fpr, tpr, np.r_[np.inf, s_sorted[last_of_run]]
+
+
+def f1_score(flagged: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """F1 of boolean decisions against labels: 2TP / (2TP + FP + FN); 0.0 when that is 0/0."""
+    p = np.asarray(flagged, dtype=bool).ravel()
+    y = np.asarray(labels, dtype=bool).ravel()
+    if p.shape != y.shape:
+        raise ValueError(f"{p.size} decisions but {y.size} labels")
+    tp = int(np.sum(p & y))
+    denominator = 2 * tp + int(np.sum(p & ~y)) + int(np.sum(~p & y))
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def f1_at(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float) -> float:
+    """F1 when items with score >= ``threshold`` are flagged."""
+    s, y = _scores_labels(scores, labels)
+    return f1_score(s >= threshold, y)
+
+
+def best_f1(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, float]:
+    """The F1-optimal threshold over all distinct scores (flag when score >= threshold).
+
+    Returns:
+        ``(f1, threshold)``; among equally good thresholds the highest (fewest alarms) wins.
+        ``(0.0, inf)`` when there are no defective items.
+    """
+    s, y = _scores_labels(scores, labels)
+    n_def = int(y.sum())
+    if n_def == 0 or s.size == 0:
+        return 0.0, float("inf")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_run = np.r_[np.diff(s_sorted) != 0, True]
+    tp = np.cumsum(y_sorted)[last_of_run]
+    flagged = np.arange(1, s.size + 1)[last_of_run]
+    f1 = 2 * tp / (flagged + n_def)  # 2TP / (2TP + FP + FN), FP + TP = flagged, TP + FN = n_def
+    best = int(np.argmax(f1))  # first maximum = highest threshold
+    return float(f1[best]), float(s_sorted[last_of_run][best])
