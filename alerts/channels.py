@@ -1,0 +1,64 @@
+"""Build the delivery channels the settings ask for, plus the Kafka ``alerts`` topic channel."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from confluent_kafka import KafkaException
+
+from alerts.deliveries import Channel, DeliveryError
+from alerts.rules import AlertEvent
+from alerts.settings import AlertsSettings
+
+
+class KafkaChannel:
+    """Writes alert transitions (JSON, key = camera) to the ``alerts`` topic."""
+
+    name = "kafka"
+    kinds: tuple[str, ...] = ("firing", "resolved")
+
+    def __init__(self, producer: Any, topic: str, timeout_s: float = 10.0) -> None:
+        self.producer, self.topic, self.timeout_s = producer, topic, timeout_s
+
+    def send(self, event: AlertEvent) -> None:
+        """Produce one transition and wait for the broker's acknowledgement."""
+        errors: list[str] = []
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        value = json.dumps({"event_id": event.event_id, "kind": event.kind,
+                            "alert": event.alert.model_dump(mode="json")}).encode()
+        try:
+            self.producer.produce(self.topic, key=event.alert.camera_id.encode(), value=value, on_delivery=on_delivery)
+        except (BufferError, KafkaException) as exc:
+            raise DeliveryError(f"kafka {self.topic}: {exc}") from exc
+        if self.producer.flush(self.timeout_s) > 0:
+            raise DeliveryError(f"kafka {self.topic}: not acknowledged within {self.timeout_s:.0f}s")
+        if errors:
+            raise DeliveryError(f"kafka {self.topic}: {errors[0]}")
+
+
+def build_channels(settings: AlertsSettings, producer: Any) -> list[Channel]:
+    """Every configured channel, in delivery order."""
+    from alerts.deliveries.alertmanager import AlertmanagerChannel
+    from alerts.deliveries.grafana import GrafanaChannel
+    from alerts.deliveries.webhook import WebhookChannel
+
+    base = settings.http.public_base_url
+    channels: list[Channel] = []
+    if settings.alertmanager_url:
+        channels.append(AlertmanagerChannel(settings.alertmanager_url, alertname=settings.alertname,
+                                            public_base_url=base, timeout_s=settings.webhook_timeout_s))
+    if settings.webhook_url and settings.webhook_secret:
+        channels.append(WebhookChannel(settings.webhook_url, settings.webhook_secret.get_secret_value(),
+                                       public_base_url=base, timeout_s=settings.webhook_timeout_s))
+    if settings.grafana_url and settings.grafana_token:
+        channels.append(GrafanaChannel(settings.grafana_url, settings.grafana_token.get_secret_value(),
+                                       public_base_url=base, dashboard_uid=settings.grafana_dashboard_uid,
+                                       timeout_s=settings.webhook_timeout_s))
+    if settings.publish_alerts_topic:
+        channels.append(KafkaChannel(producer, settings.topics.alerts))
+    return channels

@@ -1,0 +1,64 @@
+"""Prometheus Alertmanager, API v2: ``POST /api/v2/alerts``.
+
+Alerts are told apart by their labels (alertname, line, camera, severity, alert_id); a
+resolved alert is the same labels sent again with ``endsAt``. Alertmanager resolves a firing
+alert by itself after its ``resolve_timeout`` unless it is re-sent, so the service calls
+:meth:`AlertmanagerChannel.resend` for open alerts periodically.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from alerts.deliveries import alert_links
+from alerts.deliveries.http import post
+from alerts.rules import Alert, AlertEvent
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def payload(alert: Alert, *, alertname: str, public_base_url: str) -> dict[str, Any]:
+    """The Alertmanager v2 representation of one alert."""
+    links = alert_links(public_base_url, alert)
+    item: dict[str, Any] = {
+        "labels": {"alertname": alertname, "line": alert.line_id, "camera": alert.camera_id,
+                   "severity": alert.severity, "alert_id": alert.alert_id},
+        "annotations": {
+            "summary": f"Defect on {alert.line_id}/{alert.camera_id}: {alert.frame_count} breaching frames, "
+                       f"peak score {alert.peak_score:.2f}",
+            "peak_score": f"{alert.peak_score:.4f}", "frame_count": str(alert.frame_count),
+            "worst_sequence": str(alert.worst_sequence), **links,
+        },
+        "startsAt": _iso(alert.start_ns),
+        "generatorURL": links["alert_url"],
+    }
+    if alert.state == "resolved" and alert.end_ns is not None:
+        item["endsAt"] = _iso(max(alert.end_ns, alert.start_ns + 1_000_000))
+    return item
+
+
+class AlertmanagerChannel:
+    """Sends alert transitions to one Alertmanager."""
+
+    name = "alertmanager"
+    kinds: tuple[str, ...] = ("firing", "resolved")
+
+    def __init__(self, url: str, *, alertname: str, public_base_url: str, timeout_s: float = 5.0) -> None:
+        self.url = url.rstrip("/") + "/api/v2/alerts"
+        self.alertname, self.public_base_url = alertname, public_base_url
+        self.client = httpx.Client(timeout=timeout_s)
+
+    def send(self, event: AlertEvent) -> None:
+        """POST one alert (firing, or resolved with endsAt)."""
+        self.resend([event.alert])
+
+    def resend(self, alerts: list[Alert]) -> None:
+        """POST several alerts at once (the periodic re-send of open ones)."""
+        if alerts:
+            body = [payload(a, alertname=self.alertname, public_base_url=self.public_base_url) for a in alerts]
+            post(self.client, self.url, json=body)

@@ -1,0 +1,137 @@
+"""Settings of the alerts service (``LINEWATCH_`` environment variables, nested with ``__``).
+
+Rules have a default plus partial overrides per line and per camera, e.g.
+``LINEWATCH_RULES__LINES='{"line-2": {"k": 2}}'``; a camera override wins over its line's.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings
+
+from detector.settings import RedisSettings
+from ingest.settings import KafkaSettings, TopicSettings, settings_config
+
+
+class RuleConfig(BaseModel):
+    """When a camera's alert fires and resolves."""
+
+    k: int = Field(default=3, ge=1, description="Breaching frames needed among the last n.")
+    n: int = Field(default=5, ge=1, le=1000, description="Window of recent frames.")
+    min_score: float = Field(default=0.5, ge=0.0, le=1.0, description="Minimum normalised score of a breaching frame.")
+    resolve_after: int = Field(default=5, ge=1, description="Clean frames in a row that resolve a firing alert.")
+    cooldown_s: float = Field(default=30.0, ge=0.0, description="No new alert for this long after a resolution.")
+    severity_levels: dict[str, float] = Field(
+        default_factory=lambda: {"critical": 0.9, "major": 0.75, "minor": 0.0},
+        description="Severity name -> lowest peak normalised score; the highest matching level wins.")
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> RuleConfig:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        if not self.severity_levels:
+            raise ValueError("severity_levels must name at least one level")
+        return self
+
+    def severity(self, peak_score: float) -> str:
+        """The severity whose threshold is the highest one ``peak_score`` reaches."""
+        reached = [(floor, name) for name, floor in self.severity_levels.items() if peak_score >= floor]
+        if not reached:
+            return min(self.severity_levels.items(), key=lambda item: item[1])[0]
+        return max(reached)[1]
+
+
+class RuleOverride(BaseModel):
+    """A partial :class:`RuleConfig`: only the fields given replace the inherited ones."""
+
+    k: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=1000)
+    min_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    resolve_after: int | None = Field(default=None, ge=1)
+    cooldown_s: float | None = Field(default=None, ge=0.0)
+    severity_levels: dict[str, float] | None = None
+
+
+class RulesSettings(BaseModel):
+    """The default rule and its overrides per line and per camera."""
+
+    default: RuleConfig = Field(default_factory=lambda: RuleConfig.model_validate({}))
+    lines: dict[str, RuleOverride] = Field(default_factory=dict)
+    cameras: dict[str, RuleOverride] = Field(default_factory=dict)
+
+    def for_camera(self, line_id: str, camera_id: str) -> RuleConfig:
+        """The rule of one camera: default, then its line's override, then its own."""
+        merged = self.default.model_dump()
+        for override in (self.lines.get(line_id), self.cameras.get(camera_id)):
+            if override is not None:
+                merged.update(override.model_dump(exclude_none=True))
+        return RuleConfig.model_validate(merged)
+
+
+class RetrySettings(BaseModel):
+    """Retries of one delivery: ``attempts`` tries, waits doubling from ``backoff_s`` up to ``max_backoff_s``."""
+
+    attempts: int = Field(default=5, ge=1)
+    backoff_s: float = Field(default=0.5, ge=0.0)
+    max_backoff_s: float = Field(default=10.0, ge=0.0)
+
+
+class HttpSettings(BaseModel):
+    """The operator API and web page."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    public_base_url: str = Field(default="http://127.0.0.1:8081",
+                                 description="How operators reach this service; used in links.")
+    metrics_public: bool = Field(default=False, description="Serve /metrics without the bearer token.")
+
+
+class AlertsSettings(BaseSettings):
+    """Everything ``linewatch alerts`` needs."""
+
+    model_config = settings_config()
+
+    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings.model_validate({}))
+    topics: TopicSettings = Field(default_factory=lambda: TopicSettings.model_validate({}))
+    redis: RedisSettings = Field(default_factory=lambda: RedisSettings.model_validate({}))
+    rules: RulesSettings = Field(default_factory=lambda: RulesSettings.model_validate({}))
+    http: HttpSettings = Field(default_factory=lambda: HttpSettings.model_validate({}))
+    retry: RetrySettings = Field(default_factory=lambda: RetrySettings.model_validate({}))
+
+    group_id: str = "linewatch-alerts"
+    session_timeout_ms: int = Field(default=10000, ge=1000)
+    batch_size: int = Field(default=200, ge=1, description="Records consumed before deliveries and the offset commit.")
+
+    alertmanager_url: str | None = Field(default=None, description="e.g. http://alertmanager:9093; None disables.")
+    alertmanager_resend_s: float = Field(default=60.0, gt=0, description="Open alerts are re-sent this often.")
+    alertname: str = "LinewatchDefect"
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = Field(default=None, validate_default=True)
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    grafana_url: str | None = None
+    grafana_token: SecretStr | None = None
+    grafana_dashboard_uid: str | None = None
+    publish_alerts_topic: bool = Field(default=True, description="Also write alert events to topics.alerts.")
+
+    api_token: SecretStr = Field(description="Bearer token of the operator API (identity 'operator').")
+    api_users: dict[str, SecretStr] = Field(default_factory=dict, description="More tokens: identity -> token.")
+
+    history_maxlen: int = Field(default=100_000, ge=100, description="Cap of the alert history stream.")
+    alert_retention_s: int = Field(default=30 * 86400, ge=60,
+                                   description="Alert records expire this long after resolving.")
+    recent_alerts: int = Field(default=200, ge=1, description="Alerts the index keeps (open ones are always kept).")
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_needs_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if info.data.get("webhook_url") and not (value and value.get_secret_value()):
+            raise ValueError("webhook_url is set but webhook_secret is not: webhook bodies must be signed")
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 8:
+            raise ValueError("api_token must be at least 8 characters")
+        return value

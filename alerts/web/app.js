@@ -1,0 +1,150 @@
+// Operator page: plain JS, no external assets. The API token lives in sessionStorage and goes
+// out as a bearer header; images are fetched the same way and shown through object URLs.
+"use strict";
+
+const TOKEN_KEY = "linewatch.token";
+const REFRESH_MS = 2000;
+const $ = (id) => document.getElementById(id);
+let timer = null;
+let objectUrls = [];
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}), Authorization: "Bearer " + token() };
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) { logout("Token rejected"); throw new Error("unauthorised"); }
+  if (!response.ok) throw new Error(path + ": HTTP " + response.status);
+  return response;
+}
+
+async function showImage(img, url) {
+  if (!url) { img.removeAttribute("src"); img.alt = "no heatmap cached"; return; }
+  try {
+    const blob = await (await api(url)).blob();
+    const objectUrl = URL.createObjectURL(blob);
+    objectUrls.push(objectUrl);
+    img.src = objectUrl;
+  } catch (err) { img.alt = "heatmap unavailable"; }
+}
+
+function releaseImages() { objectUrls.forEach((u) => URL.revokeObjectURL(u)); objectUrls = []; }
+function time(ns) { return ns ? new Date(ns / 1e6).toLocaleString() : "—"; }
+function el(tag, attrs = {}, text = "") {
+  const node = document.createElement(tag);
+  Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
+  node.textContent = text;
+  return node;
+}
+function ackText(alert) {
+  return alert.ack ? `acknowledged by ${alert.ack.by} at ${time(alert.ack.at_ns)}` +
+    (alert.ack.note ? ` (${alert.ack.note})` : "") : "not acknowledged";
+}
+
+async function refreshLive() {
+  const [cameras, alerts] = await Promise.all([
+    api("/api/cameras").then((r) => r.json()), api("/api/alerts?limit=100").then((r) => r.json())]);
+  const old = objectUrls; objectUrls = [];
+  const grid = $("cameras");
+  const cards = await Promise.all(cameras.map(async (cam) => {
+    const card = el("div", { class: "card" + (cam.anomalous ? " anomalous" : ""), "data-camera": cam.camera_id });
+    const img = el("img", { alt: "heatmap of " + cam.camera_id, class: "overlay" });
+    await showImage(img, cam.overlay_url);
+    card.append(img, el("div", {}, `${cam.line_id} / ${cam.camera_id} · #${cam.sequence}`),
+      el("div", { class: "score" }, cam.normalised_score.toFixed(2)));
+    return card;
+  }));
+  grid.replaceChildren(...cards);
+  old.forEach((u) => URL.revokeObjectURL(u));
+  const rows = alerts.map((a) => {
+    const row = el("tr", { class: a.state, "data-alert": a.alert_id });
+    const link = el("a", { href: "#/alert/" + encodeURIComponent(a.alert_id) }, a.camera_id);
+    const cells = [a.state, a.severity, a.line_id, null, time(a.start_ns), a.peak_score.toFixed(2),
+      String(a.frame_count), a.ack ? a.ack.by : "—"];
+    cells.forEach((text, i) => {
+      const td = el("td", i === 1 ? { class: "sev-" + a.severity } : {}, text === null ? "" : text);
+      if (text === null) td.append(link);
+      row.append(td);
+    });
+    return row;
+  });
+  $("alerts").querySelector("tbody").replaceChildren(...rows);
+}
+
+async function refreshAlert(alertId) {
+  const detail = await (await api("/api/alerts/" + encodeURIComponent(alertId))).json();
+  const a = detail.alert;
+  $("alert-id").textContent = a.alert_id;
+  $("alert-state").textContent = a.state;
+  $("alert-ack").textContent = ackText(a);
+  $("ack-button").disabled = Boolean(a.ack);
+  const facts = [["Line", a.line_id], ["Camera", a.camera_id], ["Severity", a.severity],
+    ["Started", time(a.start_ns)], ["Ended", time(a.end_ns)], ["Peak score", a.peak_score.toFixed(3)],
+    ["Breaching frames", a.frame_count], ["Worst frame", "#" + a.worst_sequence]];
+  $("alert-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
+  if (!$("worst-heatmap").dataset.loaded) {
+    releaseImages();
+    await showImage($("worst-heatmap"), detail.heatmap_url);
+    $("worst-heatmap").dataset.loaded = "1";
+    const figures = await Promise.all(detail.frames.map(async (f) => {
+      const fig = el("figure", { class: f.worst ? "worst" : "" });
+      const img = el("img", { alt: "frame " + f.sequence });
+      await showImage(img, f.overlay_url);
+      fig.append(img, el("figcaption", {}, `#${f.sequence} · ${f.normalised_score.toFixed(2)}`));
+      return fig;
+    }));
+    $("frames").replaceChildren(...figures);
+  }
+}
+
+async function acknowledge(event) {
+  event.preventDefault();
+  const alertId = $("alert-id").textContent;
+  $("ack-button").disabled = true;
+  try {
+    await api("/api/alerts/" + encodeURIComponent(alertId) + "/ack", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ note: $("ack-note").value })});
+    await refreshAlert(alertId);
+  } catch (err) { $("status").textContent = "acknowledge failed: " + err.message; $("ack-button").disabled = false; }
+}
+
+function route() {
+  clearInterval(timer);
+  const match = location.hash.match(/^#\/alert\/(.+)$/);
+  $("login-view").hidden = Boolean(token());
+  $("logout").hidden = !token();
+  $("live-view").hidden = !token() || Boolean(match);
+  $("alert-view").hidden = !token() || !match;
+  if (!token()) return;
+  delete $("worst-heatmap").dataset.loaded;
+  const tick = () => (match ? refreshAlert(decodeURIComponent(match[1])) : refreshLive())
+    .then(() => { $("status").textContent = "updated " + new Date().toLocaleTimeString(); })
+    .catch((err) => { $("status").textContent = "offline: " + err.message; });
+  tick();
+  timer = setInterval(tick, REFRESH_MS);
+}
+
+async function login(event) {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+  try {
+    const who = await (await api("/api/whoami")).json();
+    $("identity").textContent = who.identity;
+    $("login-error").textContent = "";
+    route();
+  } catch (err) { $("login-error").textContent = "Sign-in failed: " + err.message; }
+}
+
+function logout(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("identity").textContent = "";
+  $("login-error").textContent = typeof message === "string" ? message : "";
+  route();
+}
+
+$("login-form").addEventListener("submit", login);
+$("ack-form").addEventListener("submit", acknowledge);
+$("logout").addEventListener("click", logout);
+window.addEventListener("hashchange", route);
+route();
