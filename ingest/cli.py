@@ -1,9 +1,167 @@
-"""Subcommands of ``linewatch`` that belong to the ingest package."""
+"""Subcommands of ``linewatch`` that belong to the ingest package: ``camera``, ``cameras``, ``topics``."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOURCE_HELP = ("device index (0), rtsp:// or http(s):// URL, video file, folder or DIR/*.png, "
+               "folder:DIR[?glob=*.png], replay:PATH[?split=test&shuffle=1], "
+               "synthetic:[?defect_probability=0.2&size=256&count=N]")
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 1 or int(height) < 1:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 640x480, got {text!r}")
+    return int(width), int(height)
+
+
+def _kafka_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (env LINEWATCH_KAFKA__BOOTSTRAP_SERVERS)")
+    parser.add_argument("--partitions", type=int, help="partitions for topics created here (default 8)")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """While inside, SIGINT/SIGTERM set ``stop`` so the cameras flush what they hold before exiting."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if args.bootstrap_servers:
+        values["kafka"] = {"bootstrap_servers": args.bootstrap_servers}
+    topics: dict[str, Any] = {}
+    if getattr(args, "topic", None):
+        topics["frames"] = args.topic
+    if args.partitions:
+        topics["partitions"] = args.partitions
+    if topics:
+        values["topics"] = topics
+    for name in ("camera_id", "line_id", "source", "fps", "resize", "encoding", "jpeg_quality", "queue_size",
+                 "queue_policy", "max_message_bytes", "oversize_policy", "state_dir", "metrics_port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    if getattr(args, "loop", False):
+        values["loop"] = True
+    return values
+
+
+def _camera(args: argparse.Namespace) -> int:
+    from ingest.camera import run_camera
+    from ingest.metrics import CameraMetrics, serve_metrics
+    from ingest.settings import CameraSettings, load_settings
+    from ingest.sources import SourceSpecError, open_source
+
+    settings = load_settings(CameraSettings, **_overrides(args))
+    try:
+        source = open_source(settings.source)
+    except SourceSpecError as exc:
+        print(f"linewatch camera: {exc}", file=sys.stderr)
+        return 2
+    metrics = CameraMetrics()
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port, metrics.registry)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        stats = run_camera(settings, source, max_frames=args.max_frames, stop_event=stop, metrics=metrics)
+    print(f"camera {stats.camera_id}: captured {stats.captured}, sent {stats.sent}, dropped {stats.dropped_total}, "
+          f"delivery errors {stats.delivery_errors}")
+    return 0 if stats.delivery_errors == 0 else 1
+
+
+def _cameras(args: argparse.Namespace) -> int:
+    from ingest.fleet import FleetConfigError, load_fleet, run_fleet
+    from ingest.metrics import CameraMetrics, serve_metrics
+
+    try:
+        cameras, port = load_fleet(args.config, _overrides(args))
+    except FleetConfigError as exc:
+        print(f"linewatch cameras: {exc}", file=sys.stderr)
+        return 2
+    metrics = CameraMetrics()
+    port = args.metrics_port if args.metrics_port is not None else port
+    if port is not None:
+        serve_metrics(port, metrics.registry)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        results = run_fleet(cameras, metrics=metrics, stop_event=stop, max_frames=args.max_frames)
+    for settings, stats in zip(cameras, results, strict=True):
+        if stats is None:
+            print(f"camera {settings.camera_id}: FAILED (see log)")
+        else:
+            print(f"camera {stats.camera_id}: captured {stats.captured}, sent {stats.sent}, "
+                  f"dropped {stats.dropped_total}, delivery errors {stats.delivery_errors}")
+    return 0 if all(s is not None and s.delivery_errors == 0 for s in results) else 1
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from ingest.settings import CameraSettings, load_settings
+    from ingest.topics import TopicError, all_topic_names, ensure_topics
+
+    settings = load_settings(CameraSettings, **_overrides(args))
+    replication = args.replication_factor or settings.topics.replication_factor
+    try:
+        outcome = ensure_topics(settings.kafka, all_topic_names(settings.topics), settings.topics.partitions,
+                                replication)
+    except TopicError as exc:
+        print(f"linewatch topics: {exc}", file=sys.stderr)
+        return 1
+    for name, state in outcome.items():
+        print(f"{name}: {state}")
+    return 0
 
 
 def register(subparsers: Any) -> None:
     """Add this package's subcommands to the ``linewatch`` parser."""
+    camera = subparsers.add_parser("camera", help="publish one camera's frames to Kafka")
+    camera.add_argument("--source", help=f"SOURCE: {SOURCE_HELP}")
+    camera.add_argument("--camera-id", help="camera id (message key), e.g. cam-1")
+    camera.add_argument("--line-id", help="production line id")
+    camera.add_argument("--fps", type=float, help="frame rate cap")
+    camera.add_argument("--resize", type=_size, help="WIDTHxHEIGHT to resize to before encoding")
+    camera.add_argument("--encoding", choices=["jpeg", "png", "raw"])
+    camera.add_argument("--jpeg-quality", type=int)
+    camera.add_argument("--loop", action="store_true", help="restart files/folders/replays at their end")
+    camera.add_argument("--queue-size", type=int)
+    camera.add_argument("--queue-policy", choices=["auto", "drop-oldest", "block"])
+    camera.add_argument("--max-message-bytes", type=int, help="size guard (below the broker's limit)")
+    camera.add_argument("--oversize-policy", choices=["resize", "reject"])
+    camera.add_argument("--state-dir", help="folder for the per-camera sequence state")
+    camera.add_argument("--topic", help="frames topic name")
+    camera.add_argument("--metrics-port", type=int, help="serve /metrics on this port")
+    camera.add_argument("--max-frames", type=int, help="stop after this many captured frames")
+    _kafka_flags(camera)
+    camera.set_defaults(func=_camera)
+
+    cameras = subparsers.add_parser("cameras", help="run several cameras from one YAML file")
+    cameras.add_argument("--config", required=True, help="YAML file (see ingest/fleet.py and ingest/README.md)")
+    cameras.add_argument("--metrics-port", type=int, help="serve /metrics on this port (overrides the file)")
+    cameras.add_argument("--max-frames", type=int, help="stop each camera after this many frames")
+    _kafka_flags(cameras)
+    cameras.set_defaults(func=_cameras)
+
+    topics = subparsers.add_parser("topics", help="create the line's missing Kafka topics")
+    topics.add_argument("--replication-factor", type=int)
+    _kafka_flags(topics)
+    topics.set_defaults(func=_topics)

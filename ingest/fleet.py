@@ -1,0 +1,105 @@
+"""Several cameras in one process, from one YAML file (``linewatch cameras --config FILE.yaml``).
+
+File format (every key of a camera entry is a :class:`CameraSettings` field; ``defaults`` apply to
+all cameras and are merged key by key, nested ``kafka``/``topics`` too)::
+
+    metrics_port: 9101            # optional: one /metrics endpoint for all cameras
+    defaults:
+      line_id: line-1
+      fps: 5
+      kafka: {bootstrap_servers: "kafka:9092"}
+    cameras:
+      - {camera_id: cam-1, source: "0"}
+      - {camera_id: cam-2, source: "rtsp://user:pass@10.0.0.7/stream1", queue_policy: drop-oldest}
+      - {camera_id: cam-3, source: "replay:/data/magnetic_tile?shuffle=1", loop: true}
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ingest.camera import CameraStats, run_camera
+from ingest.metrics import CameraMetrics
+from ingest.settings import CameraSettings, describe_validation_error
+
+log = logging.getLogger(__name__)
+
+
+class FleetConfigError(ValueError):
+    """The cameras file is not valid; the message names the file, camera and field."""
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_fleet(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[list[CameraSettings], int | None]:
+    """Camera settings from ``path`` (env vars below the file, ``overrides`` above it) and the metrics port."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise FleetConfigError(f"{path}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cameras"), list) or not data["cameras"]:
+        raise FleetConfigError(f"{path}: expected a mapping with a non-empty 'cameras' list")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise FleetConfigError(f"{path}: 'defaults' must be a mapping")
+    cameras: list[CameraSettings] = []
+    for index, entry in enumerate(data["cameras"]):
+        if not isinstance(entry, dict):
+            raise FleetConfigError(f"{path}: cameras[{index}] must be a mapping")
+        values = _merge(_merge(defaults, entry), overrides or {})
+        if "source" in values:
+            values["source"] = str(values["source"])  # a YAML device index is an int
+        try:
+            cameras.append(CameraSettings(**values))
+        except ValidationError as exc:
+            name = entry.get("camera_id", f"cameras[{index}]")
+            raise FleetConfigError(f"{path}: camera {name}: {describe_validation_error(exc, '')}") from None
+    ids = [camera.camera_id for camera in cameras]
+    duplicates = sorted({name for name in ids if ids.count(name) > 1})
+    if duplicates:
+        raise FleetConfigError(f"{path}: camera ids must be unique, repeated: {', '.join(duplicates)}")
+    port = data.get("metrics_port")
+    if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):
+        raise FleetConfigError(f"{path}: metrics_port must be a port number, got {port!r}")
+    return cameras, port
+
+
+def run_fleet(cameras: list[CameraSettings], *, metrics: CameraMetrics | None = None,
+              stop_event: threading.Event | None = None, max_frames: int | None = None) -> list[CameraStats | None]:
+    """Run every camera in its own thread until all end or ``stop_event`` is set.
+
+    A camera that raises is logged and reported as None; the others keep running.
+    """
+    metrics = metrics or CameraMetrics()
+    stop_event = stop_event or threading.Event()
+    results: list[CameraStats | None] = [None] * len(cameras)
+
+    def worker(index: int, settings: CameraSettings) -> None:
+        try:
+            results[index] = run_camera(settings, max_frames=max_frames, stop_event=stop_event, metrics=metrics)
+        except Exception:
+            log.exception("camera %s stopped with an error", settings.camera_id)
+
+    threads = [threading.Thread(target=worker, args=(i, s), name=f"camera-{s.camera_id}", daemon=True)
+               for i, s in enumerate(cameras)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+    return results

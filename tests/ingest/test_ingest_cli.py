@@ -1,0 +1,84 @@
+"""``linewatch camera``, ``cameras`` and ``topics`` against the real broker (ingest parser only, so
+other packages' work in progress cannot break these tests)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Message
+from confluent_kafka.admin import AdminClient
+
+from ingest import cli
+
+ReadTopic = Callable[..., list[Message]]
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="linewatch")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return int(args.func(args))
+
+
+def test_camera_command_publishes(bootstrap: str, unique: str, tmp_path: Path, read_topic: ReadTopic,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    topic = f"cli-{unique}"
+    code = run_cli("camera", "--source", "synthetic:?size=40&count=5", "--camera-id", "cli-cam", "--line-id", "l3",
+                   "--bootstrap-servers", bootstrap, "--topic", topic, "--partitions", "3", "--resize", "32x24",
+                   "--encoding", "png", "--state-dir", str(tmp_path), "--max-frames", "4")
+    assert code == 0
+    assert "camera cli-cam: captured 4, sent 4, dropped 0" in capsys.readouterr().out
+    records = read_topic(topic, 4)
+    assert len(records) == 4 and {r.key() for r in records} == {b"cli-cam"}
+    headers = dict(records[0].headers())
+    assert (headers["lw-width"], headers["lw-height"], headers["lw-line"]) == (b"32", b"24", b"l3")
+    assert len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic).topics[topic].partitions) == 3
+
+
+def test_camera_command_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("camera", "--source", "synthetic:?bogus=1", "--state-dir", str(tmp_path)) == 2
+    assert "unknown option(s) bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        run_cli("camera", "--source", "synthetic:", "--camera-id", "bad id!", "--state-dir", str(tmp_path))
+    assert info.value.code == 2
+    assert "LINEWATCH_CAMERA_ID" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli("camera", "--resize", "640by480")
+
+
+def test_cameras_command_runs_every_camera_in_the_file(bootstrap: str, unique: str, tmp_path: Path,
+                                                       read_topic: ReadTopic,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    topic = f"fleet-{unique}"
+    config = tmp_path / "cameras.yaml"
+    config.write_text(f"""
+defaults:
+  line_id: line-5
+  state_dir: {tmp_path / 'state'}
+  kafka: {{bootstrap_servers: "{bootstrap}"}}
+  topics: {{frames: {topic}, partitions: 2}}
+cameras:
+  - {{camera_id: left, source: "synthetic:?size=24&count=3&seed=1"}}
+  - {{camera_id: right, source: "synthetic:?size=24&count=4&seed=2", encoding: png}}
+""")
+    assert run_cli("cameras", "--config", str(config)) == 0
+    out = capsys.readouterr().out
+    assert "camera left: captured 3, sent 3" in out and "camera right: captured 4, sent 4" in out
+    records = read_topic(topic, 7)
+    assert sorted(r.key() for r in records) == [b"left"] * 3 + [b"right"] * 4
+    assert run_cli("cameras", "--config", str(tmp_path / "missing.yaml")) == 2
+
+
+def test_topics_command_creates_missing_topics(bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("FRAMES", "RESULTS", "BREACHES", "DEAD_LETTERS", "ALERTS", "ALERT_DEAD_LETTERS"):
+        monkeypatch.setenv(f"LINEWATCH_TOPICS__{name}", f"{name.lower()}-{unique}")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    assert run_cli("topics", "--bootstrap-servers", bootstrap, "--partitions", "3") == 0
+    assert capsys.readouterr().out.count(": created") == 6
+    assert len(admin.list_topics(f"frames-{unique}").topics[f"frames-{unique}"].partitions) == 3
+    assert run_cli("topics", "--bootstrap-servers", bootstrap) == 0
+    assert capsys.readouterr().out.count(": exists") == 6
