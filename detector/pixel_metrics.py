@@ -89,7 +89,9 @@ class PixelAccumulator:
     def bin_index(self, values: np.ndarray) -> np.ndarray:
         """Bin of each value: ``2i + 1`` if equal to ``edges[i]``, else ``2i`` for the open bin below it."""
         v = values.astype(np.float64, copy=False)
-        return np.searchsorted(self.edges, v, side="left") + np.searchsorted(self.edges, v, side="right")
+        below = np.searchsorted(self.edges, v, side="left")  # number of edges < v
+        on_edge = self.edges[np.minimum(below, self.edges.size - 1)] == v
+        return 2 * below + on_edge
 
     def add(self, score_map: npt.ArrayLike, mask: npt.ArrayLike) -> None:
         """Add one anomaly map and its ground-truth mask (same 2-D shape; mask True = defect)."""

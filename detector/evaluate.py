@@ -1,0 +1,188 @@
+"""Evaluate a model on the test split of an MVTec-layout folder: ``metrics.json`` + ``report.html``.
+
+Resolution: as in the MVTec AD evaluation, pixel metrics are computed at each test image's own
+resolution. The model's (S, S) map is mapped back to the image (for ``letterbox`` models the padded
+border is cropped first) and resized bilinearly to (H, W); masks are read at (H, W) unchanged.
+Pixel scores are streamed into binned histograms (:mod:`detector.pixel_metrics`), so memory is the
+(N, S, S) model-size maps plus one image, never all test pixels; the worst-case binning error of
+pixel AUROC and AUPRO is computed and stored beside them.
+
+Image verdicts use the model's own rule (``Prediction.anomalous``: score >= calibrated threshold).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from detector.data import ImageRecord, list_test, load_mask, load_rgb
+from detector.metrics import auroc, best_f1, f1_score, roc_curve
+from detector.pixel_metrics import DEFAULT_BINS, PixelAccumulator, quantile_edges
+
+if TYPE_CHECKING:
+    from detector.inference import AnomalyModel
+
+log = logging.getLogger(__name__)
+
+EDGE_SAMPLE = 4_000_000  # model-size map values used to place the histogram bin edges
+
+
+def map_to_image(score_map: np.ndarray, shape: tuple[int, int], resize_mode: str = "squash") -> np.ndarray:
+    """An (S, S) model-size anomaly map in the coordinates of an (H, W) image (float32)."""
+    h, w = shape
+    size = score_map.shape[0]
+    if resize_mode == "letterbox" and h != w:
+        # same geometry as STFPM.preprocess: scale the long side to S, centre, pad the rest
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        top, left = (size - nh) // 2, (size - nw) // 2
+        score_map = score_map[top:top + nh, left:left + nw]
+    if score_map.shape == (h, w):
+        return score_map.astype(np.float32, copy=False)
+    return cv2.resize(score_map.astype(np.float32, copy=False), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass
+class Evaluation:
+    """Everything the HTML report draws; ``metrics`` is what ``metrics.json`` holds."""
+
+    metrics: dict[str, Any]
+    records: list[ImageRecord]
+    image_scores: np.ndarray
+    labels: np.ndarray  # True = defective image
+    maps: np.ndarray  # (N, S, S) model-size maps
+    shapes: list[tuple[int, int]]
+    image_threshold: float
+    resize_mode: str
+    image_roc: tuple[np.ndarray, np.ndarray]
+    pixel_roc: tuple[np.ndarray, np.ndarray]
+    pro_curve: tuple[np.ndarray, np.ndarray]
+
+
+def _predict_all(model: AnomalyModel, records: list[ImageRecord],
+                 batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    scores, flagged, maps, shapes = [], [], [], []
+    for start in range(0, len(records), batch_size):
+        images = [load_rgb(r.path) for r in records[start:start + batch_size]]
+        prediction = model.predict(images)
+        scores.append(np.asarray(prediction.image_scores, np.float64))
+        flagged.append(np.asarray(prediction.anomalous, bool))
+        maps.append(np.asarray(prediction.maps, np.float32))
+        shapes += [(int(i.shape[0]), int(i.shape[1])) for i in images]
+        log.info("evaluate: %d/%d images", min(start + batch_size, len(records)), len(records))
+    return np.concatenate(scores), np.concatenate(flagged), np.concatenate(maps), shapes
+
+
+def _thin(x: np.ndarray, y: np.ndarray, points: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """About ``points`` curve points for drawing, spread evenly along the curve's length (ends kept)."""
+    if x.size <= points:
+        return x, y
+    steps = np.abs(np.diff(x)) + np.abs(np.diff(np.nan_to_num(y)))
+    length = np.r_[0.0, np.cumsum(steps)]
+    keep = np.unique(np.r_[np.searchsorted(length, np.linspace(0, length[-1], points)), x.size - 1])
+    return x[np.minimum(keep, x.size - 1)], y[np.minimum(keep, x.size - 1)]
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def evaluate(model: AnomalyModel, data_dir: str | Path, out_dir: str | Path, batch_size: int = 16, *,
+             n_bins: int = DEFAULT_BINS, report: bool = True) -> dict[str, Any]:
+    """Run ``model`` on ``data_dir/test``; write ``metrics.json`` (and ``report.html``) to ``out_dir``.
+
+    Returns:
+        The metrics dict written to ``metrics.json`` (undefined metrics are ``None``).
+    """
+    return run_evaluation(model, data_dir, out_dir, batch_size, n_bins=n_bins, report=report).metrics
+
+
+def run_evaluation(model: AnomalyModel, data_dir: str | Path, out_dir: str | Path, batch_size: int = 16, *,
+                   n_bins: int = DEFAULT_BINS, report: bool = True) -> Evaluation:
+    """As :func:`evaluate`, returning the full :class:`Evaluation` (curves, scores, maps)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    records = list_test(data_dir)
+    metadata: dict[str, Any] = dict(getattr(model, "metadata", {}) or {})
+    resize_mode = str(metadata.get("resize_mode", "squash"))
+    started = time.perf_counter()
+    scores, flagged, maps, shapes = _predict_all(model, records, batch_size)
+    inference_s = time.perf_counter() - started
+
+    flat = maps.reshape(-1)
+    edges = quantile_edges(flat[::max(1, flat.size // EDGE_SAMPLE)], n_bins, extra=[model.pixel_threshold])
+    groups: dict[str, PixelAccumulator] = {}
+    empty_masks, missing_masks = 0, 0
+    for i, record in enumerate(records):
+        mask = load_mask(record, shapes[i])
+        if record.label == "defect":
+            missing_masks += record.mask_path is None
+            empty_masks += record.mask_path is not None and not mask.any()
+        groups.setdefault(record.defect_type, PixelAccumulator(edges)).add(
+            map_to_image(maps[i], shapes[i], resize_mode), mask)
+    if missing_masks:
+        log.warning("evaluate: %d defective images have no mask file; their pixels count as defect-free",
+                    missing_masks)
+    pooled = PixelAccumulator(edges)
+    for acc in groups.values():
+        pooled += acc
+    pixel_s = time.perf_counter() - started - inference_s
+
+    labels = np.array([r.label == "defect" for r in records])
+    types = np.array([r.defect_type for r in records])
+    per_type: dict[str, dict[str, Any]] = {}
+    for kind in sorted(set(types) - {"good"}):
+        pair = groups[kind].copy()
+        if "good" in groups:
+            pair += groups["good"]
+        subset = (types == kind) | (types == "good")
+        per_type[kind] = {"count": int((types == kind).sum()), "image_auroc": _finite(auroc(scores[subset],
+                          labels[subset])), "pixel_auroc": _finite(pair.auroc()), "aupro": _finite(pair.aupro()),
+                          "regions": pair.regions}
+    f1_opt, f1_threshold = best_f1(scores, labels)
+    metrics: dict[str, Any] = {
+        "image_auroc": _finite(auroc(scores, labels)),
+        "pixel_auroc": _finite(pooled.auroc()),
+        "aupro": _finite(pooled.aupro()),
+        "image_f1": f1_score(flagged, labels),
+        "image_threshold": float(model.image_threshold),
+        "image_f1_optimal": f1_opt,
+        "image_f1_optimal_threshold": _finite(f1_threshold) if math.isfinite(f1_threshold) else None,
+        "pixel_f1": pooled.f1_at(float(model.pixel_threshold)),
+        "pixel_threshold": float(model.pixel_threshold),
+        "per_type": per_type,
+        "counts": {"images": len(records), "good": int((~labels).sum()), "defective": int(labels.sum()),
+                   "defective_empty_mask": int(empty_masks), "defective_missing_mask": int(missing_masks),
+                   "pixels_good": pooled.n_good, "pixels_defective": pooled.n_defect, "regions": pooled.regions},
+        "exactness": {"pixel_auroc_max_binning_error": pooled.auroc_error_bound(),
+                      "aupro_max_binning_error": pooled.aupro_error_bound(), "bin_edges": int(edges.size)},
+        "settings": {"data_dir": str(data_dir.resolve()), "resolution": "image (map resized to each test image)",
+                     "resize_mode": resize_mode, "aupro_fpr_limit": 0.3, "batch_size": batch_size,
+                     "image_rule": "anomalous if score >= image_threshold", "model": metadata},
+        "model_version": str(model.model_version),
+        "timing_s": {"inference": round(inference_s, 3), "pixel_metrics": round(pixel_s, 3)},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    fpr, tpr, pro, _ = pooled.curves()
+    if labels.all() or not labels.any():
+        image_roc = (np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    else:
+        image_roc = roc_curve(scores, labels)[:2]
+    result = Evaluation(metrics=metrics, records=records, image_scores=scores, labels=labels, maps=maps,
+                        shapes=shapes, image_threshold=float(model.image_threshold), resize_mode=resize_mode,
+                        image_roc=image_roc, pixel_roc=_thin(fpr, tpr), pro_curve=_thin(fpr, pro))
+    if report:
+        from detector.report import write_report
+
+        write_report(result, out_dir / "report.html")
+    return result
