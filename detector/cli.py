@@ -7,3 +7,6 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add this package's subcommands to the ``linewatch`` parser."""
+    from detector.evaluate_cli import register_evaluate
+
+    register_evaluate(subparsers)
