@@ -20,12 +20,12 @@ import numpy as np
 from detector.data import load_mask, load_rgb
 from detector.evaluate import Evaluation, map_to_image
 
-W, H, PAD = 360, 300, 42  # chart size and margin, pixels
+W, H, PAD, RIGHT = 380, 300, 42, 24  # chart size, left/bottom margin and right margin, pixels
 GOOD, DEFECT = "#2b7bba", "#d8572a"
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
 th:first-child,td:first-child{text-align:left}.charts,.tiles{display:flex;flex-wrap:wrap;gap:16px}
-figure{margin:0;font-size:12px;max-width:260px}figure img{max-width:256px;display:block}
+figure{margin:0;font-size:12px;max-width:260px}figure img{width:256px;height:auto;display:block}
 code{background:#f3f3f3;padding:1px 4px}svg text{font-size:11px}"""
 
 
@@ -34,15 +34,15 @@ def _fmt(value: Any) -> str:
 
 
 def _axes(title: str, xlabel: str, ylabel: str, xlim: tuple[float, float], ylim: tuple[float, float]) -> list[str]:
-    """SVG frame with ticks; the plot area is [PAD, W - 10] x [20, H - PAD]."""
+    """SVG frame with ticks; the plot area is [PAD, W - RIGHT] x [20, H - PAD]."""
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img">',
              f'<text x="{W / 2}" y="13" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>',
-             f'<rect x="{PAD}" y="20" width="{W - PAD - 10}" height="{H - PAD - 20}" fill="none" stroke="#999"/>',
+             f'<rect x="{PAD}" y="20" width="{W - PAD - RIGHT}" height="{H - PAD - 20}" fill="none" stroke="#999"/>',
              f'<text x="{W / 2}" y="{H - 6}" text-anchor="middle">{html.escape(xlabel)}</text>',
              f'<text x="12" y="{H / 2}" transform="rotate(-90 12 {H / 2})" text-anchor="middle">'
              f'{html.escape(ylabel)}</text>']
     for frac in np.linspace(0, 1, 5):
-        x, y = PAD + frac * (W - PAD - 10), H - PAD - frac * (H - PAD - 20)
+        x, y = PAD + frac * (W - PAD - RIGHT), H - PAD - frac * (H - PAD - 20)
         xv, yv = xlim[0] + frac * (xlim[1] - xlim[0]), ylim[0] + frac * (ylim[1] - ylim[0])
         parts += [f'<text x="{x:.1f}" y="{H - PAD + 13}" text-anchor="middle">{xv:.3g}</text>',
                   f'<text x="{PAD - 4}" y="{y + 4:.1f}" text-anchor="end">{yv:.3g}</text>']
@@ -51,7 +51,7 @@ def _axes(title: str, xlabel: str, ylabel: str, xlim: tuple[float, float], ylim:
 
 def _to_px(x: np.ndarray, y: np.ndarray, xlim: tuple[float, float],
            ylim: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    px = PAD + (np.asarray(x, float) - xlim[0]) / (xlim[1] - xlim[0] or 1) * (W - PAD - 10)
+    px = PAD + (np.asarray(x, float) - xlim[0]) / (xlim[1] - xlim[0] or 1) * (W - PAD - RIGHT)
     py = H - PAD - (np.asarray(y, float) - ylim[0]) / (ylim[1] - ylim[0] or 1) * (H - PAD - 20)
     return px, py
 
@@ -68,7 +68,8 @@ def line_chart(title: str, series: list[tuple[str, np.ndarray, np.ndarray, str]]
         px, py = _to_px(x[ok], y[ok], xlim, (0.0, 1.0))
         points = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px, py, strict=True))
         parts += [f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>',
-                  f'<text x="{PAD + 8}" y="{34 + 14 * k}" fill="{colour}">{html.escape(label)}</text>']
+                  f'<text x="{W - RIGHT - 6}" y="{H - PAD - 10 - 14 * k}" text-anchor="end" fill="{colour}">'
+                  f'{html.escape(label)}</text>']
     return "\n".join([*parts, "</svg>"])
 
 
@@ -88,13 +89,14 @@ def histogram_chart(good: np.ndarray, defect: np.ndarray, thresholds: list[tuple
                 px, py = _to_px(edges[i:i + 2], np.array([0.0, n]), (lo, hi), (0.0, float(top)))
                 parts.append(f'<rect x="{px[0]:.1f}" y="{py[1]:.1f}" width="{px[1] - px[0]:.1f}" '
                              f'height="{py[0] - py[1]:.1f}" fill="{colour}" fill-opacity="0.45"/>')
-        parts.append(f'<text x="{W - 16}" y="{34 if colour == GOOD else 48}" text-anchor="end" fill="{colour}">'
+        parts.append(f'<text x="{W - RIGHT - 6}" y="{34 if colour == GOOD else 48}" text-anchor="end" fill="{colour}">'
                      f'{label} ({int(c.sum())})</text>')
     for k, (label, value, dash) in enumerate(thresholds):
         px, _ = _to_px(np.array([value]), np.array([0.0]), (lo, hi), (0.0, 1.0))
         parts += [f'<line x1="{px[0]:.1f}" y1="20" x2="{px[0]:.1f}" y2="{H - PAD}" stroke="#000" '
                   f'stroke-dasharray="{dash}"/>',
-                  f'<text x="{W - 16}" y="{64 + 14 * k}" text-anchor="end">{html.escape(label)} = {value:.4g}</text>']
+                  f'<text x="{W - RIGHT - 6}" y="{64 + 14 * k}" text-anchor="end">'
+                  f'{html.escape(label)} = {value:.4g}</text>']
     return "\n".join([*parts, "</svg>"])
 
 
