@@ -1,0 +1,133 @@
+"""From a decoded batch to outputs: model per size group, results, breaches, dead letters, heatmaps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from detector.events import Breach, FrameResult, Latency
+from detector.service.decoding import DecodedFrame, PendingBatch, Record, Rejected, group_by_size, stack_images
+from detector.service.heatmap_cache import HeatmapCache, HeatmapEntry
+from detector.service.metrics import DetectorMetrics
+from detector.service.offsets import OffsetTracker
+from detector.service.outputs import OutputProducer
+from detector.service.region import summarise_region
+
+log = logging.getLogger(__name__)
+
+
+def predict(model: Any, batch: Any) -> Any:
+    """``model.predict`` for numpy batches; CUDA tensors (GPU decode path) go through the model directly."""
+    if isinstance(batch, np.ndarray):
+        return model.predict(batch)
+    import torch
+
+    from detector.inference import Prediction
+
+    with torch.inference_mode():
+        maps = model.model.maps_from_input(model.model.preprocess(batch))
+        scores = maps.flatten(1).amax(dim=1).float().cpu().numpy().astype(np.float32)
+        maps_np = maps.float().cpu().numpy()
+    return Prediction(image_scores=scores, normalised_scores=model.normalise(scores),
+                      anomalous=scores >= model.image_threshold, maps=maps_np)
+
+
+class BatchProcessor:
+    """Runs one closed batch end to end; every record leaves as outputs or a dead letter."""
+
+    def __init__(self, model: Any, outputs: OutputProducer, tracker: OffsetTracker, metrics: DetectorMetrics,
+                 cache: HeatmapCache | None) -> None:
+        self.model = model
+        self._outputs = outputs
+        self._tracker = tracker
+        self._metrics = metrics
+        self._cache = cache
+
+    def process(self, records: Sequence[Record], pending: PendingBatch, closed_ns: int) -> None:
+        """Wait for the batch's decode, run the model, produce every output, release the frames."""
+        start = time.perf_counter()
+        outcomes = pending.result()
+        self._metrics.stage_seconds.labels(stage="decode_wait").observe(time.perf_counter() - start)
+        self._metrics.batch_size.observe(len(records))
+        frames: list[DecodedFrame] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Rejected):
+                self._reject(outcome)
+            else:
+                frames.append(outcome)
+        entries: list[HeatmapEntry] = []
+        for group in group_by_size(frames):
+            entries.extend(self._run_group(group, closed_ns))
+        if self._cache is not None:
+            self._cache.submit(entries)
+
+    def _reject(self, rejected: Rejected) -> None:
+        log.info("dead-lettering %s[%d]@%d: %s", rejected.record.topic, rejected.record.partition,
+                 rejected.record.offset, rejected.message)
+        self._outputs.dead_letter(rejected)
+        self._metrics.dead_letters.labels(reason=rejected.reason).inc()
+        self._tracker.release((rejected.record.topic, rejected.record.partition), rejected.record.offset)
+
+    def _run_group(self, group: list[DecodedFrame], closed_ns: int) -> list[HeatmapEntry]:
+        start = time.perf_counter()
+        try:
+            prediction = predict(self.model, stack_images(group))
+        except Exception as exc:  # one bad group must not stop the service; its frames stay retrievable
+            log.exception("model failed on a group of %d frames", len(group))
+            for frame in group:
+                self._reject(Rejected(frame.record, "inference_error", f"{type(exc).__name__}: {exc}"))
+            return []
+        inference_s = time.perf_counter() - start
+        self._metrics.stage_seconds.labels(stage="inference").observe(inference_s)
+        start = time.perf_counter()
+        entries = []
+        cache_up = self._cache is not None and self._cache.available
+        for i, frame in enumerate(group):
+            entry = self._emit(frame, prediction, i, inference_s * 1000, closed_ns, cache_up)
+            if entry is not None:
+                entries.append(entry)
+        self._metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - start)
+        return entries
+
+    def _emit(self, frame: DecodedFrame, prediction: Any, i: int, inference_ms: float, closed_ns: int,
+              cache_up: bool) -> HeatmapEntry | None:
+        meta, record, model = frame.meta, frame.record, self.model
+        anomalous = bool(prediction.anomalous[i])
+        anomaly_map = np.asarray(prediction.maps[i], dtype=np.float32)
+        now_ns = time.time_ns()
+        fields: dict[str, Any] = {
+            "camera_id": meta.camera_id, "line_id": meta.line_id, "sequence": meta.sequence,
+            "capture_ns": meta.capture_ns, "image_score": float(prediction.image_scores[i]),
+            "normalised_score": float(np.clip(prediction.normalised_scores[i], 0.0, 1.0)),
+            "anomalous": anomalous, "threshold": float(model.image_threshold),
+            "model_version": str(model.model_version),
+            "heatmap_key": self._cache.key_for(meta.camera_id, meta.sequence) if cache_up and self._cache else None,
+            "latency": Latency(queue_ms=max(0.0, closed_ns / 1e6 - record.timestamp_ms),
+                               decode_ms=frame.decode_ms, inference_ms=inference_ms,
+                               end_to_end_ms=max(0.0, (now_ns - meta.capture_ns) / 1e6)),
+            "label": meta.label, "defect_type": meta.defect_type, "source_id": meta.source_id,
+            "partition": record.partition, "offset": record.offset, "processed_ns": now_ns,
+        }
+        if anomalous:
+            region = summarise_region(anomaly_map, float(model.pixel_threshold), (meta.width, meta.height))
+            result: FrameResult = Breach(**fields, region=region)
+        else:
+            result = FrameResult(**fields)
+        self._outputs.result(result, record)
+        self._tracker.release((record.topic, record.partition), record.offset)
+        labels = {"line": meta.line_id, "camera": meta.camera_id}
+        self._metrics.frames_processed.labels(**labels).inc()
+        if anomalous:
+            self._metrics.frames_anomalous.labels(**labels).inc()
+        self._metrics.end_to_end_seconds.observe(result.latency.end_to_end_ms / 1000)
+        if not cache_up:
+            return None
+        image = frame.image if isinstance(frame.image, np.ndarray) else frame.image.cpu().numpy()
+        return HeatmapEntry(camera_id=meta.camera_id, line_id=meta.line_id, sequence=meta.sequence,
+                            capture_ns=meta.capture_ns, image_score=result.image_score,
+                            normalised_score=result.normalised_score, anomalous=anomalous,
+                            anomaly_map=anomaly_map, image=image)

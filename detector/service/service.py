@@ -1,0 +1,240 @@
+"""The detector's consumer loop: Kafka consumer group -> micro-batches -> model -> outputs.
+
+Threads: the consumer thread (this loop) polls, builds batches and submits their decode to
+the decode pool; one worker thread runs the model and produces outputs, so decoding of batch
+k+1 overlaps inference of batch k; one thread writes heatmaps to Redis.
+
+Delivery guarantee: at least once, exactly once after deduplication by (camera, sequence).
+``enable.auto.offset.store=false``: an offset is stored only when every output of every
+earlier frame of its partition has been acknowledged by the broker (see offsets.py);
+``enable.auto.commit=true`` then commits only those stored offsets every second, and we
+commit synchronously on partition revoke and at shutdown (after draining the batch in flight).
+A SIGKILL loses at most the uncommitted tail, which the next owner reprocesses.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from detector.service.batcher import Batcher
+from detector.service.decoding import Decoder, PendingBatch, Record, select_decode_backend
+from detector.service.health import HealthServer, HealthState
+from detector.service.heatmap_cache import HeatmapCache
+from detector.service.metrics import DetectorMetrics
+from detector.service.offsets import OffsetTracker
+from detector.service.outputs import OutputProducer
+from detector.service.processing import BatchProcessor
+from detector.service.settings import DetectorSettings
+
+log = logging.getLogger(__name__)
+
+_Work = tuple[list[Record], PendingBatch, int]
+
+
+class DetectorService:
+    """One detector process's worth of state; :meth:`run` blocks until ``stop_event`` is set."""
+
+    def __init__(self, settings: DetectorSettings, stop_event: threading.Event | None = None,
+                 model: Any = None) -> None:
+        self.settings = settings
+        self.stop_event = stop_event or threading.Event()
+        self.metrics = DetectorMetrics()
+        self.health = HealthState()
+        self.tracker = OffsetTracker()
+        self.ready_event = threading.Event()
+        self.health_port: int | None = None
+        self.model = model
+        self._batcher: Batcher[Record] = Batcher(settings.max_batch_size, settings.max_wait_ms / 1000)
+        self._work: queue.Queue[_Work | None] = queue.Queue(maxsize=1)
+        self._worker_error: BaseException | None = None
+        self._consumer: Consumer | None = None
+        self._outputs: OutputProducer | None = None
+
+    def _load_model(self) -> Any:
+        import torch
+
+        from detector.inference import AnomalyModel
+
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        model = AnomalyModel.load(self.settings.model, device=self.settings.device)
+        log.info("model %s (%s at %d px) on %s", model.model_version, model.backbone, model.image_size, model.device)
+        return model
+
+    def run(self) -> None:
+        """Serve until stopped; raises when an output could not be delivered or the worker crashed."""
+        s = self.settings
+        health_server = None
+        if s.metrics_port is not None:
+            health_server = HealthServer(self.health, self.metrics.registry, s.metrics_host, s.metrics_port).start()
+            self.health_port = health_server.port
+        try:
+            if self.model is None:
+                self.model = self._load_model()
+            self.health.model_loaded = True
+            backend = select_decode_backend(s.decode_mode, self.model.device.type)
+            decoder = Decoder(s.decode_workers, backend, self.model.device, s.max_side)
+            cache = HeatmapCache(s.redis, self.metrics, per_camera=s.heatmaps_per_camera, ttl_s=s.heatmap_ttl_s,
+                                 breach_ttl_s=s.breach_ttl_s, map_size=s.heatmap_map_size,
+                                 overlay_max_side=s.overlay_max_side,
+                                 colour_scale=2 * float(self.model.pixel_threshold),
+                                 queue_batches=s.cache_queue_batches).start()
+            self._outputs = OutputProducer(s.producer_config(), self.tracker, results_topic=s.topics.results,
+                                           breaches_topic=s.topics.breaches, dead_letters_topic=s.topics.dead_letters,
+                                           retries=s.delivery_retries)
+            processor = BatchProcessor(self.model, self._outputs, self.tracker, self.metrics, cache)
+            worker = threading.Thread(target=self._work_loop, args=(processor,), name="detector-infer", daemon=True)
+            worker.start()
+            try:
+                self._consume(decoder)
+            finally:
+                self.health.stopping = True
+                self._shutdown(decoder, worker)
+                cache.close()
+        finally:
+            if health_server is not None:
+                health_server.stop()
+        if self._worker_error is not None:
+            raise RuntimeError(f"detector worker failed: {self._worker_error}") from self._worker_error
+        if self._outputs.fatal_error:
+            raise RuntimeError(self._outputs.fatal_error)
+
+    def _consume(self, decoder: Decoder) -> None:
+        s = self.settings
+        config = s.consumer_config()
+        config["error_cb"] = lambda err: log.warning("kafka: %s", err)
+        if s.statistics_interval_ms:
+            config["stats_cb"] = self.metrics.observe_statistics
+        self._consumer = consumer = Consumer(config)
+        consumer.subscribe([s.topics.frames], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        log.info("consuming %s as group %s (batch <= %d, wait <= %.0f ms)", s.topics.frames, s.group_id,
+                 s.max_batch_size, s.max_wait_ms)
+        while not self.stop_event.is_set():
+            self.health.beat()
+            if self._worker_error is not None or (self._outputs and self._outputs.fatal_error):
+                break
+            self._store_ready()
+            left = self._batcher.time_left()
+            if left is None:  # empty batch: wait for its first frame, which starts the clock
+                msg = consumer.poll(0.1)
+                self._accept([msg] if msg is not None else [])
+            elif left > 0:
+                self._accept(consumer.consume(num_messages=self._batcher.room, timeout=left))
+            if self._batcher.ready():
+                self._dispatch(decoder, self._batcher.take())
+
+    def _accept(self, messages: list[Message]) -> None:
+        now_ns = time.time_ns()
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            record = Record(topic=msg.topic() or "", partition=msg.partition() or 0, offset=msg.offset() or 0,
+                            key=msg.key(), value=msg.value(), headers=cast(Any, msg.headers()),
+                            timestamp_ms=msg.timestamp()[1], received_ns=now_ns)
+            self.tracker.track((record.topic, record.partition), record.offset)
+            self.metrics.frames_consumed.inc()
+            self._batcher.add(record)
+
+    def _dispatch(self, decoder: Decoder, records: list[Record]) -> None:
+        if records:
+            self._work.put((records, decoder.submit(records), time.time_ns()))
+
+    def _work_loop(self, processor: BatchProcessor) -> None:
+        assert self._outputs is not None
+        while True:
+            try:
+                item = self._work.get(timeout=0.05)
+            except queue.Empty:
+                self._outputs.poll(0)
+                continue
+            try:
+                if item is None:
+                    return
+                processor.process(*item)
+                self._outputs.poll(0)
+            except BaseException as exc:
+                log.exception("detector worker failed")
+                self._worker_error = exc
+                return
+            finally:
+                self._work.task_done()
+
+    def _drain(self, timeout_s: float = 30.0) -> None:
+        """Wait until every dispatched batch is processed and every output acknowledged."""
+        if self._worker_error is None:
+            self._work.join()
+        if self._outputs is not None:
+            left = self._outputs.flush(timeout_s)
+            if left:
+                log.warning("%d outputs still unacknowledged after %.0fs", left, timeout_s)
+
+    def _store_ready(self) -> None:
+        ready = self.tracker.take_ready()
+        if not ready or self._consumer is None:
+            return
+        try:
+            self._consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in ready.items()])
+        except KafkaException as exc:  # e.g. the partition was revoked meanwhile
+            log.debug("store_offsets: %s", exc)
+
+    def _commit(self) -> None:
+        self._store_ready()
+        if self._consumer is None:
+            return
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("commit failed: %s", exc)
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        self.tracker.forget(tps)
+        self.health.assigned = True
+        self.ready_event.set()
+        log.info("assigned %s", sorted(p for _, p in tps))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        # Frames of the open batch from revoked partitions were never stored: the next owner re-reads them.
+        self._batcher.drop(keep=lambda r: (r.topic, r.partition) not in revoked)
+        self._drain()
+        self._commit()
+        self.tracker.forget(list(revoked))
+        log.info("revoked %s", sorted(p for _, p in revoked))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._batcher.drop(keep=lambda r: (r.topic, r.partition) not in lost)
+        self.tracker.forget(list(lost))
+        log.warning("lost partitions %s (session timed out); their uncommitted frames will be reprocessed",
+                    sorted(p for _, p in lost))
+
+    def _shutdown(self, decoder: Decoder, worker: threading.Thread) -> None:
+        """Process the open batch, drain, commit, leave the group."""
+        if self._worker_error is None and not (self._outputs and self._outputs.fatal_error):
+            self._dispatch(decoder, self._batcher.take())
+            self._drain()
+            self._commit()
+        if worker.is_alive():
+            self._work.put(None)
+            worker.join(30)
+        decoder.close()
+        if self._consumer is not None:
+            self._consumer.close()
+        log.info("detector stopped")
+
+
+def run_detector(settings: DetectorSettings, stop_event: threading.Event | None = None) -> None:
+    """Run a detector until ``stop_event`` is set (blocking). Used by ``linewatch detect``, demo and tests."""
+    DetectorService(settings, stop_event).run()

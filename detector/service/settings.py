@@ -1,0 +1,87 @@
+"""Settings of the streaming detector (``LINEWATCH_`` environment variables, nested with ``__``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+from detector.settings import RedisSettings
+from ingest.settings import KafkaSettings, TopicSettings, settings_config
+from ingest.wire import MAX_SIDE
+
+DecodeMode = Literal["cpu", "gpu", "auto"]
+
+
+class DetectorSettings(BaseSettings):
+    """Everything ``linewatch detect`` and :func:`detector.service.run_detector` need."""
+
+    model_config = settings_config()
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=lambda: TopicSettings.model_validate({}))
+    redis: RedisSettings = Field(default_factory=lambda: RedisSettings.model_validate({}))
+
+    model: Path = Field(Path("models/stfpm.safetensors"), description="Checkpoint written by `linewatch train`.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU; 0 keeps torch's default.")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="A batch closes when it holds this many frames...")
+    max_wait_ms: float = Field(20.0, ge=0.0, description="...or this long after its first frame arrived.")
+    decode_workers: int = Field(2, ge=1, le=64, description="Threads decoding JPEG/PNG while the model runs.")
+    decode_mode: DecodeMode = Field("cpu", description="cpu (OpenCV threads), gpu (nvjpeg via torchvision), "
+                                                        "auto (gpu when the model runs on CUDA).")
+    max_side: int = Field(MAX_SIDE, ge=16, description="Frames wider or taller than this are dead-lettered.")
+    group_id: str = "linewatch-detector"
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new group starts; earliest so no frame is skipped.")
+    session_timeout_ms: int = Field(10_000, ge=1000, description="How soon a dead detector's partitions move.")
+    max_poll_interval_ms: int = Field(60_000, ge=1000, description="A stuck loop leaves the group after this.")
+    queued_max_messages_kbytes: int = Field(16_384, ge=1, description="Prefetch bound per consumer (KiB).")
+    fetch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Most bytes one fetch returns.")
+    statistics_interval_ms: int = Field(5_000, ge=0, description="librdkafka statistics (consumer lag); 0 = off.")
+    commit_interval_ms: int = Field(1_000, ge=100, description="Auto-commit of stored (fully acknowledged) offsets.")
+    heatmaps_per_camera: int = Field(20, ge=1, description="Latest N heatmaps kept per camera.")
+    heatmap_ttl_s: int = Field(600, ge=1, description="Lifetime of an ordinary heatmap.")
+    breach_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="Lifetime of a breach heatmap (kept longer).")
+    heatmap_map_size: int = Field(64, ge=8, le=512, description="Side of the low-resolution 16-bit map.")
+    overlay_max_side: int = Field(256, ge=32, description="Overlay PNGs are downscaled to at most this side.")
+    cache_queue_batches: int = Field(8, ge=1, description="Batches waiting for Redis before writes are skipped.")
+    metrics_port: int | None = Field(9108, ge=0, le=65535,
+                                     description="HTTP port of /metrics, /healthz, /readyz; 0 = any free port.")
+    metrics_host: str = "0.0.0.0"  # a container exposes it; set 127.0.0.1 for local-only
+    delivery_retries: int = Field(3, ge=0, description="Re-sends of an output whose delivery failed.")
+
+    def consumer_config(self) -> dict[str, Any]:
+        """librdkafka consumer settings (see docs in service.py for why each is set)."""
+        config = self.kafka.client_config()
+        config.update({
+            "group.id": self.group_id,
+            "auto.offset.reset": self.auto_offset_reset,
+            # We store an offset only once every output of every earlier frame is acknowledged;
+            # auto-commit then commits just those stored offsets (plus a sync commit on revoke/stop).
+            "enable.auto.offset.store": False,
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": self.commit_interval_ms,
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(250, self.session_timeout_ms // 4),
+            "max.poll.interval.ms": self.max_poll_interval_ms,
+            "queued.max.messages.kbytes": self.queued_max_messages_kbytes,
+            "fetch.max.bytes": self.fetch_max_bytes,
+            "receive.message.max.bytes": max(self.fetch_max_bytes + 512, 100_000_000),
+        })
+        if self.statistics_interval_ms:
+            config["statistics.interval.ms"] = self.statistics_interval_ms
+        return config
+
+    def producer_config(self) -> dict[str, Any]:
+        """librdkafka producer settings for results, breaches and dead letters."""
+        config = self.kafka.client_config()
+        config.update({
+            "enable.idempotence": True,  # broker retries never duplicate or reorder an output
+            "acks": "all",
+            "linger.ms": 5,  # one batch's outputs leave in one request
+            "message.timeout.ms": 60_000,
+        })
+        return config

@@ -1,0 +1,217 @@
+"""Model-free parts of the detector: batch closing, offset tracking, regions, decode selection, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detector.service.batcher import Batcher
+from detector.service.decoding import (
+    DecodedFrame,
+    Decoder,
+    Record,
+    Rejected,
+    group_by_size,
+    select_decode_backend,
+)
+from detector.service.metrics import DetectorMetrics
+from detector.service.offsets import OffsetTracker
+from detector.service.region import summarise_region
+from detector.service.settings import DetectorSettings
+from ingest.wire import encode_frame, meta_to_headers
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_batch_closes_at_max_size_before_the_deadline() -> None:
+    clock = FakeClock()
+    batcher: Batcher[int] = Batcher(3, 0.05, clock)
+    assert batcher.time_left() is None and not batcher.ready()
+    for i in range(3):
+        assert not batcher.ready()
+        batcher.add(i)
+    assert batcher.ready() and batcher.time_left() == 0.0
+    with pytest.raises(OverflowError):
+        batcher.add(4)
+    assert batcher.take() == [0, 1, 2]
+    assert len(batcher) == 0 and batcher.time_left() is None
+
+
+def test_batch_closes_max_wait_after_its_first_item_not_the_last() -> None:
+    clock = FakeClock()
+    batcher: Batcher[str] = Batcher(10, 0.05, clock)
+    batcher.add("a")
+    clock.now += 0.03
+    batcher.add("b")  # a later item does not extend the deadline
+    assert batcher.time_left() == pytest.approx(0.02)
+    assert not batcher.ready()
+    clock.now += 0.02
+    assert batcher.ready()
+    assert batcher.take() == ["a", "b"]
+    clock.now += 5.0  # an empty batch never closes, however long it waits
+    assert not batcher.ready()
+    batcher.add("c")
+    assert batcher.time_left() == pytest.approx(0.05)
+
+
+def test_batch_of_size_one_and_zero_wait_closes_at_once() -> None:
+    assert Batcher(1, 1.0, FakeClock()).room == 1
+    batcher: Batcher[int] = Batcher(8, 0.0, FakeClock())
+    batcher.add(1)
+    assert batcher.ready()
+    with pytest.raises(ValueError):
+        Batcher(0, 0.1)
+
+
+def test_batch_drop_removes_revoked_items_and_resets_the_clock_when_empty() -> None:
+    clock = FakeClock()
+    batcher: Batcher[tuple[int, int]] = Batcher(10, 0.05, clock)
+    for item in [(0, 1), (1, 1), (0, 2)]:
+        batcher.add(item)
+    assert batcher.drop(keep=lambda r: r[0] != 0) == [(0, 1), (0, 2)]
+    assert batcher.take() == [(1, 1)]
+    batcher.add((0, 3))
+    batcher.drop(keep=lambda r: False)
+    assert batcher.time_left() is None
+
+
+def test_offsets_advance_only_over_a_fully_acknowledged_prefix() -> None:
+    tracker = OffsetTracker()
+    tp = ("frames", 0)
+    for offset in (5, 6, 7):
+        tracker.track(tp, offset)
+    tracker.add_output(tp, 6)
+    tracker.release(tp, 6)  # guard released but its output not yet acknowledged
+    tracker.release(tp, 7)
+    assert tracker.take_ready() == {}
+    tracker.add_output(tp, 5)
+    tracker.add_output(tp, 5)  # result + breach
+    tracker.release(tp, 5)
+    tracker.ack(tp, 5)
+    assert tracker.take_ready() == {}  # the breach of 5 is still in flight
+    tracker.ack(tp, 5)
+    assert tracker.take_ready() == {tp: 6}  # 6 waits for its output, 7 waits behind it
+    tracker.ack(tp, 6)
+    assert tracker.take_ready() == {tp: 8}
+    assert tracker.in_flight() == 0
+
+
+def test_offsets_are_independent_per_partition_and_failure_blocks_the_partition() -> None:
+    tracker = OffsetTracker()
+    a, b = ("frames", 0), ("frames", 1)
+    tracker.track(a, 0)
+    tracker.track(b, 10)
+    tracker.release(b, 10)
+    assert tracker.take_ready() == {b: 11}
+    tracker.add_output(a, 0)
+    tracker.release(a, 0)
+    tracker.fail(a)
+    tracker.ack(a, 0)
+    assert tracker.take_ready() == {}
+    assert tracker.failed == {a}
+    with pytest.raises(ValueError):
+        tracker.track(b, 3)  # out of order within a partition is a bug
+    tracker.forget([a, b])
+    tracker.track(b, 3)  # after a revoke the partition starts afresh
+    assert tracker.failed == set()
+
+
+def test_region_summary_scales_to_the_image_and_finds_the_peak() -> None:
+    anomaly_map = np.zeros((8, 8), np.float32)
+    anomaly_map[2:4, 5:7] = 1.0
+    anomaly_map[3, 6] = 3.0
+    region = summarise_region(anomaly_map, 0.5, (256, 128))  # width 256, height 128
+    assert region.area_fraction == pytest.approx(4 / 64)
+    assert region.bbox == (160, 32, 224, 64)  # columns 5..6 x 32 px, rows 2..3 x 16 px
+    assert region.peak_xy == (6 * 32 + 16, 3 * 16 + 8)
+    assert region.peak_value == 3.0
+    clean = summarise_region(np.zeros((4, 4), np.float32), 0.5, (64, 64))
+    assert clean.bbox is None and clean.area_fraction == 0.0
+
+
+def test_decode_backend_selection() -> None:
+    assert select_decode_backend("cpu", "cuda") == "cpu"
+    assert select_decode_backend("auto", "cpu") == "cpu"
+    assert select_decode_backend("auto", torch.device("cuda").type) == "gpu"
+    assert select_decode_backend("gpu", "cuda") == "gpu"
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        select_decode_backend("gpu", "cpu")
+    with pytest.raises(ValueError, match="unknown decode_mode"):
+        select_decode_backend("fpga", "cpu")
+
+
+def _record(value: bytes | None, headers: list[tuple[str, bytes | None]] | None, offset: int = 0) -> Record:
+    return Record("frames", 0, offset, b"cam", value, headers, 0, 0)
+
+
+def test_cpu_decoder_rejects_each_bad_frame_with_its_reason_and_decodes_the_rest() -> None:
+    image = np.full((32, 48, 3), 120, np.uint8)
+    good = encode_frame(image, camera_id="cam", line_id="L", sequence=1, capture_ns=1)
+    wrong_version = [(n, b"9" if n == "lw-version" else v) for n, v in good.headers]
+    no_camera = [(n, v) for n, v in good.headers if n != "lw-camera"]
+    huge = meta_to_headers(type(good.meta)(**{**good.meta.__dict__, "width": 20000, "height": 20000}))
+    records = [
+        _record(good.value, list(good.headers)),
+        _record(b"\x00garbage\xff" * 10, list(good.headers)),
+        _record(good.value[: len(good.value) // 3], list(good.headers)),
+        _record(good.value, None),
+        _record(good.value, no_camera),
+        _record(good.value, wrong_version),
+        _record(good.value, list(huge)),
+        _record(good.value, list(good.headers)),
+    ]
+    decoder = Decoder(2, "cpu")
+    try:
+        outcomes = decoder.submit(records).result()
+    finally:
+        decoder.close()
+    assert [type(o).__name__ for o in outcomes] == ["DecodedFrame"] + ["Rejected"] * 6 + ["DecodedFrame"]
+    reasons = [o.reason for o in outcomes if isinstance(o, Rejected)]
+    assert reasons[0] == "undecodable"
+    assert reasons[1] in ("undecodable", "dimension_mismatch")  # truncated JPEG
+    assert reasons[2:] == ["missing_header", "missing_header", "unsupported_version", "oversized"]
+    frames = [o for o in outcomes if isinstance(o, DecodedFrame)]
+    assert frames[0].image.shape == (32, 48, 3) and frames[0].meta.sequence == 1
+
+
+def test_group_by_size_keeps_equal_sizes_together() -> None:
+    def frame(h: int, w: int) -> DecodedFrame:
+        return DecodedFrame(_record(b"", None), None, np.zeros((h, w, 3), np.uint8), 0.0)  # type: ignore[arg-type]
+
+    groups = group_by_size([frame(4, 4), frame(8, 4), frame(4, 4)])
+    assert sorted(len(g) for g in groups) == [1, 2]
+
+
+def test_consumer_lag_comes_from_librdkafka_statistics() -> None:
+    metrics = DetectorMetrics()
+    stats = {"topics": {"frames": {"partitions": {"0": {"consumer_lag": 7}, "1": {"consumer_lag": -1},
+                                                  "-1": {"consumer_lag": 3}}}}}
+    metrics.observe_statistics(json.dumps(stats))
+    metrics.observe_statistics("not json")
+    value = metrics.registry.get_sample_value("linewatch_detector_consumer_lag",
+                                              {"topic": "frames", "partition": "0"})
+    assert value == 7
+    assert metrics.registry.get_sample_value("linewatch_detector_consumer_lag",
+                                             {"topic": "frames", "partition": "-1"}) is None
+
+
+def test_settings_documented_consumer_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LINEWATCH_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("LINEWATCH_KAFKA__BOOTSTRAP_SERVERS", "broker:9092")
+    settings = DetectorSettings(group_id="g")
+    config = settings.consumer_config()
+    assert settings.max_batch_size == 4
+    assert config["bootstrap.servers"] == "broker:9092"
+    assert config["enable.auto.offset.store"] is False
+    for key in ("session.timeout.ms", "max.poll.interval.ms", "queued.max.messages.kbytes", "fetch.max.bytes"):
+        assert key in config
+    assert settings.producer_config()["enable.idempotence"] is True
