@@ -85,6 +85,8 @@ class FrameProducer:
         self.acked_bytes = 0
         self.failed = 0
         self.last_error: str | None = None
+        self.buffer_full_waits = 0
+        self._last_full_log = -1e9
         self._producer = Producer(config)
 
     def _on_error(self, error: KafkaError) -> None:
@@ -124,8 +126,11 @@ class FrameProducer:
                 now = time.monotonic()
                 if waited_since is None:
                     waited_since = now
-                    log.warning("camera %s: producer buffer full (%d in flight); waiting for the broker",
-                                camera, len(self._producer))
+                    self.buffer_full_waits += 1
+                    if now - self._last_full_log > 10:  # one line per 10 s of sustained back-pressure
+                        self._last_full_log = now
+                        log.warning("camera %s: producer buffer full (%d in flight, %d waits so far); "
+                                    "waiting for the broker", camera, len(self._producer), self.buffer_full_waits)
                 if stop_event is not None and stop_event.is_set():
                     stop_since = stop_since or now
                     if now - stop_since > give_up_after_stop_s:

@@ -71,8 +71,8 @@ class TopicSettings(BaseModel):
     dead_letters: str = "dead-letters"
     alerts: str = "alerts"
     alert_dead_letters: str = "alert-dead-letters"
-    partitions: int = Field(8, ge=1, description="Partitions for new topics; caps detector replicas.")
-    replication_factor: int = Field(1, ge=1)
+    partitions: int = Field(default=8, ge=1, description="Partitions for new topics; caps detector replicas.")
+    replication_factor: int = Field(default=1, ge=1)
 
 
 class ConfigError(SystemExit):
@@ -104,28 +104,28 @@ class CameraSettings(BaseSettings):
 
     model_config = settings_config()
 
-    camera_id: str = Field("cam-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    camera_id: str = Field(default="cam-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
                            description="Message key; one camera's frames stay in order in one partition.")
-    line_id: str = Field("line-1", min_length=1, max_length=64)
-    source: str = Field("synthetic:", description="SOURCE string, see ingest.sources.open_source.")
-    fps: float | None = Field(None, gt=0, description="Frame rate cap; None sends as fast as the source gives.")
-    resize: tuple[int, int] | None = Field(None, description="(width, height) to resize to before encoding.")
+    line_id: str = Field(default="line-1", min_length=1, max_length=64)
+    source: str = Field(default="synthetic:", description="SOURCE string, see ingest.sources.open_source.")
+    fps: float | None = Field(default=None, gt=0, description="Frame rate cap; None: as fast as the source gives.")
+    resize: tuple[int, int] | None = Field(default=None, description="(width, height) to resize to before encoding.")
     encoding: Literal["jpeg", "png", "raw"] = "jpeg"
-    jpeg_quality: int = Field(90, ge=1, le=100)
-    loop: bool = Field(False, description="At the end of a file/folder/replay, start again instead of stopping.")
-    queue_size: int = Field(8, ge=1, le=10_000, description="Frames buffered between capture and producer.")
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
+    loop: bool = Field(default=False, description="At the end of a file/folder/replay, start again (else stop).")
+    queue_size: int = Field(default=8, ge=1, le=10_000, description="Frames buffered between capture and producer.")
     queue_policy: Literal["auto", "drop-oldest", "block"] = Field(
-        "auto", description="When the queue is full: drop the oldest frame (counted) or block the capture. "
+        default="auto", description="When the queue is full: drop the oldest frame (counted) or block the capture. "
                             "auto: drop-oldest for live sources, block for recorded ones.")
-    max_message_bytes: int = Field(990_000, ge=1024,
+    max_message_bytes: int = Field(default=990_000, ge=1024,
                                    description="Size guard, below the broker's message.max.bytes (1 MiB default).")
     oversize_policy: Literal["resize", "reject"] = "resize"
-    state_dir: Path = Field(Path(".linewatch/state"), description="Where per-camera sequence numbers persist.")
-    sequence_block: int = Field(1000, ge=1, description="Sequence numbers reserved per state-file write.")
-    reopen_initial_s: float = Field(0.5, gt=0)
-    reopen_max_s: float = Field(30.0, gt=0)
-    create_topics: bool = Field(True, description="Create the frames topic when missing.")
-    flush_timeout_s: float = Field(30.0, gt=0)
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics here; None: off.")
+    state_dir: Path = Field(default=Path(".linewatch/state"), description="Per-camera sequence number state.")
+    sequence_block: int = Field(default=1000, ge=1, description="Sequence numbers reserved per state-file write.")
+    reopen_initial_s: float = Field(default=0.5, gt=0)
+    reopen_max_s: float = Field(default=30.0, gt=0)
+    create_topics: bool = Field(default=True, description="Create the frames topic when missing.")
+    flush_timeout_s: float = Field(default=30.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Serve /metrics here; None: off.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    topics: TopicSettings = Field(default_factory=lambda: TopicSettings.model_validate({}))
+    topics: TopicSettings = Field(default_factory=TopicSettings)
