@@ -57,3 +57,41 @@ def test_evaluate_command_bad_inputs_give_one_line_errors(trained: Path, tmp_pat
         assert main(["evaluate", *args, "--report", str(tmp_path / "out"), "--device", "cpu"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("linewatch evaluate:") and needle in err and "\n" not in err
+
+
+@pytest.mark.realdata
+def test_real_magnetic_tile_subset_with_empty_masks(trained: Path, magnetic_tile: Path, tmp_path: Path) -> None:
+    """Real images (grayscale, many sizes) and the 4 empty ``uneven`` masks; binning checked against exact."""
+    import numpy as np
+
+    from detector.data import load_mask
+    from detector.evaluate import map_to_image, run_evaluation
+    from detector.inference import AnomalyModel
+    from detector.metrics import auroc
+
+    subset = tmp_path / "mt"
+    picks = {"good": ["000", "001", "002", "003", "004", "005", "006", "007"],
+             "uneven": ["050", "053", "066", "067", "000"]}
+    for kind in ("blowhole", "break", "crack", "fray"):
+        picks[kind] = ["000", "001"]
+    for kind, names in picks.items():
+        (subset / "test" / kind).mkdir(parents=True)
+        if kind != "good":
+            (subset / "ground_truth" / kind).mkdir(parents=True)
+        for name in names:
+            (subset / "test" / kind / f"{name}.png").symlink_to(magnetic_tile / "test" / kind / f"{name}.png")
+            if kind != "good":
+                (subset / "ground_truth" / kind / f"{name}_mask.png").symlink_to(
+                    magnetic_tile / "ground_truth" / kind / f"{name}_mask.png")
+    model = AnomalyModel.load(trained, device="cpu")
+    result = run_evaluation(model, subset, tmp_path / "out", batch_size=8)
+    metrics = result.metrics
+    assert metrics["counts"]["images"] == 21 and metrics["counts"]["defective_empty_mask"] == 4
+    assert set(metrics["per_type"]) == {"blowhole", "break", "crack", "fray", "uneven"}
+    assert metrics["counts"]["pixels_good"] + metrics["counts"]["pixels_defective"] == sum(h * w for h, w in
+                                                                                           result.shapes)
+    flat = np.concatenate([map_to_image(m, s).ravel() for m, s in zip(result.maps, result.shapes, strict=True)])
+    truth = np.concatenate([load_mask(r, s).ravel() for r, s in zip(result.records, result.shapes, strict=True)])
+    exact = auroc(flat, truth)
+    assert abs(metrics["pixel_auroc"] - exact) <= metrics["exactness"]["pixel_auroc_max_binning_error"] + 1e-12
+    assert metrics["exactness"]["pixel_auroc_max_binning_error"] < 1e-3
