@@ -1,0 +1,127 @@
+"""Deliveries against real HTTP servers: signed webhook with retries, Grafana annotations, dead letters."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from alerts_helpers import WEBHOOK_SECRET, Webhook, frame
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from alerts.deliveries import deliver
+from alerts.deliveries.grafana import GrafanaChannel
+from alerts.deliveries.webhook import SIGNATURE_HEADER, WebhookChannel, sign
+from alerts.metrics import AlertsMetrics
+from alerts.rules import Alert, AlertEvent, CameraState, step
+from alerts.service import AlertsService, ensure_topics
+from alerts.settings import AlertsSettings, RetrySettings, RuleConfig
+
+RETRY = RetrySettings(attempts=4, backoff_s=0.02, max_backoff_s=0.1)
+
+
+def fired_and_resolved() -> list[AlertEvent]:
+    rule = RuleConfig(k=2, n=3, resolve_after=2, cooldown_s=0)
+    state, events = CameraState(camera_id="cam-7"), []
+    for seq, score in enumerate([0.6, 0.97, 0.2, 0.1]):
+        state, new = step(state, frame("cam-7", seq, score, line="line-3", heatmap=f"hm:{seq}"), rule)
+        events.extend(new)
+    return events
+
+
+def sample(metrics: AlertsMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_webhook_is_signed_and_retried_with_backoff(webhook: Webhook) -> None:
+    metrics = AlertsMetrics()
+    channel = WebhookChannel(webhook.url, WEBHOOK_SECRET, public_base_url="http://ops.example:8081", timeout_s=2)
+    webhook.fail_next = 2
+    event = fired_and_resolved()[0]
+    assert deliver(channel, event, RETRY, metrics) == ("delivered", "")
+    assert [r["accepted"] for r in webhook.received] == [False, False, True]
+    assert all(r["signed"] for r in webhook.received)
+    got = webhook.received[-1]
+    assert got["headers"][SIGNATURE_HEADER] == sign(WEBHOOK_SECRET, json.dumps(got["body"], sort_keys=True,
+                                                                                separators=(",", ":")).encode())
+    assert got["headers"]["X-Linewatch-Event-Id"] == event.event_id == got["body"]["event_id"]
+    assert got["body"]["alert"]["severity"] == "critical"
+    assert got["body"]["links"]["heatmap_url"].startswith("http://ops.example:8081/api/alerts/")
+    assert sample(metrics, "linewatch_alerts_delivery_retries_total", channel="webhook") == 2
+    assert sample(metrics, "linewatch_alerts_deliveries_total", channel="webhook", outcome="success") == 1
+
+
+def test_webhook_with_wrong_secret_fails_permanently_without_retries(webhook: Webhook) -> None:
+    metrics = AlertsMetrics()
+    channel = WebhookChannel(webhook.url, "not-the-secret", public_base_url="http://x", timeout_s=2)
+    outcome, error = deliver(channel, fired_and_resolved()[0], RETRY, metrics)
+    assert outcome == "failed" and "HTTP 401" in error
+    assert len(webhook.received) == 1 and not webhook.received[0]["signed"]
+
+
+def test_grafana_region_annotation_payload(recorder: dict[str, Any]) -> None:
+    channel = GrafanaChannel(recorder["url"], "glsa_token_abc", public_base_url="http://ops:8081",
+                             dashboard_uid="linewatch-overview", timeout_s=2)
+    assert channel.kinds == ("resolved",)
+    recorder["statuses"] = [503]
+    resolved = fired_and_resolved()[1]
+    assert deliver(channel, resolved, RETRY, AlertsMetrics())[0] == "delivered"
+    assert len(recorder["requests"]) == 2
+    request = recorder["requests"][-1]
+    assert request["path"] == "/api/annotations"
+    assert request["headers"]["Authorization"] == "Bearer glsa_token_abc"
+    body, alert = request["body"], resolved.alert
+    assert body["time"] == alert.start_ns // 10**6 and body["timeEnd"] == alert.end_ns // 10**6 > body["time"]
+    assert body["tags"] == ["linewatch", "line:line-3", "camera:cam-7", "severity:critical"]
+    assert body["dashboardUID"] == "linewatch-overview" and alert.alert_id in body["text"]
+    recorder["statuses"] = [400]
+    assert deliver(channel, resolved, RETRY, AlertsMetrics())[0] == "failed"
+    assert len(recorder["requests"]) == 3  # a 400 is not retried
+
+
+def test_undeliverable_alert_goes_to_dead_letter_topic_and_offset_is_committed(
+        make_settings: Callable[..., AlertsSettings], bootstrap: str, webhook: Webhook) -> None:
+    settings = make_settings(webhook_url=webhook.url, webhook_secret=WEBHOOK_SECRET, publish_alerts_topic=False)
+    webhook.fail_next = 10**6
+    service = AlertsService(settings, stop_event=threading.Event())
+    ensure_topics(settings, [settings.topics.results, settings.topics.alert_dead_letters])
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for seq in range(3):
+        producer.produce(settings.topics.results, key="cam-7",
+                         value=frame("cam-7", seq, 0.9, line="line-3").model_dump_json())
+    producer.produce(settings.topics.results, key="cam-7", value=b"{not json")
+    assert producer.flush(15) == 0
+
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    dead = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dl-{settings.group_id}",
+                     "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    dead.subscribe([settings.topics.alert_dead_letters])
+    records: list[Any] = []
+    deadline = time.monotonic() + 60
+    while len(records) < 2 and time.monotonic() < deadline:
+        msg = dead.poll(0.5)
+        if msg is not None and not msg.error():
+            records.append(msg)
+    dead.close()
+    time.sleep(1.0)  # let the batch's offset commit land
+    service.stop_event.set()
+    thread.join(30)
+    by_kind = {dict(m.headers()).get("dl-channel", b"input").decode(): m for m in records}
+    assert set(by_kind) == {"webhook", "input"}
+    alert_record = json.loads(by_kind["webhook"].value())
+    assert Alert.model_validate(alert_record["event"]["alert"]).camera_id == "cam-7"
+    assert b"HTTP 503" in dict(by_kind["webhook"].headers())["dl-error"]
+    assert by_kind["input"].value() == b"{not json"
+    assert dict(by_kind["input"].headers())["dl-error-class"] == b"ValidationError"
+    assert len(webhook.received) == settings.retry.attempts
+    client = redis.Redis.from_url(settings.redis.url)
+    assert not client.llen(service.store.outbox_key(settings.topics.results, 0)) + \
+        client.llen(service.store.outbox_key(settings.topics.results, 1))
+    check = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.group_id})
+    committed = check.committed([TopicPartition(settings.topics.results, p) for p in (0, 1)], timeout=10)
+    check.close()
+    assert sum(max(tp.offset, 0) for tp in committed) == 4
