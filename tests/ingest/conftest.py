@@ -22,10 +22,14 @@ def read_topic(bootstrap: str) -> ReadTopic:
     def read(topic: str, count: int, timeout_s: float = 20.0) -> list[Message]:
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False})
         try:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            deadline = time.monotonic() + timeout_s
+            partitions: dict = {}
+            while not partitions and time.monotonic() < deadline:  # the topic may not exist yet
+                partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+                if not partitions:
+                    time.sleep(0.2)
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
             found: list[Message] = []
-            deadline = time.monotonic() + timeout_s
             quiet_until = None
             while time.monotonic() < deadline:
                 msg = consumer.poll(0.2)

@@ -202,3 +202,13 @@ def test_metrics_endpoint_serves_camera_metrics(camera_settings: Settings) -> No
     assert 'linewatch_camera_frames_sent_total{camera="metered"} 2.0' in body
     assert 'linewatch_camera_encode_seconds_count{camera="metered"} 2.0' in body
     assert "linewatch_camera_bytes_sent_total" in body and "linewatch_camera_delivery_errors_total" in body
+
+
+def test_loop_restarts_a_recorded_source(camera_settings: Settings, read_topic: ReadTopic, tmp_path: Path) -> None:
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((8, 8, 3), i, np.uint8))
+    settings = camera_settings(loop=True, partitions=1)
+    stats = run_camera(settings, str(tmp_path / "*.png"), max_frames=5)
+    assert stats.sent == 5
+    assert [headers_of(r)["lw-source-id"] for r in read_topic(settings.topics.frames, 5)] == \
+        ["0.png", "1.png", "0.png", "1.png", "0.png"]

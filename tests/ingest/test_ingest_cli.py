@@ -4,6 +4,9 @@ other packages' work in progress cannot break these tests)."""
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,3 +85,24 @@ def test_topics_command_creates_missing_topics(bootstrap: str, unique: str, monk
     assert len(admin.list_topics(f"frames-{unique}").topics[f"frames-{unique}"].partitions) == 3
     assert run_cli("topics", "--bootstrap-servers", bootstrap) == 0
     assert capsys.readouterr().out.count(": exists") == 6
+
+
+def test_camera_process_flushes_and_exits_cleanly_on_sigterm(bootstrap: str, unique: str, tmp_path: Path,
+                                                            read_topic: ReadTopic) -> None:
+    topic = f"sig-{unique}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", "camera", "--source", "synthetic:?size=24", "--fps", "25",
+         "--camera-id", "sig-cam", "--bootstrap-servers", bootstrap, "--topic", topic, "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert len(read_topic(topic, 3, timeout_s=40)) >= 3  # wait until it publishes (endless source)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    summary = next(line for line in out.splitlines() if line.startswith("camera sig-cam:"))
+    captured = int(summary.split("captured ")[1].split(",")[0])
+    assert f"sent {captured}, dropped 0, delivery errors 0" in summary
+    assert len(read_topic(topic, captured)) == captured  # everything captured was flushed before exit
