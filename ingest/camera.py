@@ -21,7 +21,7 @@ from ingest.metrics import DROP_ENCODE_ERROR, DROP_OVERSIZE, DROP_QUEUE_FULL, DR
 from ingest.producer import FrameProducer, fit_to_limit
 from ingest.sequence import SequenceStore
 from ingest.settings import CameraSettings
-from ingest.sources import CapturedFrame, Source, open_source
+from ingest.sources import CapturedFrame, FrameError, Source, SourceError, open_source
 from ingest.topics import TopicError, ensure_topics
 from ingest.wire import EncodedFrame, encode_frame
 
@@ -114,8 +114,6 @@ class Camera:
         self._drop(DROP_UNSENT)
 
     def _capture(self) -> None:
-        from ingest.sources import FrameError, SourceError
-
         cam, source, settings = self.settings.camera_id, self.source, self.settings
         delay = settings.reopen_initial_s
         is_open, failing, frames_this_pass = False, False, 0
