@@ -37,6 +37,21 @@ class AckRequest(BaseModel):
     note: str = Field(default="", max_length=2000)
 
 
+def identity(request: Request) -> str:
+    """The identity of the request's bearer token; 401 when it is missing or wrong."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    found = None
+    for name, token in request.app.state.tokens.items():  # no early exit: timing tells nothing
+        if hmac.compare_digest(presented.encode(), token.encode()) and scheme.lower() == "bearer":
+            found = name
+    if found is None:
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return str(found)
+
+
+User = Annotated[str, Depends(identity)]
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -50,18 +65,7 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
     tokens = {"operator": settings.api_token.get_secret_value()}
     tokens.update({name: token.get_secret_value() for name, token in settings.api_users.items()})
     app = FastAPI(title="linewatch alerts", docs_url=None, redoc_url=None, openapi_url=None)
-
-    def identity(request: Request) -> str:
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        found = None
-        for name, token in tokens.items():  # no early exit: timing says nothing about which token
-            if hmac.compare_digest(presented.encode(), token.encode()) and scheme.lower() == "bearer":
-                found = name
-        if found is None:
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-        return found
-
-    user = Annotated[str, Depends(identity)]
+    app.state.tokens = tokens
 
     @app.get("/health")
     def health() -> JSONResponse:
@@ -78,15 +82,15 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
         app.get("/metrics")(metrics_body)
     else:
         @app.get("/metrics")
-        def protected_metrics(_who: user) -> Response:
+        def protected_metrics(_who: User) -> Response:
             return metrics_body()
 
     @app.get("/api/whoami")
-    def whoami(who: user) -> dict[str, str]:
+    def whoami(who: User) -> dict[str, str]:
         return {"identity": who}
 
     @app.get("/api/cameras")
-    def cameras(_who: user) -> list[dict[str, Any]]:
+    def cameras(_who: User) -> list[dict[str, Any]]:
         ids = sorted(_text(c) for c in redis.smembers(cache_keys.cameras_key(prefix)))
         pipe = redis.pipeline(transaction=False)
         for camera in ids:
@@ -112,11 +116,11 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
     @app.get("/api/cameras/{camera_id}/frames/{sequence}/overlay.png")
-    def overlay(camera_id: str, sequence: int, _who: user) -> Response:
+    def overlay(camera_id: str, sequence: int, _who: User) -> Response:
         return png(cache_keys.heatmap_key(prefix, camera_id, sequence))
 
     @app.get("/api/alerts")
-    def alerts(_who: user, state: str | None = None, line: str | None = None, camera: str | None = None,
+    def alerts(_who: User, state: str | None = None, line: str | None = None, camera: str | None = None,
                since_ns: int | None = None, until_ns: int | None = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Alert]:
         return history.list_alerts(state=state, line_id=line, camera_id=camera, since_ns=since_ns,
@@ -129,7 +133,7 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
         return alert
 
     @app.get("/api/alerts/{alert_id}")
-    def alert_detail(alert_id: str, _who: user) -> dict[str, Any]:
+    def alert_detail(alert_id: str, _who: User) -> dict[str, Any]:
         alert = known(alert_id)
         sequences = range(max(0, alert.worst_sequence - FRAMES_AROUND), alert.worst_sequence + FRAMES_AROUND + 1)
         pipe = redis.pipeline(transaction=False)
@@ -145,14 +149,14 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
                 "heatmap_url": f"/api/alerts/{alert_id}/heatmap.png" if alert.worst_heatmap_key else None}
 
     @app.get("/api/alerts/{alert_id}/heatmap.png")
-    def alert_heatmap(alert_id: str, _who: user) -> Response:
+    def alert_heatmap(alert_id: str, _who: User) -> Response:
         alert = known(alert_id)
         if not alert.worst_heatmap_key:
             raise HTTPException(404, "the detector did not cache this alert's worst heatmap")
         return png(alert.worst_heatmap_key)
 
     @app.post("/api/alerts/{alert_id}/ack")
-    def acknowledge(alert_id: str, body: AckRequest, who: user) -> Alert:
+    def acknowledge(alert_id: str, body: AckRequest, who: User) -> Alert:
         known(alert_id)
         acked = history.acknowledge(alert_id, by=(body.who or "").strip() or who, note=body.note)
         if acked is None:
@@ -160,7 +164,7 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
         return acked
 
     @app.get("/api/history")
-    def history_entries(_who: user, kind: str | None = None, line: str | None = None, camera: str | None = None,
+    def history_entries(_who: User, kind: str | None = None, line: str | None = None, camera: str | None = None,
                         since_ns: int | None = None, until_ns: int | None = None,
                         limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> list[HistoryEntry]:
         return history.query(kind=kind, line_id=line, camera_id=camera, since_ns=since_ns, until_ns=until_ns,

@@ -46,3 +46,43 @@ class Webhook:
         """Parsed bodies of the requests that were accepted."""
         with self.lock:
             return [r["body"] for r in self.received if r["accepted"]]
+
+
+def png(width: int = 64, height: int = 48, hot: tuple[int, int] = (20, 10)) -> bytes:
+    """A small colour PNG with a red hot spot, like a heatmap overlay."""
+    import cv2
+    import numpy as np
+
+    image = np.full((height, width, 3), 40, np.uint8)
+    cv2.circle(image, hot, 6, (0, 0, 255), -1)
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    return bytes(data)
+
+
+def seed_redis(client: Any, prefix: str, camera: str = "cam-7", line: str = "line-3") -> str:
+    """Write a camera's latest frame and heatmaps the detector's way, and one alert; returns its id."""
+    from alerts.history import AlertHistory
+    from alerts.rules import CameraState, step
+    from alerts.settings import RuleConfig
+    from detector import cache_keys
+
+    rule = RuleConfig(k=2, n=3, resolve_after=2, cooldown_s=0)
+    history = AlertHistory(client, prefix)
+    state, pipe = CameraState(camera_id=camera), client.pipeline(transaction=True)
+    for seq, score in enumerate([0.2, 0.8, 0.95, 0.7]):
+        key = cache_keys.heatmap_key(prefix, camera, seq)
+        pipe.hset(key, mapping={"overlay": png(hot=(10 + 10 * seq, 20)), "normalised_score": score,
+                                "anomalous": int(score >= 0.5), "capture_ns": T0 + seq * FRAME_NS, "line_id": line})
+        pipe.expire(key, 600)
+        state, events = step(state, frame(camera, seq, score, line=line, heatmap=key), rule)
+        for event in events:
+            history.stage_event(pipe, event)
+    pipe.sadd(cache_keys.cameras_key(prefix), camera)
+    pipe.hset(cache_keys.latest_key(prefix, camera), mapping={
+        "line_id": line, "sequence": 3, "capture_ns": T0 + 3 * FRAME_NS, "image_score": 1.4,
+        "normalised_score": 0.7, "anomalous": 1, "heatmap_key": cache_keys.heatmap_key(prefix, camera, 3),
+        "updated_ns": T0 + 4 * FRAME_NS})
+    pipe.execute()
+    assert state.alert is not None
+    return state.alert.alert_id

@@ -1,0 +1,81 @@
+"""Operator API: bearer auth on every route but health, cameras and heatmaps from Redis, alerts, ack."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from alerts_helpers import API_TOKEN, png, seed_redis
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from alerts.api import create_app
+from alerts.metrics import AlertsMetrics
+from alerts.settings import AlertsSettings
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@pytest.fixture
+def api(make_settings: Callable[..., AlertsSettings]) -> tuple[TestClient, AlertsSettings, str]:
+    settings = make_settings(api_users={"dana": SecretStr("dana-token-456")})
+    client = settings.redis.client()
+    alert_id = seed_redis(client, settings.redis.key_prefix)
+    return TestClient(create_app(settings, AlertsMetrics(), client)), settings, alert_id
+
+
+def test_every_route_but_health_needs_the_token(api: tuple[TestClient, AlertsSettings, str]) -> None:
+    http, _, alert_id = api
+    routes = [r for r in http.app.routes if isinstance(r, APIRoute) and r.path not in ("/health", "/")]
+    assert len(routes) >= 9
+    for route in routes:
+        path = route.path.format(alert_id=alert_id, camera_id="cam-7", sequence=2)
+        for method in route.methods:
+            for headers in ({}, {"Authorization": "Bearer wrong-token-x"}, {"Authorization": f"Basic {API_TOKEN}"},
+                            {"Authorization": API_TOKEN}):
+                response = http.request(method, path, headers=headers, json={"note": "x"})
+                assert response.status_code == 401, (method, path, headers)
+                assert response.headers["www-authenticate"] == "Bearer"
+            assert http.request(method, path, headers=AUTH, json={"note": "x"}).status_code == 200, path
+    assert http.get("/health").json() == {"status": "ok", "redis": True}
+    assert http.get("/").status_code == 200 and "app.js" in http.get("/").text
+
+
+def test_cameras_and_heatmaps_come_from_redis(api: tuple[TestClient, AlertsSettings, str]) -> None:
+    http, _, alert_id = api
+    [camera] = http.get("/api/cameras", headers=AUTH).json()
+    assert (camera["camera_id"], camera["line_id"], camera["sequence"]) == ("cam-7", "line-3", 3)
+    assert camera["anomalous"] is True
+    assert camera["normalised_score"] == 0.7
+    image = http.get(camera["overlay_url"], headers=AUTH)
+    assert image.headers["content-type"] == "image/png" and image.content == png(hot=(40, 20))
+    assert http.get("/api/cameras/cam-7/frames/99/overlay.png", headers=AUTH).status_code == 404
+    detail = http.get(f"/api/alerts/{alert_id}", headers=AUTH).json()
+    assert detail["alert"]["worst_sequence"] == 2 and detail["alert"]["state"] == "firing"
+    assert [f["sequence"] for f in detail["frames"]] == [0, 1, 2, 3]
+    assert [f["worst"] for f in detail["frames"]] == [False, False, True, False]
+    assert http.get(detail["heatmap_url"], headers=AUTH).content == png(hot=(30, 20))
+    assert http.get("/api/alerts/nope", headers=AUTH).status_code == 404
+
+
+def test_alert_list_history_and_acknowledgement(api: tuple[TestClient, AlertsSettings, str]) -> None:
+    http, _, alert_id = api
+    assert [a["alert_id"] for a in http.get("/api/alerts?state=firing", headers=AUTH).json()] == [alert_id]
+    assert http.get("/api/alerts?state=resolved", headers=AUTH).json() == []
+    assert http.get("/api/alerts?line=line-9", headers=AUTH).json() == []
+    dana = {"Authorization": "Bearer dana-token-456"}
+    acked = http.post(f"/api/alerts/{alert_id}/ack", headers=dana, json={"note": "scrap bin 4"}).json()
+    assert acked["ack"]["by"] == "dana" and acked["ack"]["note"] == "scrap bin 4"
+    again = http.post(f"/api/alerts/{alert_id}/ack", headers=AUTH, json={"who": "Lee (shift B)"}).json()
+    assert again["ack"]["by"] == "Lee (shift B)" and again["ack"]["at_ns"] >= acked["ack"]["at_ns"]
+    assert [a["alert_id"] for a in http.get("/api/alerts?state=acknowledged", headers=AUTH).json()] == [alert_id]
+    history = http.get("/api/history?camera=cam-7", headers=AUTH).json()
+    assert [(h["kind"], h["by"]) for h in history] == [("acknowledged", "Lee (shift B)"), ("acknowledged", "dana"),
+                                                       ("firing", "")]
+    assert [h["kind"] for h in http.get("/api/history?kind=firing&line=line-3", headers=AUTH).json()] == ["firing"]
+    fired_ns = history[-1]["at_ns"]
+    assert http.get(f"/api/history?kind=firing&until_ns={fired_ns - 1}", headers=AUTH).json() == []
+    assert http.post("/api/alerts/nope/ack", headers=AUTH, json={}).status_code == 404
+    metrics = http.get("/metrics", headers=AUTH).text
+    assert "linewatch_alerts_firing" in metrics and "linewatch_alerts_deliveries_total" in metrics
