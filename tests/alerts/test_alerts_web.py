@@ -1,0 +1,83 @@
+"""The operator page in a real headless Chromium: sign in, heatmaps from Redis, acknowledge an alert."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from alerts_helpers import API_TOKEN, seed_redis
+
+from alerts.api import start_server
+from alerts.history import AlertHistory
+from alerts.metrics import AlertsMetrics
+from alerts.settings import AlertsSettings, HttpSettings
+from deploy.local import free_port
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("chromium / chromium-driver not installed (Debian packages chromium, chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    with tempfile.TemporaryDirectory(prefix="lw-chromium-") as profile:
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                     f"--user-data-dir={profile}", "--window-size=1200,900"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def test_page_shows_heatmaps_and_acknowledges(make_settings: Callable[..., AlertsSettings], browser: object) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver: WebDriver = browser  # type: ignore[assignment]
+    port = free_port()
+    settings = make_settings(http=HttpSettings(enabled=True, host="127.0.0.1", port=port))
+    client = settings.redis.client()
+    alert_id = seed_redis(client, settings.redis.key_prefix)
+    server = start_server(settings, AlertsMetrics())
+    wait = WebDriverWait(driver, 20)
+    loaded = ("return Array.from(document.querySelectorAll(arguments[0]))"
+              ".filter(i => i.complete && i.naturalWidth > 0).length")
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        driver.find_element(By.ID, "token").send_keys(API_TOKEN)
+        driver.find_element(By.ID, "login").click()
+        # Live view: the camera card shows the overlay PNG fetched from Redis, and the alert is listed.
+        wait.until(lambda d: d.execute_script(loaded, "#cameras img.overlay") == 1)
+        assert driver.execute_script("return document.querySelector('#cameras img.overlay').naturalWidth") == 64
+        assert "0.70" in driver.find_element(By.ID, "cameras").text
+        row = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f"tr[data-alert='{alert_id}']").text)
+        assert "firing" in row and "cam-7" in row
+        # The live view refreshes without reload: a new score appears.
+        client.hset(f"{settings.redis.key_prefix}:cam:cam-7:latest", "normalised_score", 0.42)
+        wait.until(lambda d: "0.42" in d.find_element(By.ID, "cameras").text)
+        # The table is re-rendered every refresh, so find and click the link in one step.
+        driver.execute_script(f"document.querySelector(\"tr[data-alert='{alert_id}'] a\").click()")
+        assert driver.current_url.endswith(f"#/alert/{alert_id}")
+        # Alert page: worst heatmap and the frames around it, then acknowledge.
+        wait.until(lambda d: d.execute_script(loaded, "#worst-heatmap") == 1)
+        wait.until(lambda d: d.execute_script(loaded, "#frames img") == 4)
+        assert driver.find_element(By.ID, "alert-ack").text == "not acknowledged"
+        driver.find_element(By.ID, "ack-note").send_keys("checked the part")
+        driver.find_element(By.ID, "ack-button").click()
+        wait.until(lambda d: "acknowledged by operator" in d.find_element(By.ID, "alert-ack").text)
+        assert "checked the part" in driver.find_element(By.ID, "alert-ack").text
+        ack = AlertHistory(client, settings.redis.key_prefix).get(alert_id).ack  # type: ignore[union-attr]
+        assert ack is not None and (ack.by, ack.note) == ("operator", "checked the part")
+    finally:
+        server.stop()
