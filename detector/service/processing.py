@@ -124,8 +124,9 @@ class BatchProcessor:
         if anomalous:
             self._metrics.frames_anomalous.labels(**labels).inc()
         self._metrics.end_to_end_seconds.observe(result.latency.end_to_end_ms / 1000)
-        if not cache_up:
+        if self._cache is None:
             return None
+        # Entries go to the cache even while it is down: its writer uses them to probe for recovery.
         image = frame.image if isinstance(frame.image, np.ndarray) else frame.image.cpu().numpy()
         return HeatmapEntry(camera_id=meta.camera_id, line_id=meta.line_id, sequence=meta.sequence,
                             capture_ns=meta.capture_ns, image_score=result.image_score,

@@ -49,6 +49,7 @@ class DetectorService:
         self.tracker = OffsetTracker()
         self.ready_event = threading.Event()
         self.health_port: int | None = None
+        self.assignment: set[tuple[str, int]] = set()
         self.model = model
         self._batcher: Batcher[Record] = Batcher(settings.max_batch_size, settings.max_wait_ms / 1000)
         self._work: queue.Queue[_Work | None] = queue.Queue(maxsize=1)
@@ -200,6 +201,7 @@ class DetectorService:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
         self.tracker.forget(tps)
+        self.assignment = set(tps)
         self.health.assigned = True
         self.ready_event.set()
         log.info("assigned %s", sorted(p for _, p in tps))
@@ -211,12 +213,14 @@ class DetectorService:
         self._drain()
         self._commit()
         self.tracker.forget(list(revoked))
+        self.assignment -= revoked
         log.info("revoked %s", sorted(p for _, p in revoked))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self._batcher.drop(keep=lambda r: (r.topic, r.partition) not in lost)
         self.tracker.forget(list(lost))
+        self.assignment -= lost
         log.warning("lost partitions %s (session timed out); their uncommitted frames will be reprocessed",
                     sorted(p for _, p in lost))
 
