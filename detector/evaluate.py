@@ -1,8 +1,9 @@
 """Evaluate a model on the test split of an MVTec-layout folder: ``metrics.json`` + ``report.html``.
 
 Resolution: as in the MVTec AD evaluation, pixel metrics are computed at each test image's own
-resolution. The model's (S, S) map is mapped back to the image (for ``letterbox`` models the padded
-border is cropped first) and resized bilinearly to (H, W); masks are read at (H, W) unchanged.
+resolution. The model's (S, S) map is mapped back to the image by the model's own ``map_to_image``
+when it has one, else by :func:`map_to_image` here (for ``letterbox`` models the padded border is
+cropped first), resized bilinearly to (H, W); masks are read at (H, W) unchanged.
 Pixel scores are streamed into binned histograms (:mod:`detector.pixel_metrics`), so memory is the
 (N, S, S) model-size maps plus one image, never all test pixels; the worst-case binning error of
 pixel AUROC and AUPRO is computed and stored beside them.
@@ -16,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +64,7 @@ class Evaluation:
     shapes: list[tuple[int, int]]
     image_threshold: float
     resize_mode: str
+    to_image: Callable[[np.ndarray, tuple[int, int]], np.ndarray]  # (S, S) map -> (H, W) image coordinates
     image_roc: tuple[np.ndarray, np.ndarray]
     pixel_roc: tuple[np.ndarray, np.ndarray]
     pro_curve: tuple[np.ndarray, np.ndarray]
@@ -114,6 +117,9 @@ def run_evaluation(model: AnomalyModel, data_dir: str | Path, out_dir: str | Pat
     records = list_test(data_dir)
     metadata: dict[str, Any] = dict(getattr(model, "metadata", {}) or {})
     resize_mode = str(metadata.get("resize_mode", "squash"))
+    # The model knows its own input geometry best; duck-typed models without it get map_to_image here.
+    to_image: Callable[[np.ndarray, tuple[int, int]], np.ndarray] = getattr(
+        model, "map_to_image", lambda m, shape: map_to_image(m, shape, resize_mode))
     started = time.perf_counter()
     scores, flagged, maps, shapes = _predict_all(model, records, batch_size)
     inference_s = time.perf_counter() - started
@@ -128,7 +134,7 @@ def run_evaluation(model: AnomalyModel, data_dir: str | Path, out_dir: str | Pat
             missing_masks += record.mask_path is None
             empty_masks += record.mask_path is not None and not mask.any()
         groups.setdefault(record.defect_type, PixelAccumulator(edges)).add(
-            map_to_image(maps[i], shapes[i], resize_mode), mask)
+            np.asarray(to_image(maps[i], shapes[i]), np.float32), mask)
     if missing_masks:
         log.warning("evaluate: %d defective images have no mask file; their pixels count as defect-free",
                     missing_masks)
@@ -180,7 +186,7 @@ def run_evaluation(model: AnomalyModel, data_dir: str | Path, out_dir: str | Pat
         image_roc = roc_curve(scores, labels)[:2]
     result = Evaluation(metrics=metrics, records=records, image_scores=scores, labels=labels, maps=maps,
                         shapes=shapes, image_threshold=float(model.image_threshold), resize_mode=resize_mode,
-                        image_roc=image_roc, pixel_roc=_thin(fpr, tpr), pro_curve=_thin(fpr, pro))
+                        to_image=to_image, image_roc=image_roc, pixel_roc=_thin(fpr, tpr), pro_curve=_thin(fpr, pro))
     if report:
         from detector.report import write_report
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from detector.data import load_mask, load_rgb
-from detector.evaluate import Evaluation, map_to_image
+from detector.evaluate import Evaluation
 
 W, H, PAD, RIGHT = 380, 300, 42, 24  # chart size, left/bottom margin and right margin, pixels
 GOOD, DEFECT = "#2b7bba", "#d8572a"
@@ -103,7 +103,7 @@ def histogram_chart(good: np.ndarray, defect: np.ndarray, thresholds: list[tuple
 def overlay_png(result: Evaluation, index: int, max_side: int = 256) -> str:
     """Image with its heatmap (red = at or above the image threshold) and the mask outline, as a data URI."""
     record, shape = result.records[index], result.shapes[index]
-    heat = map_to_image(result.maps[index], shape, result.resize_mode)
+    heat = np.asarray(result.to_image(result.maps[index], shape), np.float32)
     scale = np.clip(heat / max(result.image_threshold, 1e-12), 0, 1)
     colour = cv2.applyColorMap((scale * 255).astype(np.uint8), cv2.COLORMAP_JET)
     image = cv2.cvtColor(load_rgb(record.path), cv2.COLOR_RGB2BGR)

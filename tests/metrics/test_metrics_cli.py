@@ -65,7 +65,7 @@ def test_real_magnetic_tile_subset_with_empty_masks(trained: Path, magnetic_tile
     import numpy as np
 
     from detector.data import load_mask
-    from detector.evaluate import map_to_image, run_evaluation
+    from detector.evaluate import run_evaluation
     from detector.inference import AnomalyModel
     from detector.metrics import auroc
 
@@ -90,7 +90,7 @@ def test_real_magnetic_tile_subset_with_empty_masks(trained: Path, magnetic_tile
     assert set(metrics["per_type"]) == {"blowhole", "break", "crack", "fray", "uneven"}
     assert metrics["counts"]["pixels_good"] + metrics["counts"]["pixels_defective"] == sum(h * w for h, w in
                                                                                            result.shapes)
-    flat = np.concatenate([map_to_image(m, s).ravel() for m, s in zip(result.maps, result.shapes, strict=True)])
+    flat = np.concatenate([result.to_image(m, s).ravel() for m, s in zip(result.maps, result.shapes, strict=True)])
     truth = np.concatenate([load_mask(r, s).ravel() for r, s in zip(result.records, result.shapes, strict=True)])
     exact = auroc(flat, truth)
     assert abs(metrics["pixel_auroc"] - exact) <= metrics["exactness"]["pixel_auroc_max_binning_error"] + 1e-12
