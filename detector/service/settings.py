@@ -24,34 +24,34 @@ class DetectorSettings(BaseSettings):
     topics: TopicSettings = Field(default_factory=lambda: TopicSettings.model_validate({}))
     redis: RedisSettings = Field(default_factory=lambda: RedisSettings.model_validate({}))
 
-    model: Path = Field(Path("models/stfpm.safetensors"), description="Checkpoint written by `linewatch train`.")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU; 0 keeps torch's default.")
-    max_batch_size: int = Field(16, ge=1, le=1024, description="A batch closes when it holds this many frames...")
-    max_wait_ms: float = Field(20.0, ge=0.0, description="...or this long after its first frame arrived.")
-    decode_workers: int = Field(2, ge=1, le=64, description="Threads decoding JPEG/PNG while the model runs.")
-    decode_mode: DecodeMode = Field("cpu", description="cpu (OpenCV threads), gpu (nvjpeg via torchvision), "
+    model: Path = Field(default=Path("models/stfpm.safetensors"), description="Checkpoint from `linewatch train`.")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads on CPU; 0 = torch's default.")
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="A batch closes at this many frames...")
+    max_wait_ms: float = Field(default=20.0, ge=0.0, description="...or this long after its first frame arrived.")
+    decode_workers: int = Field(default=2, ge=1, le=64, description="Threads decoding JPEG/PNG while the model runs.")
+    decode_mode: DecodeMode = Field(default="cpu", description="cpu (OpenCV threads), gpu (nvjpeg via torchvision), "
                                                         "auto (gpu when the model runs on CUDA).")
-    max_side: int = Field(MAX_SIDE, ge=16, description="Frames wider or taller than this are dead-lettered.")
+    max_side: int = Field(default=MAX_SIDE, ge=16, description="Frames wider or taller than this are dead-lettered.")
     group_id: str = "linewatch-detector"
     auto_offset_reset: Literal["earliest", "latest"] = Field(
-        "earliest", description="Where a new group starts; earliest so no frame is skipped.")
-    session_timeout_ms: int = Field(10_000, ge=1000, description="How soon a dead detector's partitions move.")
-    max_poll_interval_ms: int = Field(60_000, ge=1000, description="A stuck loop leaves the group after this.")
-    queued_max_messages_kbytes: int = Field(16_384, ge=1, description="Prefetch bound per consumer (KiB).")
-    fetch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Most bytes one fetch returns.")
-    statistics_interval_ms: int = Field(5_000, ge=0, description="librdkafka statistics (consumer lag); 0 = off.")
-    commit_interval_ms: int = Field(1_000, ge=100, description="Auto-commit of stored (fully acknowledged) offsets.")
-    heatmaps_per_camera: int = Field(20, ge=1, description="Latest N heatmaps kept per camera.")
-    heatmap_ttl_s: int = Field(600, ge=1, description="Lifetime of an ordinary heatmap.")
-    breach_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="Lifetime of a breach heatmap (kept longer).")
-    heatmap_map_size: int = Field(64, ge=8, le=512, description="Side of the low-resolution 16-bit map.")
-    overlay_max_side: int = Field(256, ge=32, description="Overlay PNGs are downscaled to at most this side.")
-    cache_queue_batches: int = Field(8, ge=1, description="Batches waiting for Redis before writes are skipped.")
-    metrics_port: int | None = Field(9108, ge=0, le=65535,
+        default="earliest", description="Where a new group starts; earliest so no frame is skipped.")
+    session_timeout_ms: int = Field(default=10_000, ge=1000, description="How soon a dead detector's partitions move.")
+    max_poll_interval_ms: int = Field(default=60_000, ge=1000, description="A stuck loop leaves the group after this.")
+    queued_max_messages_kbytes: int = Field(default=16_384, ge=1, description="Prefetch bound per consumer (KiB).")
+    fetch_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Most bytes one fetch returns.")
+    statistics_interval_ms: int = Field(default=5_000, ge=0, description="librdkafka statistics (lag); 0 = off.")
+    commit_interval_ms: int = Field(default=1_000, ge=100, description="Auto-commit of stored (acked) offsets.")
+    heatmaps_per_camera: int = Field(default=20, ge=1, description="Latest N heatmaps kept per camera.")
+    heatmap_ttl_s: int = Field(default=600, ge=1, description="Lifetime of an ordinary heatmap.")
+    breach_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="Lifetime of a breach heatmap (kept longer).")
+    heatmap_map_size: int = Field(default=64, ge=8, le=512, description="Side of the low-resolution 16-bit map.")
+    overlay_max_side: int = Field(default=256, ge=32, description="Overlay PNGs are downscaled to at most this side.")
+    cache_queue_batches: int = Field(default=8, ge=1, description="Batches queued for Redis before skipping.")
+    metrics_port: int | None = Field(default=9108, ge=0, le=65535,
                                      description="HTTP port of /metrics, /healthz, /readyz; 0 = any free port.")
     metrics_host: str = "0.0.0.0"  # a container exposes it; set 127.0.0.1 for local-only
-    delivery_retries: int = Field(3, ge=0, description="Re-sends of an output whose delivery failed.")
+    delivery_retries: int = Field(default=3, ge=0, description="Re-sends of an output whose delivery failed.")
 
     def consumer_config(self) -> dict[str, Any]:
         """librdkafka consumer settings (see docs in service.py for why each is set)."""
