@@ -7,6 +7,8 @@ import math
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.metrics import PixelAccumulator, auroc, quantile_edges, trapezoid_to
 
@@ -164,3 +166,18 @@ def test_groups_merge_into_the_pooled_result() -> None:
     merged += second
     assert merged.auroc() == pooled.auroc() and merged.aupro() == pooled.aupro()
     assert first.n_good + second.n_good == pooled.n_good
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3))
+def test_exact_accumulator_matches_the_definition_on_random_tied_maps(seed: int, n_maps: int) -> None:
+    rng = np.random.default_rng(seed)
+    maps = [rng.integers(0, 5, (6, 7)).astype(np.float32) for _ in range(n_maps)]
+    masks = [rng.random((6, 7)) < 0.25 for _ in range(n_maps)]
+    acc = exact(maps, masks)
+    flat = np.concatenate([m.ravel() for m in maps])
+    truth = np.concatenate([k.ravel() for k in masks])
+    if truth.all() or not truth.any():
+        return
+    assert acc.auroc() == pytest.approx(auroc(flat, truth), abs=1e-12)
+    assert acc.aupro() == pytest.approx(reference_aupro(maps, masks), abs=1e-12)

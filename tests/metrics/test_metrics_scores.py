@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.metrics import auroc, best_f1, f1_at, f1_score, roc_curve, trapezoid_to
 
@@ -98,3 +100,21 @@ def test_trapezoid_to_interpolates_at_the_limit() -> None:
     assert trapezoid_to([0, 0, 0.3, 0.3, 1], [0, 1, 1, 0, 0], 0.3) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="non-decreasing"):
         trapezoid_to([0, 0.5, 0.2], [0, 1, 1], 0.3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=2, max_size=40))
+def test_auroc_equals_pair_counting_for_any_small_input(items: list[tuple[int, bool]]) -> None:
+    scores = np.array([s for s, _ in items], float)
+    labels = np.array([y for _, y in items], bool)
+    d, g = scores[labels][:, None], scores[~labels][None, :]
+    if d.size == 0 or g.size == 0:
+        assert math.isnan(auroc(scores, labels))
+        return
+    expected = ((d > g).sum() + 0.5 * (d == g).sum()) / (d.size * g.size)
+    assert auroc(scores, labels) == pytest.approx(expected, abs=1e-12)
+    fpr, tpr, _ = roc_curve(scores, labels)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(expected, abs=1e-12)
+    f1, threshold = best_f1(scores, labels)
+    assert f1 == pytest.approx(max(f1_at(scores, labels, t) for t in np.unique(scores)))
+    assert f1_at(scores, labels, threshold) == pytest.approx(f1)
