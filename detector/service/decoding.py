@@ -171,10 +171,12 @@ class Decoder:
 
 
 def group_by_size(frames: Sequence[DecodedFrame]) -> list[list[DecodedFrame]]:
-    """Frames of equal (height, width), so each group runs as one stacked tensor."""
-    groups: dict[tuple[int, int], list[DecodedFrame]] = {}
+    """Frames of equal (height, width) and kind, so each group runs as one stacked batch."""
+    groups: dict[tuple[int, int, bool], list[DecodedFrame]] = {}
     for frame in frames:
-        groups.setdefault(tuple(frame.image.shape[:2]), []).append(frame)
+        height, width = frame.image.shape[:2]
+        # On the GPU path PNG/raw frames are numpy arrays and JPEGs CUDA tensors: keep them apart.
+        groups.setdefault((int(height), int(width), isinstance(frame.image, np.ndarray)), []).append(frame)
     return list(groups.values())
 
 

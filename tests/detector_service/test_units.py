@@ -187,8 +187,9 @@ def test_group_by_size_keeps_equal_sizes_together() -> None:
     def frame(h: int, w: int) -> DecodedFrame:
         return DecodedFrame(_record(b"", None), None, np.zeros((h, w, 3), np.uint8), 0.0)  # type: ignore[arg-type]
 
-    groups = group_by_size([frame(4, 4), frame(8, 4), frame(4, 4)])
-    assert sorted(len(g) for g in groups) == [1, 2]
+    tensor_frame = DecodedFrame(_record(b"", None), None, torch.zeros((4, 4, 3), dtype=torch.uint8), 0.0)  # type: ignore[arg-type]
+    groups = group_by_size([frame(4, 4), frame(8, 4), frame(4, 4), tensor_frame])
+    assert sorted(len(g) for g in groups) == [1, 1, 2]
 
 
 def test_consumer_lag_comes_from_librdkafka_statistics() -> None:
@@ -215,3 +216,29 @@ def test_settings_documented_consumer_options(monkeypatch: pytest.MonkeyPatch) -
     for key in ("session.timeout.ms", "max.poll.interval.ms", "queued.max.messages.kbytes", "fetch.max.bytes"):
         assert key in config
     assert settings.producer_config()["enable.idempotence"] is True
+
+
+def test_batched_nvjpeg_path_decodes_and_isolates_a_corrupt_stream() -> None:
+    """The GPU decode code path, run with torchvision's decode_jpeg on the CPU device (no GPU here)."""
+    import cv2
+
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    good = encode_frame(image, camera_id="cam", line_id="L", sequence=1, capture_ns=1)
+    scan = good.value.find(b"\xff\xda")
+    corrupt = good.value[:scan + 20] + b"\x00" * 5  # headers and SOF intact, scan data cut off
+    png = encode_frame(image, camera_id="cam", line_id="L", sequence=2, capture_ns=1, encoding="png")
+    records = [_record(good.value, list(good.headers)), _record(corrupt, list(good.headers)),
+               _record(png.value, list(png.headers)), _record(good.value, list(good.headers))]
+    decoder = Decoder(2, "gpu", torch.device("cpu"))
+    try:
+        outcomes = decoder.submit(records).result()
+    finally:
+        decoder.close()
+    assert [type(o).__name__ for o in outcomes] == ["DecodedFrame", "Rejected", "DecodedFrame", "DecodedFrame"]
+    assert isinstance(outcomes[1], Rejected) and outcomes[1].reason == "undecodable"
+    first = outcomes[0]
+    assert isinstance(first, DecodedFrame) and isinstance(first.image, torch.Tensor)
+    expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(good.value, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert first.image.shape == (40, 56, 3)
+    assert np.abs(first.image.numpy().astype(int) - expected.astype(int)).max() <= 2
+    assert isinstance(outcomes[2], DecodedFrame) and isinstance(outcomes[2].image, np.ndarray)  # PNG: CPU path
