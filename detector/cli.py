@@ -1,7 +1,15 @@
-"""Subcommands of ``linewatch`` that belong to the detector package."""
+"""Subcommands of ``linewatch`` that belong to the detector package (train, predict, export).
+
+Each ``register_*`` adds one subcommand; handlers import torch lazily and turn expected failures
+(bad data, bad checkpoint, missing weights, absent device) into one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -10,5 +18,98 @@ def register(subparsers: Any) -> None:
     from detector.evaluate_cli import register_evaluate
     from detector.service.cli import register_detect
 
+    register_train(subparsers)
+    register_predict(subparsers)
+    register_export(subparsers)
     register_evaluate(subparsers)
     register_detect(subparsers)
+
+
+def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ValueError as exc:  # DataError, CheckpointError, BackboneError, DeviceError, ExportError
+            print(f"linewatch {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def register_train(subparsers: Any) -> None:
+    """``linewatch train DATA_DIR --out MODEL``."""
+    p = subparsers.add_parser("train", help="train and calibrate an STFPM model on good images")
+    p.add_argument("data_dir", type=Path, nargs="?", help="MVTec-layout folder or a folder of good images")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   choices=["efficientnet_lite0", "resnet18", "wide_resnet50_2"])
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher-weights", type=Path, default=None, help="local ImageNet state dict of the backbone")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--synthetic", action="store_true", help="train a tiny model on synthetic parts (no data needed)")
+    p.add_argument("--resume", action="store_true", help="continue from the last finished epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_guarded(_train))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from detector.data import list_train_good
+    from detector.train import TrainConfig, train, train_synthetic_model
+
+    if args.synthetic:
+        path = train_synthetic_model(args.out, **{k: v for k, v in (("epochs", args.epochs),
+                                                                    ("image_size", args.image_size),
+                                                                    ("seed", args.seed)) if v is not None})
+        print(f"wrote {path}")
+        return 0
+    if args.data_dir is None:
+        raise ValueError("DATA_DIR is required unless --synthetic is given")
+    config = TrainConfig(backbone=args.backbone, seed=args.seed, teacher_weights=args.teacher_weights,
+                         device=args.device)
+    overrides = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size, "lr": args.lr}
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    result = train(config, list_train_good(args.data_dir), args.out, progress=not args.quiet, resume=args.resume)
+    print(f"wrote {result.path}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.5f}, "
+          f"image threshold {result.calibration.image_threshold:.5f}, {result.images_per_second:.1f} images/s")
+    return 0
+
+
+def register_predict(subparsers: Any) -> None:
+    """``linewatch predict --model MODEL IMAGE_OR_DIR... --out DIR``."""
+    p = subparsers.add_parser("predict", help="score images: heatmap overlays and one JSON line per image")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for overlays and predictions.jsonl")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_guarded(_predict))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from detector.inference import AnomalyModel
+    from detector.predict import predict_files
+
+    model = AnomalyModel.load(args.model, args.device)
+    lines = predict_files(model, args.inputs, args.out, stream=sys.stdout)
+    return 1 if any("error" in line for line in lines) else 0
+
+
+def register_export(subparsers: Any) -> None:
+    """``linewatch export --model MODEL --format onnx|torchscript --out FILE``."""
+    p = subparsers.add_parser("export", help="export a model (pre-processing and map fusion included)")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_guarded(_export))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from detector.export import export_model
+
+    print(f"wrote {export_model(args.model, args.out, args.fmt)}")
+    return 0

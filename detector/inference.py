@@ -89,6 +89,20 @@ class AnomalyModel:
         model.load_state_dict(state)
         return cls(model, metadata, file_sha256(path)[:12], select_device(device), channels_last=channels_last)
 
+    def map_to_image(self, anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """One (S, S) map in the original image's pixels (H, W): undo the letterbox padding, then resize."""
+        import cv2
+
+        h, w = int(shape[0]), int(shape[1])
+        m = np.asarray(anomaly_map, np.float32)
+        if self.model.resize_mode == "letterbox" and h != w:
+            size = self.image_size
+            scale = size / max(h, w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            top, left = (size - nh) // 2, (size - nw) // 2
+            m = m[top:top + nh, left:left + nw]
+        return cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+
     def normalise(self, scores: np.ndarray) -> np.ndarray:
         """Raw scores -> [0, 1], with the image threshold -> 0.5."""
         return normalise(scores, self.image_threshold, self.calibration.log_scale)

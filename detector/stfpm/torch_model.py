@@ -53,15 +53,15 @@ class STFPM(nn.Module):
         """uint8 (N, H, W, 3) RGB -> normalised float (N, 3, S, S) on the frames' device."""
         x = frames.permute(0, 3, 1, 2).float()
         size = self.image_size
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        if self.resize_mode == "letterbox" and h != w:
+        if self.resize_mode == "letterbox" and int(x.shape[-2]) != int(x.shape[-1]):
+            h, w = int(x.shape[-2]), int(x.shape[-1])
             # keep the aspect ratio; pad with the edge pixels so borders do not look like defects
             scale = size / max(h, w)
             nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
             top, left = (size - nh) // 2, (size - nw) // 2
             x = F.pad(x, [left, size - nw - left, top, size - nh - top], mode="replicate")
-        elif (h, w) != (size, size):
+        else:  # always resize (identity at size S): no shape branch, so exported graphs keep H, W dynamic
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return (x - self.mean) / self.std
 

@@ -1,0 +1,65 @@
+"""The train/predict/export commands end to end, and the exported graphs against the torch model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from deploy.cli import main
+from detector.inference import AnomalyModel
+from ingest.synthetic import render_sample
+
+
+def test_train_synthetic_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "syn.safetensors"
+    assert main(["train", "--synthetic", "--out", str(out), "--epochs", "1", "--image-size", "64"]) == 0
+    assert AnomalyModel.load(out, "cpu").image_size == 64
+    assert main(["train", str(tmp_path / "absent"), "--out", str(out)]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_predict_writes_overlays_and_json_lines(tmp_path: Path, synthetic_model: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, kind in enumerate(["scratch", None, "blob"]):
+        sample = render_sample(300 + i, size=72, defect_probability=0.0, defect_type=kind)
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "pred"
+    code = main(["predict", "--model", str(synthetic_model), str(folder), "--out", str(out), "--device", "cpu"])
+    assert code == 1  # one unreadable image is reported, the others are still scored
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 4 and (out / "predictions.jsonl").read_text().count("\n") == 4
+    scored = {Path(x["image"]).name: x for x in lines if "error" not in x}
+    assert set(scored) == {"0.png", "1.png", "2.png"}
+    assert scored["0.png"]["image_score"] > scored["1.png"]["image_score"]
+    assert scored["0.png"]["region"]["bbox"] is not None
+    overlay = cv2.imread(scored["2.png"]["overlay"])
+    assert overlay is not None and overlay.shape == (72, 72, 3)
+    assert main(["predict", "--model", str(folder / "broken.png"), str(folder), "--out", str(out)]) == 2
+
+
+def test_onnx_and_torchscript_match_torch(tmp_path: Path, synthetic_model: Path) -> None:
+    model = AnomalyModel.load(synthetic_model, "cpu")
+    frames = np.stack([render_sample(700 + i, size=90, defect_probability=0.5).image for i in range(3)])
+    expected = model.predict(frames)
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(synthetic_model), "--format", "onnx", "--out", str(onnx_path)]) == 0
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for batch in (frames, frames[:1]):  # dynamic batch axis
+        scores, maps = session.run(None, {"frames": batch})
+        np.testing.assert_allclose(scores, expected.image_scores[: len(batch)], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(maps, expected.maps[: len(batch)], rtol=1e-3, atol=1e-4)
+    ts_path = tmp_path / "m.pt"
+    assert main(["export", "--model", str(synthetic_model), "--format", "torchscript", "--out", str(ts_path)]) == 0
+    with torch.no_grad():
+        scores_ts, maps_ts = torch.jit.load(str(ts_path))(torch.from_numpy(frames))
+    np.testing.assert_allclose(scores_ts.numpy(), expected.image_scores, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(maps_ts.numpy(), expected.maps, rtol=1e-3, atol=1e-4)

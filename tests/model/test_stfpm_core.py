@@ -1,0 +1,70 @@
+"""The method itself: backbone taps and weights, loss definition, map fusion, frozen teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+
+from detector.stfpm.anomaly_map import fuse_maps
+from detector.stfpm.backbones import BackboneError, ResNetFeatures, get_spec, load_pretrained
+from detector.stfpm.loss import stfpm_loss
+from detector.stfpm.torch_model import STFPM
+
+
+def test_lite0_imagenet_weights_fill_every_parameter_and_taps_have_paper_strides() -> None:
+    spec = get_spec("efficientnet_lite0")
+    net = spec.build(spec.default_taps)
+    state = spec.pretrained(None)
+    assert len(state) == 296
+    load_pretrained(net, state, "efficientnet_lite0")
+    assert torch.equal(net.state_dict()["_blocks.10._project_conv.weight"], state["_blocks.10._project_conv.weight"])
+    feats = net.eval()(torch.zeros(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
+
+
+def test_loss_is_half_squared_distance_averaged_not_summed_over_batch() -> None:
+    t = [torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)]
+    assert stfpm_loss(t, [x * 3.0 for x in t]).item() == pytest.approx(0.0, abs=1e-6)  # scale-invariant
+    assert stfpm_loss(t, [-x for x in t]).item() == pytest.approx(2 * 0.5 * 4.0, rel=1e-5)  # 0.5*||2u||^2 per layer
+    s = [torch.randn_like(x) for x in t]
+    doubled = stfpm_loss([torch.cat([x, x]) for x in t], [torch.cat([x, x]) for x in s])
+    assert doubled.item() == pytest.approx(stfpm_loss(t, s).item(), rel=1e-5)
+
+
+def test_maps_are_products_of_layer_maps_upsampled_to_input() -> None:
+    t = [torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4)]
+    same = fuse_maps(t, t, 32)
+    assert same.shape == (1, 32, 32) and same.abs().max().item() < 1e-6
+    opposite = fuse_maps(t, [-x for x in t], 32)
+    assert torch.allclose(opposite, torch.full_like(opposite, 4.0), atol=1e-4)  # 2 * 2 from two layers
+
+
+def test_teacher_stays_frozen_in_eval_mode() -> None:
+    model = STFPM("efficientnet_lite0", 64).train()
+    assert not model.teacher.training and model.student.training
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert all(p.requires_grad for p in model.student.parameters())
+
+
+def test_resnet_teacher_from_local_file_and_offline_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = get_spec("resnet18")
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    net = spec.build((1, 2, 3))
+    load_pretrained(net, spec.pretrained(weights), "resnet18")
+    assert [f.shape[1] for f in net(torch.zeros(1, 3, 64, 64))] == [64, 128, 256]
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(BackboneError, match="do not fit resnet18"):
+        load_pretrained(net, spec.pretrained(tmp_path / "bad.pth"), "resnet18")
+
+    def offline(*_: object, **__: object) -> None:
+        raise URLError("no network")
+
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(BackboneError, match=r"--teacher-weights PATH.*efficientnet_lite0 works fully offline"):
+        spec.pretrained(None)
+    assert ResNetFeatures.remap({"layer3.0.x": torch.zeros(1)}).keys() == {"layers.2.0.x"}
