@@ -1,0 +1,147 @@
+"""One demo run: model, detector and alerts subprocesses, cameras for a bounded time, drain, summary."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import secrets
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from deploy.demo import Processes, model_summary, wait_http
+from deploy.local import LocalStack, free_port
+from ingest.settings import CameraSettings, KafkaSettings, TopicSettings
+
+ALERTS_GROUP = "linewatch-alerts"
+DETECTOR_GROUP = "linewatch-detector"
+
+
+class DemoRun:
+    """State of one ``linewatch demo`` run (see :func:`deploy.demo.run_demo`)."""
+
+    def __init__(self, args: argparse.Namespace, data: Path | None, stack: LocalStack, processes: Processes) -> None:
+        self.args, self.data, self.stack, self.processes = args, data, stack, processes
+        self.run_id = uuid.uuid4().hex[:8]
+        # Names unique to the run, so a reused Redis or an external broker never mixes two runs.
+        self.topics = TopicSettings(frames=f"frames-{self.run_id}", results=f"results-{self.run_id}",
+                                    breaches=f"breaches-{self.run_id}", dead_letters=f"dead-letters-{self.run_id}",
+                                    alerts=f"alerts-{self.run_id}",
+                                    alert_dead_letters=f"alert-dead-letters-{self.run_id}",
+                                    partitions=max(8, args.cameras))
+        self.kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
+        self.prefix = f"demo-{self.run_id}"
+
+    def _env(self) -> dict[str, str]:
+        env = {f"LINEWATCH_TOPICS__{name.upper()}": str(value) for name, value in self.topics.model_dump().items()}
+        env.update({"LINEWATCH_REDIS__KEY_PREFIX": self.prefix, "LINEWATCH_SESSION_TIMEOUT_MS": "6000",
+                    "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": self.stack.bootstrap_servers,
+                    "LINEWATCH_REDIS__URL": self.stack.redis_url, "PYTHONUNBUFFERED": "1"})
+        return env
+
+    def _start_detector(self, model: Path) -> tuple[int, float]:
+        port = free_port()
+        argv = ["detect", "--model", str(model), "--device", self.args.device, "--metrics-port", str(port),
+                "--group-id", DETECTOR_GROUP, "--max-batch", "8", "--max-wait-ms", "50"]
+        started = time.monotonic()
+        proc, log_path = self.processes.spawn("detector", argv, {**self._env(), "LINEWATCH_METRICS_HOST": "127.0.0.1"})
+        wait_http(f"http://127.0.0.1:{port}/readyz", 180, proc, "linewatch detect", log_path)
+        return port, time.monotonic() - started
+
+    def _start_alerts(self, token: str) -> str:
+        port = self.args.port or free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**self._env(), "LINEWATCH_API_TOKEN": token, "LINEWATCH_HTTP__PUBLIC_BASE_URL": url,
+               "LINEWATCH_GROUP_ID": ALERTS_GROUP}
+        proc, log_path = self.processes.spawn("alerts", ["alerts", "--host", "127.0.0.1", "--port", str(port)], env)
+        wait_http(f"{url}/health", 90, proc, "linewatch alerts", log_path)
+        return url
+
+    def _cameras(self) -> list[CameraSettings]:
+        a = self.args
+        state_dir = a.out / "state" / self.run_id
+        cameras = []
+        for i in range(a.cameras):
+            if self.data is not None:
+                source = f"replay:{self.data}?split=test&shuffle=1&seed={i}"
+            else:
+                size = a.image_size or 256
+                source = f"synthetic:?defect_probability=0.3&size={size}&seed={i + 1}"
+            cameras.append(CameraSettings(camera_id=f"cam-{i + 1}", line_id="line-1", source=source, fps=a.fps,
+                                          loop=True, state_dir=state_dir, kafka=self.kafka, topics=self.topics,
+                                          create_topics=False))
+        return cameras
+
+    def run(self) -> int:
+        """Run the line, write the summary; 0 when every frame sent was accounted for."""
+        from deploy.demo_collect import TopicCollector, group_caught_up
+        from deploy.demo_model import ensure_model
+        from deploy.demo_report import format_text, pick_examples, summarise, write_outputs
+        from ingest.fleet import run_fleet
+        from ingest.metrics import CameraMetrics
+        from ingest.topics import all_topic_names, ensure_topics
+
+        a = self.args
+        model = ensure_model(self.data, a.cache_dir, epochs=a.epochs, image_size=a.image_size,
+                             train_images=a.train_images, device=a.device, retrain=a.retrain)
+        how = "reused cached" if model.cached else f"trained in {model.seconds:.0f}s,"
+        print(f"model: {how} {model.path} ({model.config['epochs']} epochs, demo budget)", flush=True)
+        ensure_topics(self.kafka, all_topic_names(self.topics), self.topics.partitions)
+        detector_port, detector_start_s = self._start_detector(model.path)
+        print(f"detector ready (metrics http://127.0.0.1:{detector_port}/metrics)", flush=True)
+        token = secrets.token_urlsafe(16)
+        url = self._start_alerts(token)
+        print(f"\nalerts web page: {url}/   token: {token}\n", flush=True)
+        collector = TopicCollector(self.kafka, self.topics, f"demo-reader-{self.run_id}").start()
+        stop = threading.Event()
+        cameras = self._cameras()
+        stats: list[Any] = []
+        fleet = threading.Thread(target=lambda: stats.extend(run_fleet(cameras, metrics=CameraMetrics(),
+                                                                       stop_event=stop)), daemon=True)
+        started_ns = time.time_ns()
+        fleet.start()
+        try:
+            self._progress(collector, a.duration)
+        finally:
+            stop.set()
+            fleet.join(timeout=60)
+            gc.collect()  # closes the cameras' producers now, not after the broker is gone
+        stopped_ns = time.time_ns()
+        sent = sum(s.sent for s in stats if s is not None)
+        print(f"cameras stopped after {a.duration:.0f}s: {sent} frames sent; waiting for the line to drain",
+              flush=True)
+        collector.wait_for(lambda d: len(d.unique_frames()) + len(d.dead_letters) >= sent, a.drain_timeout)
+        deadline = time.monotonic() + 30
+        while not group_caught_up(self.kafka, ALERTS_GROUP, self.topics.results) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        collector.wait_for(lambda _d: False, 2.0)  # the last alert events
+        data = collector.stop()
+        extra = {"run": {"run_id": self.run_id, "data": model.data if self.data else "synthetic parts",
+                         "cameras": a.cameras, "fps_per_camera": a.fps, "duration_s": a.duration,
+                         "alerts_url": url, "detector_start_s": round(detector_start_s, 1),
+                         "broker": self.stack.bootstrap_servers, "redis_key_prefix": self.prefix},
+                 "model": model_summary(model)}
+        summary = summarise(data, sent=sent, captured=sum(s.captured for s in stats if s is not None),
+                            dropped=sum(s.dropped_total for s in stats if s is not None), started_ns=started_ns,
+                            stopped_ns=stopped_ns, extra=extra)
+        examples = pick_examples(data.results, self._redis())
+        json_path, html_path = write_outputs(a.out, summary, examples)
+        print(format_text(summary))
+        print(f"written: {json_path} and {html_path} ({len(examples)} example heatmaps)", flush=True)
+        return 0 if summary["frames"]["missing"] == 0 and summary["frames"]["unique_results"] > 0 else 1
+
+    def _progress(self, collector: Any, duration: float) -> None:
+        end = time.monotonic() + duration
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(15.0, left))
+            with collector.lock:
+                done, alerts = len(collector.data.unique_frames()), len(collector.data.alert_events)
+            print(f"  {duration - max(0.0, end - time.monotonic()):.0f}s: {done} frames scored, "
+                  f"{alerts} alert events", flush=True)
+
+    def _redis(self) -> Any:
+        from detector.settings import RedisSettings
+
+        return RedisSettings.model_validate({"url": self.stack.redis_url}).client()
