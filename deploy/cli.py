@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from alerts import cli as alerts_cli
-from deploy import stack_cli
+from deploy import dashboards, stack_cli
 from detector import cli as detector_cli
 from ingest import cli as ingest_cli
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linewatch", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (ingest_cli, detector_cli, alerts_cli, stack_cli):
+    for module in (ingest_cli, detector_cli, alerts_cli, stack_cli, dashboards):
         module.register(subparsers)
     return parser
 

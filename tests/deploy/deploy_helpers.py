@@ -1,0 +1,83 @@
+"""Shared helpers of the deploy tests: load deploy files, resolve compose variables, check env names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+ENV_EXAMPLE = DEPLOY / "compose" / ".env.example"
+K8S = DEPLOY / "k8s"
+
+# Read by the image's HEALTHCHECK script, not by a settings class.
+IMAGE_ENV = {"LINEWATCH_HEALTHCHECK_URL"}
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def env_example() -> dict[str, str]:
+    """The variables of ``deploy/compose/.env.example``."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose-style ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` substitution."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        value = env.get(name)
+        if op in (":-", "-"):
+            return value if value not in (None, "") or (op == "-" and value is not None) else arg
+        if op in (":?", "?"):
+            if value in (None, ""):
+                raise AssertionError(f"compose requires {name}: {arg}")
+            return value
+        if value is None:
+            raise AssertionError(f"${{{name}}} has no value and no default")
+        return value
+
+    return _VAR.sub(replace, text.replace("$$", "\0")).replace("\0", "$")
+
+
+def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The compose file with variables resolved from ``env`` (default: .env.example)."""
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), env if env is not None else env_example()))
+
+
+def linewatch_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Services that run the linewatch image (its entrypoint is the ``linewatch`` command)."""
+    services = compose["services"].items()
+    return {name: svc for name, svc in services if str(svc.get("image", "")).startswith("linewatch:")}
+
+
+def load_k8s() -> list[dict[str, Any]]:
+    """Every document of every YAML file under deploy/k8s (kustomize overlays included)."""
+    docs = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                doc["__file__"] = str(path.relative_to(K8S))
+                docs.append(doc)
+    return docs
+
+
+def image_is_pinned(image: str) -> bool:
+    """True for ``name:tag`` (tag not ``latest``) or ``name@sha256:...``."""
+    if "@sha256:" in image:
+        return True
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return False
+    tag = last.split(":", 1)[1]
+    return bool(tag) and tag != "latest" and "$" not in tag

@@ -1,0 +1,153 @@
+"""deploy/compose and deploy/docker agree with the real CLI, the settings classes and each other."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deploy_helpers import COMPOSE, DEPLOY, IMAGE_ENV, env_example, image_is_pinned, linewatch_services, load_compose
+
+from deploy.cli import build_parser
+from deploy.settings_doc import COMMAND_SETTINGS, is_known, settings_classes
+from detector.service.settings import DetectorSettings
+from ingest.settings import TopicSettings
+from ingest.topics import all_topic_names
+
+# Where each long-running service answers its container health probe.
+HEALTH_PATHS = {"detect": "/healthz", "alerts": "/health", "camera": "/metrics"}
+
+
+def settings_under_env(cls: type, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> object:
+    """Build ``cls`` from exactly ``env`` (no other LINEWATCH_ variable, no .env file)."""
+    for name in list(os.environ):
+        if name.startswith("LINEWATCH_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.chdir(tmp_path)
+    return cls()
+
+
+def test_compose_parses_and_every_image_is_pinned() -> None:
+    compose = load_compose()
+    services = compose["services"]
+    assert {"kafka", "topics", "redis", "prometheus", "alertmanager", "grafana", "detector", "detector-gpu",
+            "alerts", "camera-sim"} <= set(services)
+    for name, svc in services.items():
+        assert image_is_pinned(svc["image"]), f"{name}: image {svc['image']!r} is not pinned to a tag"
+    assert not image_is_pinned("redis") and not image_is_pinned("redis:latest")  # the check itself can fail
+
+
+def test_kafka_runs_kraft_without_zookeeper() -> None:
+    compose = load_compose()
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert set(kafka["environment"]["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "CONTROLLER" in kafka["environment"]["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    text = COMPOSE.read_text().lower()
+    assert "zookeeper" not in text
+
+
+@pytest.mark.parametrize("service", ["detector", "detector-gpu", "alerts", "camera-sim"])
+def test_service_command_env_and_health_match_the_code(service: str, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    svc = linewatch_services(load_compose())[service]
+    args = build_parser().parse_args(svc["command"])  # the real parser: exits (fails) on a bad flag
+    cls = settings_classes()[COMMAND_SETTINGS[args.command]]
+    env = {k: str(v) for k, v in svc["environment"].items()}
+    unknown = [name for name in env if name.startswith("LINEWATCH_") and name not in IMAGE_ENV
+               and not is_known(cls, name)]
+    assert not unknown, f"{service}: no {cls.__name__} field for {unknown}"
+    settings = settings_under_env(cls, {k: v for k, v in env.items() if k not in IMAGE_ENV}, monkeypatch, tmp_path)
+    assert settings.kafka.bootstrap_servers == "kafka:9092"  # type: ignore[attr-defined]
+    # The health probe hits the port the command serves on, at the path the service answers.
+    url = env["LINEWATCH_HEALTHCHECK_URL"]
+    port = args.port if args.command == "alerts" else args.metrics_port
+    assert url == f"http://127.0.0.1:{port}{HEALTH_PATHS[args.command]}"
+    if args.command == "detect":
+        assert settings.model.as_posix() == "/models/stfpm.safetensors"  # type: ignore[attr-defined]
+        assert any(v.endswith(":/models:ro") for v in svc["volumes"])
+
+
+def test_gpu_detector_reserves_a_gpu_and_joins_the_same_group() -> None:
+    services = load_compose()["services"]
+    gpu = services["detector-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
+    assert gpu["environment"]["LINEWATCH_GROUP_ID"] == services["detector"]["environment"]["LINEWATCH_GROUP_ID"]
+    assert "cu" in gpu["build"]["args"]["TORCH_INDEX"].rsplit("/", 1)[-1]
+
+
+def test_every_required_variable_is_in_env_example() -> None:
+    env = env_example()
+    load_compose(env)  # raises on a ${VAR:?} missing from .env.example
+    missing = {name: None for name in re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()) if name not in env}
+    assert not missing, f"document these in .env.example: {sorted(missing)}"
+    with pytest.raises(AssertionError, match="REDIS_PASSWORD"):
+        load_compose({k: v for k, v in env.items() if k != "REDIS_PASSWORD"})
+
+
+def _topic_configs() -> dict[str, dict[str, str]]:
+    script = (DEPLOY / "compose" / "create-topics.sh").read_text().replace("\\\n", " ")
+    topics = {}
+    for line in script.splitlines():
+        match = re.match(r"^topic (\S+) \S+ (.*)$", line.strip())
+        if match:
+            pairs = re.findall(r"([a-z.]+)=(\$\(\([^)]*\)\)|\S+)", match.group(2))
+            topics[match.group(1)] = dict(pairs)
+    return topics
+
+
+def test_topic_job_creates_every_topic_with_frame_sized_limits() -> None:
+    compose = load_compose()
+    topics = _topic_configs()
+    assert sorted(topics) == sorted(all_topic_names(TopicSettings()))
+    frames = topics["frames"]
+    assert frames["compression.type"] == "uncompressed"  # JPEG does not compress
+    env = env_example()
+    topic_max = int(env["FRAMES_MAX_MESSAGE_BYTES"])
+    assert frames["max.message.bytes"] == '"$FRAMES_MAX_MESSAGE_BYTES"'
+    assert str(compose["services"]["topics"]["environment"]["FRAMES_MAX_MESSAGE_BYTES"]) == str(topic_max)
+    assert int(frames["retention.ms"].strip('"').replace("$FRAMES_RETENTION_MS", env["FRAMES_RETENTION_MS"])) > 0
+    guard = int(compose["services"]["camera-sim"]["environment"]["LINEWATCH_MAX_MESSAGE_BYTES"])
+    # The camera's guard counts the value; headers and batch framing need the rest of the room.
+    assert guard + 16 * 1024 <= topic_max
+    assert DetectorSettings.model_fields["fetch_max_bytes"].default >= topic_max
+    assert int(compose["services"]["kafka"]["environment"]["KAFKA_MESSAGE_MAX_BYTES"]) >= topic_max
+    assert compose["services"]["camera-sim"]["environment"]["LINEWATCH_CREATE_TOPICS"] == "false"
+
+
+def test_dockerfile_is_non_root_with_healthcheck_and_pinned_base() -> None:
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    bases = [args.get(m.strip("${}"), m) for m in re.findall(r"^FROM (\S+)", text, re.M)]
+    assert bases and all(image_is_pinned(image) for image in bases), bases
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and not user[-1].startswith(("root", "0"))
+    assert "HEALTHCHECK" in text and "linewatch-healthcheck" in text
+    assert re.search(r'^ENTRYPOINT \["tini", "--", "linewatch"\]', text, re.M)
+
+
+def test_healthcheck_script_reports_the_detector_probe() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from detector.service.health import HealthServer, HealthState
+
+    state = HealthState(stall_after_s=60)
+    server = HealthServer(state, CollectorRegistry(), "127.0.0.1", 0).start()
+    script = [sys.executable, str(DEPLOY / "docker" / "healthcheck.py")]
+    try:
+        url = f"http://127.0.0.1:{server.port}/healthz"
+        assert subprocess.run([*script, url], capture_output=True, timeout=20).returncode == 0
+        state.stall_after_s = -1  # the loop now counts as stalled: /healthz answers 503
+        failed = subprocess.run([*script, url], capture_output=True, text=True, timeout=20)
+        assert failed.returncode == 1 and "503" in failed.stderr
+    finally:
+        server.stop()
+    closed = subprocess.run([*script, url], capture_output=True, text=True, timeout=20)
+    assert closed.returncode == 1
