@@ -1,0 +1,1 @@
+"""Test helpers shared across suites (importable because tests/ is on sys.path via tests/conftest.py)."""
