@@ -15,9 +15,6 @@ from deploy.demo import Processes, model_summary, wait_http
 from deploy.local import LocalStack, free_port
 from ingest.settings import CameraSettings, KafkaSettings, TopicSettings
 
-ALERTS_GROUP = "linewatch-alerts"
-DETECTOR_GROUP = "linewatch-detector"
-
 
 class DemoRun:
     """State of one ``linewatch demo`` run (see :func:`deploy.demo.run_demo`)."""
@@ -33,6 +30,7 @@ class DemoRun:
                                     partitions=max(8, args.cameras))
         self.kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
         self.prefix = f"demo-{self.run_id}"
+        self.detector_group, self.alerts_group = f"linewatch-detector-{self.run_id}", f"linewatch-alerts-{self.run_id}"
 
     def _env(self) -> dict[str, str]:
         env = {f"LINEWATCH_TOPICS__{name.upper()}": str(value) for name, value in self.topics.model_dump().items()}
@@ -44,7 +42,7 @@ class DemoRun:
     def _start_detector(self, model: Path) -> tuple[int, float]:
         port = free_port()
         argv = ["detect", "--model", str(model), "--device", self.args.device, "--metrics-port", str(port),
-                "--group-id", DETECTOR_GROUP, "--max-batch", "8", "--max-wait-ms", "50"]
+                "--group-id", self.detector_group, "--max-batch", "8", "--max-wait-ms", "50"]
         started = time.monotonic()
         proc, log_path = self.processes.spawn("detector", argv, {**self._env(), "LINEWATCH_METRICS_HOST": "127.0.0.1"})
         wait_http(f"http://127.0.0.1:{port}/readyz", 180, proc, "linewatch detect", log_path)
@@ -54,7 +52,7 @@ class DemoRun:
         port = self.args.port or free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**self._env(), "LINEWATCH_API_TOKEN": token, "LINEWATCH_HTTP__PUBLIC_BASE_URL": url,
-               "LINEWATCH_GROUP_ID": ALERTS_GROUP}
+               "LINEWATCH_GROUP_ID": self.alerts_group}
         proc, log_path = self.processes.spawn("alerts", ["alerts", "--host", "127.0.0.1", "--port", str(port)], env)
         wait_http(f"{url}/health", 90, proc, "linewatch alerts", log_path)
         return url
@@ -114,7 +112,7 @@ class DemoRun:
               flush=True)
         collector.wait_for(lambda d: len(d.unique_frames()) + len(d.dead_letters) >= sent, a.drain_timeout)
         deadline = time.monotonic() + 30
-        while not group_caught_up(self.kafka, ALERTS_GROUP, self.topics.results) and time.monotonic() < deadline:
+        while not group_caught_up(self.kafka, self.alerts_group, self.topics.results) and time.monotonic() < deadline:
             time.sleep(0.5)
         collector.wait_for(lambda _d: False, 2.0)  # the last alert events
         data = collector.stop()

@@ -1,0 +1,104 @@
+"""``linewatch demo`` end to end with a tiny budget on synthetic parts, on the session's broker and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from e2e_helpers import ROOT, http_ok
+
+from deploy.demo_model import cache_key, ensure_model
+
+TINY = ["--synthetic", "--image-size", "64", "--train-images", "16", "--epochs", "1", "--cameras", "2",
+        "--fps", "3", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache shared by the demo runs of this module (the second run reuses the model)."""
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+def _demo(args: list[str], bootstrap: str, redis_url: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url}
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "demo", *TINY, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_demo_runs_the_line_and_writes_the_summary(bootstrap: str, redis_url: str, model_cache: Path,
+                                                   tmp_path: Path) -> None:
+    proc = _demo(["--duration", "10", "--out", str(tmp_path / "out"), "--cache-dir", str(model_cache)],
+                 bootstrap, redis_url)
+    output, _ = proc.communicate(timeout=140)
+    assert proc.returncode == 0, output
+    assert "training the demo model" in output and "1 epochs (demo budget" in output
+    assert re.search(r"alerts web page: http://127\.0\.0\.1:\d+/\s+token: \S{16,}", output), output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for key in ("run", "model", "frames", "alerts", "accuracy", "throughput", "latency_ms", "heatmap_examples"):
+        assert key in summary, key
+    frames = summary["frames"]
+    assert frames["sent"] >= 2 * 3 * 10 * 0.7 and frames["captured"] == frames["sent"]
+    assert frames["unique_results"] == frames["sent"] and frames["missing"] == 0 and frames["dead_letters"] == 0
+    acc = summary["accuracy"]
+    assert acc["labelled_frames"] == frames["sent"]
+    assert acc["true_positives"] + acc["false_negatives"] > 0, "synthetic parts at p=0.3 include defects"
+    assert acc["recall"] == round(acc["true_positives"] / (acc["true_positives"] + acc["false_negatives"]), 4)
+    assert set(summary["alerts"]) >= {"fired", "resolved", "open_at_end"}
+    assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+    assert summary["throughput"]["processed_frames_per_s"] > 0
+    html = (tmp_path / "out" / "summary.html").read_text()
+    assert summary["heatmap_examples"] and html.count("data:image/png;base64,") == len(summary["heatmap_examples"])
+    assert "recall" in html and "false_alarm_rate" in html
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_demo_reuses_the_cached_model_and_stops_everything_on_sigterm(bootstrap: str, redis_url: str,
+                                                                     model_cache: Path, tmp_path: Path) -> None:
+    proc = _demo(["--duration", "600", "--out", str(tmp_path / "out"), "--cache-dir", str(model_cache)],
+                 bootstrap, redis_url)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 100
+    while time.monotonic() < deadline and not any("alerts web page" in line for line in lines):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    text = "".join(lines)
+    assert "model: reused cached" in text and "training the demo model" not in text, text
+    urls = re.findall(r"(http://127\.0\.0\.1:\d+)/", text)
+    assert len(urls) == 2 and all(http_ok(f"{u}/{p}") for u, p in zip(urls, ("readyz", "health"), strict=True))
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130  # interrupted, after stopping what it started
+    assert not any(http_ok(f"{u}/{p}") for u, p in zip(urls, ("readyz", "health"), strict=True))
+
+
+def test_cache_key_follows_settings_and_data_but_not_the_device() -> None:
+    config = {"backbone": "efficientnet_lite0", "image_size": 256, "epochs": 3, "device": "cpu"}
+    data = [["000.png", 100], ["001.png", 120]]
+    assert cache_key(config, data) == cache_key({**config, "device": "cuda"}, data)
+    assert cache_key(config, data) != cache_key({**config, "epochs": 4}, data)
+    assert cache_key(config, data) != cache_key(config, [["000.png", 100], ["001.png", 121]])
+
+
+def test_a_damaged_cached_model_is_trained_again(tmp_path: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    first = ensure_model(None, tmp_path, epochs=1, image_size=64, train_images=4, device="cpu")
+    assert not first.cached and first.path.is_file()
+    assert ensure_model(None, tmp_path, epochs=1, image_size=64, train_images=4, device="cpu").cached
+    first.path.write_bytes(first.path.read_bytes()[:-100])
+    again = ensure_model(None, tmp_path, epochs=1, image_size=64, train_images=4, device="cpu")
+    assert not again.cached and again.path == first.path
