@@ -100,6 +100,7 @@ def _describe(path: Path, cached: bool, data: str, n_images: int, config: dict[s
     training = metadata.get("training") or {}
     calibration = metadata.get("calibration") or {}
     threshold = calibration.get("image_threshold")
-    return DemoModel(path=path, cached=cached, data=data, train_images=n_images, config=config, seconds=seconds,
+    return DemoModel(path=path, cached=cached, data=data, train_images=n_images, config=config,
+                     seconds=round(seconds, 1),
                      best_epoch=best_epoch if best_epoch is not None else training.get("best_epoch"),
                      image_threshold=float(threshold) if threshold is not None else None)

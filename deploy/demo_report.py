@@ -150,8 +150,10 @@ def _fmt(value: Any) -> str:
 
 def render_html(summary: dict[str, Any], examples: list[dict[str, Any]]) -> str:
     """The summary page: tables of every section and the example heatmaps, images inlined."""
-    sections = [_table(name.replace("_", " "), value) for name, value in summary.items()
-                if isinstance(value, dict) and name != "heatmap_examples"]
+    order = ["accuracy", "frames", "alerts", "throughput", "latency_ms", "run", "model"]
+    names = order + [n for n in summary if n not in order]
+    sections = [_table(name.replace("_", " "), summary[name]) for name in names
+                if isinstance(summary.get(name), dict)]
     figures = "".join(
         f"<figure><img alt='heatmap' src='data:image/png;base64,{base64.b64encode(e['png']).decode()}'>"
         f"<figcaption><b>{html.escape(e['kind'])}</b><br>{html.escape(e['camera_id'])} #{e['sequence']}"

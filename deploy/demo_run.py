@@ -65,11 +65,12 @@ class DemoRun:
             if self.data is not None:
                 source = f"replay:{self.data}?split=test&shuffle=1&seed={i}"
             else:
-                size = a.image_size or 256
-                source = f"synthetic:?defect_probability=0.3&size={size}&seed={i + 1}"
+                source = f"synthetic:?defect_probability=0.3&size={a.image_size or 256}&seed={i + 1}"
+            # Dataset images differ in size; a real camera's do not, and equal sizes let the detector batch them.
+            side = a.image_size or 256
             cameras.append(CameraSettings(camera_id=f"cam-{i + 1}", line_id="line-1", source=source, fps=a.fps,
                                           loop=True, state_dir=state_dir, kafka=self.kafka, topics=self.topics,
-                                          create_topics=False))
+                                          create_topics=False, resize=(side, side)))
         return cameras
 
     def run(self) -> int:
