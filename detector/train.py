@@ -46,8 +46,9 @@ class TrainConfig:
     sigma: float = 0.0
     resize_mode: str = "squash"
     device: str | None = "auto"
-    bf16: bool = False
-    channels_last: bool = False
+    # measured on 2 CPU cores at 256 px, batch 16: fp32 2.2 img/s, channels_last+bf16 14.9 img/s (model_speed.md)
+    bf16: bool = True
+    channels_last: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (paths as strings)."""
