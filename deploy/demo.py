@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="MVTec-layout data set (train/good, test/<type>); synthetic parts when it is absent")
     p.add_argument("--synthetic", action="store_true", help="use synthetic parts even when --data exists")
-    p.add_argument("--duration", type=float, default=120.0, help="seconds the cameras run (default 120)")
+    p.add_argument("--duration", type=float, default=90.0, help="seconds the cameras run (default 90)")
     p.add_argument("--cameras", type=int, default=4, help="number of cameras (default 4)")
     p.add_argument("--fps", type=float, default=2.0, help="frames per second per camera (default 2)")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS,

@@ -114,6 +114,8 @@ def pick_examples(results: list[FrameResult], redis_client: Any) -> list[dict[st
         for result in pool:
             if sum(p["kind"] == kind for p in picked) >= count:
                 break
+            if result.source_id and any(p["source_id"] == result.source_id for p in picked):
+                continue  # cameras replay the same images: show different parts
             try:
                 png = redis_client.hget(result.heatmap_key, "overlay")
             except Exception:  # an example image is a nicety; the summary does not depend on it
