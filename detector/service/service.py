@@ -152,6 +152,11 @@ class DetectorService:
 
     def _work_loop(self, processor: BatchProcessor) -> None:
         assert self._outputs is not None
+        if self.settings.torch_threads:
+            import torch
+
+            # OpenMP thread counts are per calling thread: set it where the model runs.
+            torch.set_num_threads(self.settings.torch_threads)
         while True:
             try:
                 item = self._work.get(timeout=0.05)
