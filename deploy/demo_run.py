@@ -92,7 +92,8 @@ class DemoRun:
         print(f"detector ready (metrics http://127.0.0.1:{detector_port}/metrics)", flush=True)
         token = secrets.token_urlsafe(16)
         url = self._start_alerts(token)
-        print(f"\nalerts web page: {url}/   token: {token}\n", flush=True)
+        print(f"\nalerts web page: {url}/   token: {token}   (running {a.duration:.0f}s; Ctrl-C stops everything)\n",
+              flush=True)
         collector = TopicCollector(self.kafka, self.topics, f"demo-reader-{self.run_id}").start()
         stop = threading.Event()
         cameras = self._cameras()
@@ -134,11 +135,21 @@ class DemoRun:
     def _progress(self, collector: Any, duration: float) -> None:
         end = time.monotonic() + duration
         while (left := end - time.monotonic()) > 0:
-            time.sleep(min(15.0, left))
+            for _ in range(int(min(15.0, left) / 0.5) or 1):
+                time.sleep(min(0.5, left))
+                self._check_children()
             with collector.lock:
                 done, alerts = len(collector.data.unique_frames()), len(collector.data.alert_events)
             print(f"  {duration - max(0.0, end - time.monotonic()):.0f}s: {done} frames scored, "
                   f"{alerts} alert events", flush=True)
+
+    def _check_children(self) -> None:
+        """Fail fast, with the log's tail, when the detector or the alerts service died."""
+        for name, proc in self.processes.started:
+            if proc.poll() is not None:
+                log_path = self.processes.log_dir / f"{name}.log"
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+                raise RuntimeError(f"{name} exited with code {proc.returncode} during the run:\n{tail}")
 
     def _redis(self) -> Any:
         from detector.settings import RedisSettings
