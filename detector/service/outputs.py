@@ -23,6 +23,7 @@ from detector.service.offsets import OffsetTracker
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]] | None
+MAX_DEAD_LETTER_VALUE = 900_000  # below librdkafka's default message.max.bytes (1 MB), headers included
 
 
 class OutputProducer:
@@ -54,7 +55,12 @@ class OutputProducer:
         headers = dead_letter_headers(topic=record.topic, partition=record.partition, offset=record.offset,
                                       error_class=rejected.reason, message=rejected.message,
                                       original=record.headers)
-        self._send(self.dead_letters_topic, record.key, record.value, headers, record)
+        value = record.value
+        if value is not None and len(value) > MAX_DEAD_LETTER_VALUE:
+            # A record the broker took may still exceed our producer's limit: keep its head, say so.
+            headers.append(("dl-value-truncated-from", str(len(value)).encode()))
+            value = value[:MAX_DEAD_LETTER_VALUE]
+        self._send(self.dead_letters_topic, record.key, value, headers, record)
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, record: Record,
               attempt: int = 0) -> None:
