@@ -1,0 +1,116 @@
+"""Load soak at 80% of the rated pipeline throughput: memory of each process, p99 latency, consumer lag.
+
+The rate comes from benchmarks/results/detector_pipeline.md (median "pipeline, frames/s", measured with the
+256 px efficientnet_lite0 model). Full size runs that model for 10 minutes; reduced size runs the tiny
+64 px model for ~30 s at the same rate (figures only; the timing is not asserted there).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from helpers.faults import FULL, ROOT, TopicCollector, create_topics, report, rss_mib, size, spawn, wait_until
+
+from deploy.local import free_port
+from detector.events import FrameResult
+
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+CAMERAS = 4
+
+
+def rated_fps() -> float:
+    """Median pipeline frames/s from the detector benchmark's results."""
+    text = (ROOT / "benchmarks" / "results" / "detector_pipeline.md").read_text()
+    row = re.search(r"\| pipeline, frames/s \|(.+)\|\s*$", text, re.MULTILINE)
+    assert row, "no 'pipeline, frames/s' row in benchmarks/results/detector_pipeline.md"
+    return float(row.group(1).split("|")[-1])
+
+
+def _lag(port: int) -> float:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return float("nan")
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("linewatch_detector_consumer_lag{"))
+
+
+@pytest.mark.timeout(1800)
+def test_soak_at_80_percent_of_rated_throughput(bootstrap: str, redis_url: str, unique: str, tiny_model: Path,
+                                                tmp_path: Path) -> None:
+    duration_s = size(30.0, 600.0)
+    total_fps = 0.8 * rated_fps()
+    fps = total_fps / CAMERAS
+    model = tiny_model
+    if FULL:
+        from detector.train import train_synthetic_model
+
+        model = train_synthetic_model(tmp_path / "soak256.safetensors", epochs=1, image_size=256, n_images=16)
+    topics = {role: f"{role}-{unique}" for role in ("frames", "results", "breaches", "dead_letters")}
+    create_topics(bootstrap, {name: CAMERAS if role == "frames" else 1 for role, name in topics.items()})
+    metrics_port = free_port()
+    env = {"LINEWATCH_TOPICS__RESULTS": topics["results"], "LINEWATCH_TOPICS__BREACHES": topics["breaches"],
+           "LINEWATCH_TOPICS__DEAD_LETTERS": topics["dead_letters"], "LINEWATCH_REDIS__KEY_PREFIX": f"lwr-{unique}",
+           "LINEWATCH_SESSION_TIMEOUT_MS": "6000", "LINEWATCH_STATISTICS_INTERVAL_MS": "1000",
+           "LINEWATCH_API_TOKEN": "soak-api-token", "LINEWATCH_GROUP_ID": f"alerts-{unique}",
+           "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "LINEWATCH_REDIS__URL": redis_url}
+    fleet = tmp_path / "cameras.yaml"
+    fleet.write_text(yaml.safe_dump({"defaults": {
+        "line_id": "line-1", "source": "synthetic:?size=256", "fps": fps, "queue_policy": "drop-oldest",
+        "state_dir": str(tmp_path / "state"), "kafka": {"bootstrap_servers": bootstrap},
+        "topics": {"frames": topics["frames"], "partitions": CAMERAS}},
+        "cameras": [{"camera_id": f"cam-{i}"} for i in range(CAMERAS)]}))
+    results = TopicCollector(bootstrap, topics["results"], lambda m: FrameResult.model_validate_json(m.value()))
+    procs = {
+        "detector": spawn(["detect", "--model", str(model), "--bootstrap-servers", bootstrap, "--redis-url",
+                           redis_url, "--frames-topic", topics["frames"], "--group-id", f"det-{unique}",
+                           "--device", "cpu", "--metrics-port", str(metrics_port), "--torch-threads", "2"],
+                          env, tmp_path / "detector.log"),
+        "alerts": spawn(["alerts", "--no-api"], env, tmp_path / "alerts.log"),
+    }
+    try:
+        wait_until(lambda: _lag(metrics_port) == _lag(metrics_port), 180, "the detector's metrics")
+        time.sleep(3)
+        procs["cameras"] = spawn(["cameras", "--config", str(fleet)], env, tmp_path / "cameras.log")
+        wait_until(lambda: len(results) > 0, 180, "the first result")
+        start_rss = {name: rss_mib(p.pid) for name, p in procs.items()}
+        started, lags, rss_samples = time.monotonic(), [], []
+        while time.monotonic() - started < duration_s:
+            time.sleep(2)
+            lags.append(_lag(metrics_port))
+            rss_samples.append({name: rss_mib(p.pid) for name, p in procs.items()})
+        end_rss = rss_samples[-1]
+        procs["cameras"].send_signal(signal.SIGTERM)
+        procs["cameras"].wait(60)
+        time.sleep(5)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = {name: proc.wait(60) for name, proc in procs.items()}
+        results.close()
+    cut = len(results.items) // 10  # the first 10%: warm-up
+    latencies = np.array([r.latency.end_to_end_ms for r in results.items[cut:]])
+    period_ms = 1000 / fps
+    valid_lags = [x for x in lags if x == x]
+    figures = {"rated_fps": rated_fps(), "offered_fps": round(total_fps, 2), "cameras": CAMERAS,
+               "duration_s": duration_s, "model": "efficientnet_lite0 256px" if FULL else "tiny 64px",
+               "results": len(results.items), "rss_start_mib": {k: round(v, 1) for k, v in start_rss.items()},
+               "rss_end_mib": {k: round(v, 1) for k, v in end_rss.items()},
+               "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+               "p99_ms": round(float(np.percentile(latencies, 99)), 1), "two_periods_ms": round(2 * period_ms, 1),
+               "p99_within_two_periods": bool(np.percentile(latencies, 99) <= 2 * period_ms),
+               "lag_max": max(valid_lags, default=0), "lag_last": valid_lags[-1] if valid_lags else None,
+               "exit_codes": codes}
+    report("soak", figures)
+    assert all(code == 0 for code in codes.values()), codes
+    assert len(results.items) > 0.5 * total_fps * duration_s
+    # Bounded lag: at the end it is not above what two seconds of offered frames make.
+    assert figures["lag_last"] is not None and figures["lag_last"] <= max(20, 2 * total_fps)
