@@ -4,6 +4,7 @@ Usage::
 
     nice -n 10 .venv/bin/python benchmarks/reliability.py            # full size (LINEWATCH_FULL=1), ~30+ min
     .venv/bin/python benchmarks/reliability.py --render-only          # only rewrite the markdown from the JSON
+    nice -n 10 .venv/bin/python benchmarks/reliability.py --keep -- -k soak   # rerun some cases, keep the rest
 
 Each test appends its figures to ``benchmarks/results/reliability.json`` (full size only); this script
 clears that file first, runs pytest, and writes ``benchmarks/results/reliability.md``.
@@ -27,11 +28,12 @@ MUST_BE_ZERO = ("lost", "webhook_lost", "alertmanager_lost", "lost_after_send", 
                 "webhook_duplicates_after_dedup", "webhook_unexpected", "unexpected")
 
 
-def run_suite(extra: list[str]) -> int:
+def run_suite(extra: list[str], keep: bool) -> int:
     """Run the reliability tests at full size; returns pytest's exit code."""
-    JSON_PATH.unlink(missing_ok=True)
+    if not keep:
+        JSON_PATH.unlink(missing_ok=True)
     env = {**os.environ, "LINEWATCH_FULL": "1"}
-    command = [sys.executable, "-m", "pytest", "tests/reliability", "-s", "-q", "-p", "no:logging", *extra]
+    command = [sys.executable, "-m", "pytest", "tests/reliability", "-s", "-q", *extra]
     print("running:", " ".join(command), flush=True)
     return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
 
@@ -58,13 +60,14 @@ def render(command: str, exit_code: int | None, elapsed_s: float | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="append to the JSON of an earlier run (reruns)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, e.g. -k crash")
     args = parser.parse_args()
     command = "nice -n 10 .venv/bin/python benchmarks/reliability.py " + " ".join(args.pytest_args)
     code, elapsed = None, None
     if not args.render_only:
         started = time.monotonic()
-        code = run_suite(args.pytest_args)
+        code = run_suite(args.pytest_args, args.keep)
         elapsed = time.monotonic() - started
     MD_PATH.write_text(render(command.strip(), code, elapsed))
     print(f"wrote {MD_PATH}")

@@ -70,7 +70,7 @@ def test_redis_stopped_mid_stream_loses_no_result_and_recovers(bootstrap: str, u
     results = TopicCollector(bootstrap, topics["results"], result_pair)
     sent: set[tuple[str, int]] = set()
     fps = 5.0
-    stream = _frames_thread(bootstrap, topics["frames"], int((outage_s + 15) * fps), fps, sent)
+    stream = _frames_thread(bootstrap, topics["frames"], int((outage_s + size(8, 15)) * fps), fps, sent)
     client = redis.Redis.from_url(url, socket_timeout=1)
     prefix = f"lwr-{unique}"
     try:
