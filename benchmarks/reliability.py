@@ -41,6 +41,8 @@ def run_suite(extra: list[str], keep: bool) -> int:
 def render(command: str, exit_code: int | None, elapsed_s: float | None) -> str:
     """Markdown of every case's figures in the JSON file."""
     entries = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else []
+    latest = {entry["case"]: entry for entry in entries}  # a rerun of a case replaces its earlier figures
+    entries = list(latest.values())
     lines = ["# Reliability and security figures (issue 8)", "",
              f"- Command: `{command}`", f"- Machine: {platform.node()}, {os.cpu_count()} CPUs, "
              f"Python {platform.python_version()}; the machine is shared (see load per case).",
