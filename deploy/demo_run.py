@@ -15,6 +15,8 @@ from deploy.demo import Processes, model_summary, wait_http
 from deploy.local import LocalStack, free_port
 from ingest.settings import CameraSettings, KafkaSettings, TopicSettings
 
+TRAIN_BUDGET_S = 240.0
+
 
 class DemoRun:
     """State of one ``linewatch demo`` run (see :func:`deploy.demo.run_demo`)."""
@@ -87,6 +89,10 @@ class DemoRun:
                              train_images=a.train_images, device=a.device, retrain=a.retrain)
         how = "reused cached" if model.cached else f"trained in {model.seconds:.0f}s,"
         print(f"model: {how} {model.path} ({model.config['epochs']} epochs, demo budget)", flush=True)
+        if model.seconds > TRAIN_BUDGET_S:
+            print(f"note: training took longer than the demo's ~{TRAIN_BUDGET_S / 60:.0f} min budget on this machine "
+                  "(busy or slower CPU); --epochs or --train-images lower it. Later runs reuse the cached model.",
+                  flush=True)
         ensure_topics(self.kafka, all_topic_names(self.topics), self.topics.partitions)
         detector_port, detector_start_s = self._start_detector(model.path)
         print(f"detector ready (metrics http://127.0.0.1:{detector_port}/metrics)", flush=True)
@@ -133,15 +139,18 @@ class DemoRun:
         return 0 if summary["frames"]["missing"] == 0 and summary["frames"]["unique_results"] > 0 else 1
 
     def _progress(self, collector: Any, duration: float) -> None:
-        end = time.monotonic() + duration
-        while (left := end - time.monotonic()) > 0:
-            for _ in range(int(min(15.0, left) / 0.5) or 1):
-                time.sleep(min(0.5, left))
-                self._check_children()
-            with collector.lock:
-                done, alerts = len(collector.data.unique_frames()), len(collector.data.alert_events)
-            print(f"  {duration - max(0.0, end - time.monotonic()):.0f}s: {done} frames scored, "
-                  f"{alerts} alert events", flush=True)
+        started = time.monotonic()
+        end, next_report = started + duration, started + 15.0
+        while (now := time.monotonic()) < end:
+            time.sleep(min(0.5, end - now))
+            self._check_children()
+            now = time.monotonic()
+            if now >= next_report or now >= end:
+                next_report += 15.0
+                with collector.lock:
+                    done, alerts = len(collector.data.unique_frames()), len(collector.data.alert_events)
+                print(f"  {min(now - started, duration):.0f}s: {done} frames scored, {alerts} alert events",
+                      flush=True)
 
     def _check_children(self) -> None:
         """Fail fast, with the log's tail, when the detector or the alerts service died."""
