@@ -75,8 +75,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--taps", default=None, help="comma-separated tap indices")
     parser.add_argument("--resize-mode", default=TrainConfig.resize_mode)
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=TrainConfig.bf16)
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=TrainConfig.channels_last)
+    parser.add_argument("--tag", default="", help="free-form run name stored in the log line")
     parser.add_argument("--limit-train", type=int, default=0, help="use only the first N train images (cheap runs)")
     parser.add_argument("--teacher-weights", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
@@ -96,10 +97,12 @@ def main() -> None:
     result = train(config, records, args.out, progress=True)
     model = AnomalyModel.load(args.out, "auto")
     metrics = evaluate(model, args.data)
-    line = {"date": time.strftime("%Y-%m-%d %H:%M"), "config": config.to_dict(), "n_train_images": len(records),
+    line = {"tag": args.tag, "date": time.strftime("%Y-%m-%d %H:%M"), "config": config.to_dict(),
+            "n_train_images": len(records),
             "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
             "train_seconds": round(result.seconds, 1), "train_images_per_second": round(result.images_per_second, 2),
-            "total_seconds": round(time.time() - started, 1), **metrics}
+            "total_seconds": round(time.time() - started, 1), **metrics,
+            "history": [{k: round(v, 5) for k, v in h.items()} for h in result.history]}
     print(json.dumps(line, indent=1))
     args.log.parent.mkdir(parents=True, exist_ok=True)
     with args.log.open("a") as handle:

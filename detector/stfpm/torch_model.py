@@ -12,13 +12,17 @@ from detector.stfpm.anomaly_map import fuse_maps
 from detector.stfpm.backbones import get_spec
 
 RESIZE_MODES = ("squash", "letterbox")
+# The student learns from scratch in a few hundred SGD steps; with the teacher's TF-style BN momentum
+# (0.01) its running statistics would still be mostly their initial values when evaluated.
+STUDENT_BN_MOMENTUM = 0.1
 
 
 class STFPM(nn.Module):
     """Teacher and student of one architecture; ``forward`` maps uint8 NHWC frames to (scores, maps).
 
     The teacher stays in eval mode with frozen weights whatever ``train()`` is called with. The
-    student has the same architecture, randomly initialised.
+    student has the same architecture, randomly initialised; its batch-norm momentum is PyTorch's
+    0.1 (as in the paper's torchvision ResNet), not the TF 0.01 of the lite teacher's definition.
     """
 
     mean: torch.Tensor
@@ -37,6 +41,9 @@ class STFPM(nn.Module):
         self.resize_mode = resize_mode
         self.teacher = spec.build(self.taps)
         self.student = spec.build(self.taps)
+        for module in self.student.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = STUDENT_BN_MOMENTUM
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         for p in self.teacher.parameters():
