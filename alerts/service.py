@@ -1,8 +1,10 @@
 """The alerts consumer loop: results topic -> rules -> Redis state + outbox -> deliveries -> commit.
 
 At-least-once: a batch of records is applied to the rules in memory, then the new states, the
-history and the outbox are written in one Redis transaction, then the outbox is delivered
-(or dead-lettered after the last retry), and only then are the offsets committed.
+history and the outbox are written in one Redis transaction. Every loop iteration then makes one
+non-blocking delivery pass over the outbox (:mod:`alerts.outbox`: a failing channel backs off on
+its own while polling and the other channels go on), and a batch's offsets are committed only once
+every outbox entry that existed when it was persisted is delivered or dead-lettered.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import ValidationError
 
 from alerts.channels import build_channels
-from alerts.deliveries import Channel, deliver
+from alerts.deliveries import Channel
 from alerts.deliveries.alertmanager import AlertmanagerChannel
 from alerts.history import AlertHistory
 from alerts.metrics import AlertsMetrics
+from alerts.outbox import CommitGate, OutboxDrainer, RetryPolicy
 from alerts.rules import AlertEvent, CameraState, step
 from alerts.settings import AlertsSettings
 from alerts.state import OutboxEntry, StateStore
@@ -63,6 +66,10 @@ class AlertsService:
         self.states: dict[str, CameraState] = {}
         self.assigned: set[int] = set()
         self.last_resend = time.monotonic()
+        self.policy = RetryPolicy(settings.retry)
+        self.gate = CommitGate()
+        self.drainer = OutboxDrainer(self.store, self.topic, self.channels, self.policy, self.metrics,
+                                     self._dead_letter_entry)
 
     def run(self) -> None:
         """Consume until stopped; closes the consumer (leaving the group at once) at the end."""
@@ -101,11 +108,13 @@ class AlertsService:
         log.info("assigned partitions %s of %s", sorted(self.assigned), self.topic)
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self.assigned.difference_update(p.partition for p in partitions)
+        revoked = {p.partition for p in partitions}
+        self.assigned.difference_update(revoked)
+        self.gate.forget(revoked)
         self.states.clear()  # another instance may own these cameras now; Redis has the truth
 
     def process(self, messages: list[Message]) -> None:
-        """Apply one batch, persist it, deliver the outbox, then commit the offsets."""
+        """Apply one batch and persist it, make one delivery pass, commit what the outbox allows."""
         changed: dict[str, CameraState] = {}
         events: list[AlertEvent] = []
         partitions: dict[str, int] = {}
@@ -136,8 +145,9 @@ class AlertsService:
             self.states.update(changed)
             for event in events:
                 self._count(event)
-        if self.drain() and offsets:
-            self._commit(offsets)
+        for partition, offset in offsets.items():
+            self.gate.hold(partition, offset)
+        self.drain()
 
     def _decode(self, msg: Message) -> FrameResult | None:
         try:
@@ -172,25 +182,16 @@ class AlertsService:
             self.metrics.firing.labels(alert.line_id, alert.camera_id).set(0)
         log.info("alert %s %s (%s, peak %.2f)", alert.alert_id, event.kind, alert.severity, alert.peak_score)
 
-    def drain(self) -> bool:
-        """Deliver every pending outbox entry of the assigned partitions; False when interrupted."""
-        for partition in sorted(self.assigned):
-            for raw, entry in self.store.pending(self.topic, partition):
-                channel = self.channels.get(entry.channel)
-                if channel is None:
-                    log.warning("dropping %s: channel %s is no longer configured", entry.entry_id, entry.channel)
-                else:
-                    outcome, error = deliver(channel, entry.event, self.settings.retry, self.metrics,
-                                             self.stop_event)
-                    if outcome == "interrupted":
-                        return False
-                    if outcome == "failed":
-                        headers = [("dl-channel", entry.channel.encode()), ("dl-event-id", entry.entry_id.encode()),
-                                   ("dl-error-class", b"DeliveryError"), ("dl-error", error.encode()[:2000])]
-                        self._dead_letter(entry.event.alert.camera_id.encode(), raw, headers)
-                        self.metrics.deliveries.labels(entry.channel, "dead_letter").inc()
-                self.store.done(self.topic, partition, raw)
-        return True
+    def drain(self) -> None:
+        """One delivery pass over the assigned partitions' outboxes, then commit what became committable."""
+        committable = self.drainer.drain(sorted(self.assigned), self.gate, self.stop_event)
+        if committable:
+            self._commit(committable)
+
+    def _dead_letter_entry(self, entry: OutboxEntry, raw: bytes, error: str) -> None:
+        headers = [("dl-channel", entry.channel.encode()), ("dl-event-id", entry.entry_id.encode()),
+                   ("dl-error-class", b"DeliveryError"), ("dl-error", error.encode()[:2000])]
+        self._dead_letter(entry.event.alert.camera_id.encode(), raw, headers)
 
     def _dead_letter(self, key: bytes | str | None, value: bytes, headers: list[tuple[str, Any]]) -> None:
         """Write to the alert dead-letter topic and wait; raises when the broker does not take it."""

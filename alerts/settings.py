@@ -69,11 +69,24 @@ class RulesSettings(BaseModel):
 
 
 class RetrySettings(BaseModel):
-    """Retries of one delivery: ``attempts`` tries, waits doubling from ``backoff_s`` up to ``max_backoff_s``."""
+    """Retries of a channel's deliveries after transient failures (network errors, timeouts, HTTP 5xx/408/429).
 
-    attempts: int = Field(default=5, ge=1)
-    backoff_s: float = Field(default=0.5, ge=0.0)
-    max_backoff_s: float = Field(default=10.0, ge=0.0)
+    After a failure the channel waits ``backoff_s``, doubling per failure in a row up to ``max_backoff_s``,
+    while the other channels and the consumer go on. A delivery goes to the dead-letter topic when it is
+    refused permanently (other 4xx, e.g. a bad signature), or still fails ``give_up_after_s`` after it was
+    first due, or after ``attempts`` tries when that is not 0.
+    """
+
+    attempts: int = Field(default=0, ge=0, description="Most tries of one delivery; 0 = no count limit.")
+    backoff_s: float = Field(default=0.5, ge=0.0, description="Wait after a channel's first failure in a row.")
+    max_backoff_s: float = Field(default=30.0, ge=0.0, description="Longest wait between tries of a channel.")
+    give_up_after_s: float = Field(default=600.0, ge=0.0,
+                                   description="A delivery still failing this long after it was due is "
+                                               "dead-lettered (rides out a 10-minute outage).")
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` (>= 1) transient failures in a row."""
+        return float(min(self.backoff_s * 2 ** min(failures - 1, 62), self.max_backoff_s))
 
 
 class HttpSettings(BaseModel):

@@ -1,13 +1,16 @@
 """Where alerts go: Alertmanager, a signed webhook, Grafana annotations and the alerts topic.
 
 Every channel has a ``name`` and a ``send(event)`` that raises :class:`DeliveryError` on
-failure; :func:`deliver` adds retries with exponential backoff.
+failure (``permanent`` when retrying cannot help); :func:`attempt` sends once and classifies the
+outcome, :func:`deliver` is the blocking retry loop for one-off sends. The service retries through
+its outbox instead (see :mod:`alerts.outbox`), so that a failing channel never blocks the others.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Literal, Protocol
 
 from alerts.metrics import AlertsMetrics
@@ -17,6 +20,7 @@ from alerts.settings import RetrySettings
 log = logging.getLogger(__name__)
 
 Outcome = Literal["delivered", "failed", "interrupted"]
+Attempt = Literal["delivered", "transient", "permanent"]
 
 
 class DeliveryError(Exception):
@@ -44,26 +48,39 @@ def alert_links(public_base_url: str, alert: Alert) -> dict[str, str]:
             "heatmap_url": f"{base}/api/alerts/{alert.alert_id}/heatmap.png"}
 
 
+def attempt(channel: Channel, event: AlertEvent, metrics: AlertsMetrics) -> tuple[Attempt, str]:
+    """Send once: ``delivered``, ``transient`` (worth retrying) or ``permanent``, with the error."""
+    try:
+        channel.send(event)
+    except DeliveryError as exc:
+        metrics.deliveries.labels(channel.name, "failure").inc()
+        log.warning("delivery to %s of %s failed (%s): %s", channel.name, event.event_id,
+                    "permanent" if exc.permanent else "will retry", exc)
+        return ("permanent" if exc.permanent else "transient"), str(exc)
+    metrics.deliveries.labels(channel.name, "success").inc()
+    return "delivered", ""
+
+
 def deliver(channel: Channel, event: AlertEvent, retry: RetrySettings, metrics: AlertsMetrics,
             stop_event: threading.Event | None = None) -> tuple[Outcome, str]:
-    """Send with retries and exponential backoff; returns the outcome and the last error."""
+    """Blocking send with retries (for one-off sends; the service retries through its outbox instead).
+
+    Tries until delivered, refused permanently, ``retry.attempts`` tries (when not 0) or
+    ``retry.give_up_after_s`` spent; returns the outcome and the last error.
+    """
     stop_event = stop_event or threading.Event()
-    error = ""
-    for attempt in range(retry.attempts):
-        if attempt:
+    deadline = time.monotonic() + retry.give_up_after_s
+    tries = 0
+    while True:
+        if tries:
             metrics.retries.labels(channel.name).inc()
-            if stop_event.wait(min(retry.backoff_s * 2 ** (attempt - 1), retry.max_backoff_s)):
-                return "interrupted", error
-        try:
-            channel.send(event)
-        except DeliveryError as exc:
-            error = str(exc)
-            metrics.deliveries.labels(channel.name, "failure").inc()
-            log.warning("delivery to %s of %s failed (attempt %d/%d): %s", channel.name, event.event_id,
-                        attempt + 1, retry.attempts, error)
-            if exc.permanent:
-                break
-            continue
-        metrics.deliveries.labels(channel.name, "success").inc()
-        return "delivered", ""
-    return "failed", error
+        result, error = attempt(channel, event, metrics)
+        tries += 1
+        if result == "delivered":
+            return "delivered", ""
+        wait = retry.delay(tries)
+        if result == "permanent" or (retry.attempts and tries >= retry.attempts) \
+                or time.monotonic() + wait > deadline:
+            return "failed", error
+        if stop_event.wait(wait):
+            return "interrupted", error

@@ -74,6 +74,7 @@ def test_grafana_region_annotation_payload(recorder: dict[str, Any]) -> None:
     assert request["path"] == "/api/annotations"
     assert request["headers"]["Authorization"] == "Bearer glsa_token_abc"
     body, alert = request["body"], resolved.alert
+    assert alert.end_ns is not None
     assert body["time"] == alert.start_ns // 10**6 and body["timeEnd"] == alert.end_ns // 10**6 > body["time"]
     assert body["tags"] == ["linewatch", "line:line-3", "camera:cam-7", "severity:critical"]
     assert body["dashboardUID"] == "linewatch-overview" and alert.alert_id in body["text"]
@@ -125,3 +126,67 @@ def test_undeliverable_alert_goes_to_dead_letter_topic_and_offset_is_committed(
     committed = check.committed([TopicPartition(settings.topics.results, p) for p in (0, 1)], timeout=10)
     check.close()
     assert sum(max(tp.offset, 0) for tp in committed) == 4
+
+
+def test_webhook_outage_holds_neither_the_consumer_nor_other_channels_and_delivers_after_recovery(
+        make_settings: Callable[..., AlertsSettings], bootstrap: str, webhook: Webhook) -> None:
+    """Webhook answers 503 for a while: the alerts topic still gets every event at once, later frames are still
+    consumed, offsets stay behind the undelivered entries; after recovery everything arrives and commits."""
+    settings = make_settings(webhook_url=webhook.url, webhook_secret=WEBHOOK_SECRET, publish_alerts_topic=True,
+                             retry=RetrySettings(backoff_s=0.05, max_backoff_s=0.5))
+    assert settings.retry.attempts == 0 and settings.retry.give_up_after_s == 600
+    webhook.fail_next = 10**6
+    ensure_topics(settings, [settings.topics.results, settings.topics.alerts, settings.topics.alert_dead_letters])
+    producer = Producer({"bootstrap.servers": bootstrap})
+    scores = [0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1]  # fires at 2, resolves at 7
+    for seq, score in enumerate(scores):
+        producer.produce(settings.topics.results, key="cam-7", value=frame("cam-7", seq, score).model_dump_json())
+    assert producer.flush(15) == 0
+    service = AlertsService(settings, stop_event=threading.Event())
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    topic = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{settings.group_id}",
+                      "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    topic.subscribe([settings.topics.alerts])
+    published: list[str] = []
+    client = redis.Redis.from_url(settings.redis.url)
+
+    def last_sequence() -> int:
+        raw = client.get(service.store.state_key("cam-7"))
+        return -1 if raw is None else int(json.loads(raw)["last_sequence"])
+
+    def committed() -> int:
+        check = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.group_id})
+        offsets = check.committed([TopicPartition(settings.topics.results, p) for p in (0, 1)], timeout=10)
+        check.close()
+        return sum(max(tp.offset, 0) for tp in offsets)
+
+    try:
+        deadline = time.monotonic() + 60
+        while len(published) < 2 and time.monotonic() < deadline:
+            msg = topic.poll(0.5)
+            if msg is not None and not msg.error():
+                published.append(json.loads(msg.value() or b"{}")["kind"])
+        assert published == ["firing", "resolved"]  # the healthy channel was not held up
+        assert webhook.fail_next > 0 and len(webhook.received) >= 1
+        for seq in range(len(scores), len(scores) + 5):  # the consumer keeps consuming during the outage
+            producer.produce(settings.topics.results, key="cam-7", value=frame("cam-7", seq, 0.1).model_dump_json())
+        assert producer.flush(15) == 0
+        deadline = time.monotonic() + 30
+        while last_sequence() < len(scores) + 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert last_sequence() == len(scores) + 4
+        assert committed() < len(scores)  # not past the batch whose webhook entries are undelivered
+        failed_tries = len(webhook.received)
+        webhook.fail_next = 0
+        deadline = time.monotonic() + 30
+        while (len(webhook.bodies()) < 2 or committed() < len(scores) + 5) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        service.stop_event.set()
+        thread.join(30)
+        topic.close()
+    assert [b["kind"] for b in webhook.bodies()] == ["firing", "resolved"]
+    assert failed_tries >= 2  # it was retried during the outage, with backoff
+    assert committed() == len(scores) + 5
+    assert sample(service.metrics, "linewatch_alerts_deliveries_total", channel="webhook", outcome="dead_letter") == 0
