@@ -125,6 +125,29 @@ def test_offsets_are_independent_per_partition_and_failure_blocks_the_partition(
     assert tracker.failed == set()
 
 
+def test_offset_tracker_stays_bounded_after_many_acknowledged_frames() -> None:
+    """Soak question "leak or warm-up": 20,000 frames on 4 partitions, outputs acknowledged out of order,
+    leave no per-offset state behind; per-partition state is one entry per partition, gone on revoke."""
+    tracker, rng = OffsetTracker(), np.random.default_rng(0)
+    tps = [("frames", p) for p in range(4)]
+    for start in range(0, 20_000, 16):  # batches of 16 frames, two outputs each
+        batch = [(tps[i % 4], i) for i in range(start, start + 16)]
+        for tp, offset in batch:
+            tracker.track(tp, offset)
+            tracker.add_output(tp, offset)
+            tracker.add_output(tp, offset)
+            tracker.release(tp, offset)
+        acks = [item for item in batch for _ in range(2)]
+        for k in rng.permutation(len(acks)):
+            tracker.ack(*acks[k])
+        assert tracker.in_flight() == 0
+        tracker.take_ready()
+    assert all(not frames for frames in tracker._pending.values())
+    assert len(tracker._pending) == len(tracker._last) == 4 and not tracker._ready and not tracker._failed
+    tracker.forget(tps)
+    assert not (tracker._pending or tracker._last or tracker._ready)
+
+
 def test_region_summary_scales_to_the_image_and_finds_the_peak() -> None:
     anomaly_map = np.zeros((8, 8), np.float32)
     anomaly_map[2:4, 5:7] = 1.0
