@@ -16,8 +16,8 @@ from detector.train import TrainConfig, train
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_short_training_on_magnetic_tile_beats_chance(magnetic_tile: Path, tmp_path: Path) -> None:
-    good = list_train_good(magnetic_tile)[::8]  # ~95 images, small input: a < 2 min budget on 2 cores
-    config = TrainConfig(image_size=128, epochs=4, batch_size=16, channels_last=True, bf16=True, device="cpu")
+    good = list_train_good(magnetic_tile)[::4]  # 191 images at 128 px: well under 2 min on 2 quiet cores
+    config = TrainConfig(image_size=128, epochs=6, batch_size=16, channels_last=True, bf16=True, device="cpu")
     train(config, good, tmp_path / "m.safetensors", progress=False)
     model = AnomalyModel.load(tmp_path / "m.safetensors", "cpu")
     tests = [r for r in list_test(magnetic_tile) if r.defect_type in ("good", "blowhole", "break", "fray")]
@@ -31,5 +31,6 @@ def test_short_training_on_magnetic_tile_beats_chance(magnetic_tile: Path, tmp_p
         acc.add(m, load_mask(record, img.shape[:2]))
     image_auroc, pixel_auroc = auroc(pred.image_scores, labels), acc.auroc()
     print(f"realdata short run: image AUROC {image_auroc:.3f}, pixel AUROC {pixel_auroc:.3f}")
-    assert pixel_auroc > 0.7
-    assert image_auroc > 0.55
+    # measured 0.835 / 0.950 (2026-11-29); chance is 0.5
+    assert pixel_auroc > 0.85
+    assert image_auroc > 0.7
