@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import signal
+import sys
 import threading
 import time
 import tracemalloc
@@ -46,12 +48,10 @@ def malloc_mib() -> tuple[float, float]:
     return (info.uordblks + info.hblkhd) / 2**20, info.fordblks / 2**20
 
 
-def rss_mib() -> float:
-    """Resident memory of this process in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def proc_status() -> tuple[float, int]:
+    """Resident memory of this process in MiB, and its thread count."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["Threads"])
 
 
 def produce(bootstrap: str, topic: str, fps: float, cameras: int, size: int, stop: threading.Event) -> None:
@@ -76,6 +76,15 @@ def produce(bootstrap: str, topic: str, fps: float, cameras: int, size: int, sto
     producer.flush(10)
 
 
+def scrape(service: Any, stop: threading.Event) -> None:
+    """GET /metrics every 2 s, as Prometheus (and the soak test) does."""
+    import httpx
+
+    while not stop.wait(2.0):
+        if service.health_port:
+            httpx.get(f"http://127.0.0.1:{service.health_port}/metrics", timeout=5)
+
+
 def bookkeeping(service: Any) -> dict[str, int]:
     """Sizes of the structures that could grow with cameras, sequences or offsets."""
     tracker = service.tracker
@@ -98,6 +107,8 @@ def main() -> None:
     parser.add_argument("--tracemalloc", action="store_true", help="trace the Python heap (slower)")
     parser.add_argument("--trim", action="store_true",
                         help="call glibc malloc_trim(0) before each sample (is the free arena memory returnable?)")
+    parser.add_argument("--scrape", action="store_true",
+                        help="serve /metrics and scrape it every 2 s, librdkafka statistics every 1 s (as the soak)")
     parser.add_argument("--json", type=Path, help="write the samples here")
     args = parser.parse_args()
 
@@ -109,58 +120,66 @@ def main() -> None:
     from detector.train import train_synthetic_model
 
     torch.set_num_threads(2)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds to the finally that stops the broker
     stack = start_local_stack()
-    tag = uuid.uuid4().hex[:8]
-    model = args.model or train_synthetic_model(stack.log_dir / "memory.safetensors", epochs=1,
-                                                image_size=args.image_size, n_images=16)
-    topics = {role: f"mem-{role}-{tag}" for role in ("frames", "results", "breaches", "dead_letters")}
-    admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
-    for future in admin.create_topics([NewTopic(t, num_partitions=args.cameras if r == "frames" else 1,
-                                                replication_factor=1) for r, t in topics.items()]).values():
-        future.result(15)
-    settings = DetectorSettings.model_validate({
-        "kafka": {"bootstrap_servers": stack.bootstrap_servers}, "topics": topics,
-        "redis": {"url": stack.redis_url, "key_prefix": f"mem-{tag}"}, "model": model, "device": "cpu",
-        "torch_threads": 2, "metrics_port": None, "group_id": f"mem-{tag}", "session_timeout_ms": 6000,
-        "heatmap_ttl_s": 60, "breach_ttl_s": 60})
-    if args.tracemalloc:
-        tracemalloc.start(8)
-    service = DetectorService(settings)
-    detector = threading.Thread(target=service.run, daemon=True)
-    detector.start()
-    service.ready_event.wait(120)
-    stop = threading.Event()
-    producer = threading.Thread(target=produce, args=(stack.bootstrap_servers, topics["frames"], args.fps,
-                                                      args.cameras, args.frame_size, stop), daemon=True)
-    producer.start()
-    samples: list[dict[str, Any]] = []
-    warm_snapshot = None
-    started = time.monotonic()
-    while (elapsed := time.monotonic() - started) < args.duration + 0.5:
-        if args.trim:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        used, free = malloc_mib()
-        sample = {"t": round(elapsed), "rss": round(rss_mib(), 1), "malloc_used": round(used, 1),
-                  "malloc_free": round(free, 1),
-                  "frames": int(service.metrics.frames_consumed._value.get()), **bookkeeping(service)}
+    try:
+        tag = uuid.uuid4().hex[:8]
+        model = args.model or train_synthetic_model(stack.log_dir / "memory.safetensors", epochs=1,
+                                                    image_size=args.image_size, n_images=16)
+        topics = {role: f"mem-{role}-{tag}" for role in ("frames", "results", "breaches", "dead_letters")}
+        admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+        for future in admin.create_topics([NewTopic(t, num_partitions=args.cameras if r == "frames" else 1,
+                                                    replication_factor=1) for r, t in topics.items()]).values():
+            future.result(15)
+        settings = DetectorSettings.model_validate({
+            "kafka": {"bootstrap_servers": stack.bootstrap_servers}, "topics": topics,
+            "redis": {"url": stack.redis_url, "key_prefix": f"mem-{tag}"}, "model": model, "device": "cpu",
+            "torch_threads": 2, "metrics_port": 0 if args.scrape else None, "metrics_host": "127.0.0.1",
+            "statistics_interval_ms": 1000 if args.scrape else 5000, "group_id": f"mem-{tag}",
+            "session_timeout_ms": 6000,
+            "heatmap_ttl_s": 60, "breach_ttl_s": 60})
         if args.tracemalloc:
-            sample["py_heap"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 1)
-            if warm_snapshot is None and elapsed >= args.duration / 2:
-                warm_snapshot = tracemalloc.take_snapshot()
-        samples.append(sample)
-        print(json.dumps(sample), flush=True)
-        time.sleep(args.interval)
-    if args.tracemalloc and warm_snapshot is not None:
-        end = tracemalloc.take_snapshot()
-        print("top Python-heap growth, second half (file:line, +KiB, +count):")
-        for stat in end.compare_to(warm_snapshot, "lineno")[:15]:
-            frame = stat.traceback[0]
-            print(f"  {frame.filename}:{frame.lineno}  {stat.size_diff / 1024:+.1f} KiB  {stat.count_diff:+d}")
-    stop.set()
-    producer.join(15)
-    service.stop_event.set()
-    detector.join(60)
-    stack.stop()
+            tracemalloc.start(8)
+        service = DetectorService(settings)
+        detector = threading.Thread(target=service.run, daemon=True)
+        detector.start()
+        service.ready_event.wait(120)
+        stop = threading.Event()
+        producer = threading.Thread(target=produce, args=(stack.bootstrap_servers, topics["frames"], args.fps,
+                                                          args.cameras, args.frame_size, stop), daemon=True)
+        producer.start()
+        if args.scrape:
+            threading.Thread(target=scrape, args=(service, stop), daemon=True).start()
+        samples: list[dict[str, Any]] = []
+        warm_snapshot = None
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < args.duration + 0.5:
+            if args.trim:
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            used, free = malloc_mib()
+            rss, threads = proc_status()
+            sample = {"t": round(elapsed), "rss": round(rss, 1), "threads": threads, "malloc_used": round(used, 1),
+                      "malloc_free": round(free, 1),
+                      "frames": int(service.metrics.frames_consumed._value.get()), **bookkeeping(service)}
+            if args.tracemalloc:
+                sample["py_heap"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 1)
+                if warm_snapshot is None and elapsed >= args.duration / 2:
+                    warm_snapshot = tracemalloc.take_snapshot()
+            samples.append(sample)
+            print(json.dumps(sample), flush=True)
+            time.sleep(args.interval)
+        if args.tracemalloc and warm_snapshot is not None:
+            end = tracemalloc.take_snapshot()
+            print("top Python-heap growth, second half (file:line, +KiB, +count):")
+            for stat in end.compare_to(warm_snapshot, "lineno")[:15]:
+                frame = stat.traceback[0]
+                print(f"  {frame.filename}:{frame.lineno}  {stat.size_diff / 1024:+.1f} KiB  {stat.count_diff:+d}")
+        stop.set()
+        producer.join(15)
+        service.stop_event.set()
+        detector.join(60)
+    finally:
+        stack.stop()
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                          "samples": samples}, indent=1) + "\n")
