@@ -1,8 +1,10 @@
 """Model checkpoints: one safetensors file, weights plus JSON metadata in its header.
 
 Loading never unpickles anything: safetensors is a JSON header plus raw tensor bytes. A digest of the
-tensors is kept in the metadata so a tampered or bit-flipped file is refused, and every failure is a
-:class:`CheckpointError` with a one-line reason instead of a traceback from deep inside a library.
+tensors and one of the metadata (thresholds, taps, normalisation...) are kept in the header, so a
+bit-flipped or edited file is refused, and every failure is a :class:`CheckpointError` with a
+one-line reason instead of a traceback from deep inside a library. The digests detect damage and
+casual edits, not a forger who recomputes them: keep model files on a trusted path.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 
 FORMAT = "linewatch-stfpm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: metadata digest added
 _META_KEY = "linewatch"
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -35,6 +37,12 @@ def tensor_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def metadata_digest(metadata: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``metadata`` without its own digest field."""
+    body = {key: value for key, value in metadata.items() if key != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def save_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Write ``model_state`` and JSON ``metadata`` to ``path`` atomically (temp file + rename)."""
     from safetensors.torch import save_file
@@ -42,6 +50,7 @@ def save_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor], meta
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
     meta = {**metadata, "format": FORMAT, "format_version": FORMAT_VERSION, "tensor_sha256": tensor_digest(state)}
+    meta["metadata_sha256"] = metadata_digest(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
@@ -94,6 +103,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if metadata.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {metadata.get('format_version')}; "
                               f"this linewatch reads version {FORMAT_VERSION}")
+    if metadata.get("metadata_sha256") != metadata_digest(metadata):
+        raise CheckpointError(f"{path} failed its integrity check (metadata such as thresholds differ from the "
+                              "recorded digest; the file was edited or damaged)")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

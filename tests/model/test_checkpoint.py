@@ -72,6 +72,22 @@ def test_tampered_metadata_and_foreign_files_are_refused(tmp_path: Path) -> None
         load_checkpoint(tmp_path / "absent.safetensors")
 
 
+def test_edited_threshold_in_metadata_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, _state(), {"calibration": {"image_threshold": 0.5}})
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    meta = json.loads(header["__metadata__"]["linewatch"])
+    meta["calibration"]["image_threshold"] = 99.0  # would silence every alarm
+    header["__metadata__"]["linewatch"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length:])
+    with pytest.raises(CheckpointError, match="metadata such as thresholds"):
+        load_checkpoint(path)
+
+
 class _Payload:
     """Unpickling this would create a marker file: proof that a loader executed the pickle."""
 

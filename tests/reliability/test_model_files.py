@@ -59,6 +59,8 @@ def bad_files(model: Path, tmp: Path, marker: Path, rng: random.Random) -> dict[
     files["header_garbage"] = data[:8] + b"\xff" * 64 + data[72:]
     files["metadata_version_99"] = _rewrite_header(data, lambda h: h["__metadata__"].update(linewatch=json.dumps(
         {**json.loads(h["__metadata__"]["linewatch"]), "format_version": 99})))
+    files["metadata_threshold_edited"] = _rewrite_header(data, lambda h: h["__metadata__"].update(
+        linewatch=json.dumps({**json.loads(h["__metadata__"]["linewatch"]), "calibration": {"image_threshold": 1e9}})))
     files["metadata_removed"] = _rewrite_header(data, lambda h: h.pop("__metadata__"))
     files["pickle_raw"] = pickle.dumps(_Payload(marker))
     files["empty"] = b""
