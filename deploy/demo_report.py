@@ -49,13 +49,25 @@ def accuracy(results: list[FrameResult]) -> dict[str, Any]:
             caught = by_type.setdefault(r.defect_type or "unknown", [0, 0])
             caught[0] += int(r.anomalous)
             caught[1] += 1
+    labelled = [r for r in results if r.label in ("good", "defect")]
     return {
-        "labelled_frames": tp + fn + fp + tn, "true_positives": tp, "false_negatives": fn,
+        "labelled_frames": tp + fn + fp + tn,
+        # Threshold-free: how well the line's scores rank defective above good frames.
+        "image_auroc": _auroc(labelled), "true_positives": tp, "false_negatives": fn,
         "false_positives": fp, "true_negatives": tn, "recall": _rate(tp, tp + fn),
         "false_alarm_rate": _rate(fp, fp + tn), "precision": _rate(tp, tp + fp),
         "recall_by_defect_type": {t: {"caught": c, "of": n, "recall": _rate(c, n)}
                                   for t, (c, n) in sorted(by_type.items())},
     }
+
+
+def _auroc(labelled: list[FrameResult]) -> float | None:
+    from detector.metrics import auroc
+
+    labels = [r.label == "defect" for r in labelled]
+    if all(labels) or not any(labels):
+        return None
+    return float(auroc([r.image_score for r in labelled], labels))
 
 
 def alert_summary(events: list[dict[str, Any]], results: list[FrameResult]) -> dict[str, Any]:
@@ -181,7 +193,8 @@ def format_text(summary: dict[str, Any]) -> str:
         f"alerts: fired {a['fired']}, resolved {a['resolved']}, open at end {a['open_at_end']}, "
         f"worst frame truly defective in {a['worst_frame_truly_defective']} of {a['fired']}",
         f"per frame vs ground truth ({acc['labelled_frames']} labelled): recall {_fmt(acc['recall'])}, "
-        f"false-alarm rate {_fmt(acc['false_alarm_rate'])}, precision {_fmt(acc['precision'])}",
+        f"false-alarm rate {_fmt(acc['false_alarm_rate'])}, precision {_fmt(acc['precision'])} "
+        f"(at the model's calibrated threshold); image AUROC of the line's scores {_fmt(acc.get('image_auroc'))}",
         "recall by defect type: " + (", ".join(f"{k} {v['caught']}/{v['of']}"
                                                for k, v in acc["recall_by_defect_type"].items()) or "-"),
         f"throughput: offered {t['offered_frames_per_s']} frames/s, processed {_fmt(t['processed_frames_per_s'])} "
