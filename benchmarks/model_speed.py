@@ -1,7 +1,9 @@
 """Inference frames/s and training images/s of our STFPM side by side with anomalib's STFPM torch model.
 
-One process, one thread setting for everything (``torch.set_num_threads(T)``, called in the main
-thread, which runs every measurement). Repeats are interleaved (repeat r of every variant before
+One process, one thread setting for everything: every measurement runs in one worker thread that first
+calls ``torch.set_num_threads(T)``, as the detector service's inference thread does (on a busy machine
+libgomp's busy-waiting made the main thread's 2-thread team several times slower than a worker
+thread's; see benchmarks/results/detector_pipeline.md). Repeats are interleaved (repeat r of every variant before
 repeat r+1 of any), so background load on a shared machine hits all variants alike; medians are reported.
 
 Inference: uint8 NHWC frames of 256x256 -> resize + normalise (our ``STFPM.preprocess``, the same code
@@ -27,6 +29,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -209,12 +212,19 @@ def main() -> None:
         from importlib.metadata import version
 
         report["anomalib"] = version("anomalib")
-    plan = [(128, ["efficientnet_lite0"]), (256, ["efficientnet_lite0", "resnet18"])]
-    variants = [v for size, bbs in plan for v in make_variants(size, bbs, peer)]
-    report["inference_fps"] = bench_inference(variants, batches, args.repeats, args.min_seconds)
-    if not args.skip_training:
-        steps = {k: f for size, bbs in plan for k, f in train_steps(size, bbs, peer).items()}
-        report["train_images_per_s_batch32"] = bench_training(steps, args.train_repeats)
+
+    def measure() -> None:
+        torch.set_num_threads(args.threads)
+        plan = [(128, ["efficientnet_lite0"]), (256, ["efficientnet_lite0", "resnet18"])]
+        variants = [v for size, bbs in plan for v in make_variants(size, bbs, peer)]
+        report["inference_fps"] = bench_inference(variants, batches, args.repeats, args.min_seconds)
+        if not args.skip_training:
+            steps = {k: f for size, bbs in plan for k, f in train_steps(size, bbs, peer).items()}
+            report["train_images_per_s_batch32"] = bench_training(steps, args.train_repeats)
+
+    worker = threading.Thread(target=measure, name="bench-measure")
+    worker.start()
+    worker.join()
     report["load_after"] = os.getloadavg()
     text = json.dumps(report, indent=1)
     print(text)
