@@ -41,8 +41,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cameras", type=int, default=4, help="number of cameras (default 4)")
     p.add_argument("--fps", type=float, default=2.0, help="frames per second per camera (default 2)")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
-                   help=f"training epochs of the demo model (default {DEMO_EPOCHS}: fits ~4 min on 2 CPU cores)")
-    p.add_argument("--image-size", type=int, help="model input size (default: the trained default, 256)")
+                   help=f"training epochs (default {DEMO_EPOCHS}: the full default budget, ~5 min on 2 cores)")
+    p.add_argument("--image-size", type=int, help="model input size (default: TrainConfig's, 128)")
     p.add_argument("--train-images", type=int, default=0, help="limit the good training images (0: all)")
     p.add_argument("--retrain", action="store_true", help="train even when a cached model matches")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/models"), help="where trained models are kept")

@@ -53,12 +53,16 @@ def accuracy(results: list[FrameResult]) -> dict[str, Any]:
     return {
         "labelled_frames": tp + fn + fp + tn,
         # Threshold-free: how well the line's scores rank defective above good frames.
-        "image_auroc": _auroc(labelled), "true_positives": tp, "false_negatives": fn,
+        "image_auroc": _round(_auroc(labelled)), "true_positives": tp, "false_negatives": fn,
         "false_positives": fp, "true_negatives": tn, "recall": _rate(tp, tp + fn),
         "false_alarm_rate": _rate(fp, fp + tn), "precision": _rate(tp, tp + fp),
         "recall_by_defect_type": {t: {"caught": c, "of": n, "recall": _rate(c, n)}
                                   for t, (c, n) in sorted(by_type.items())},
     }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _auroc(labelled: list[FrameResult]) -> float | None:

@@ -15,7 +15,7 @@ from deploy.demo import Processes, model_summary, wait_http
 from deploy.local import LocalStack, free_port
 from ingest.settings import CameraSettings, KafkaSettings, TopicSettings
 
-TRAIN_BUDGET_S = 240.0
+TRAIN_BUDGET_S = 330.0  # 20 epochs at 128 px took 287 s in a fresh-clone `make demo` (7 min 49 s in all)
 
 
 class DemoRun:
@@ -88,7 +88,7 @@ class DemoRun:
         model = ensure_model(self.data, a.cache_dir, epochs=a.epochs, image_size=a.image_size,
                              train_images=a.train_images, device=a.device, retrain=a.retrain)
         how = "reused cached" if model.cached else f"trained in {model.seconds:.0f}s,"
-        print(f"model: {how} {model.path} ({model.config['epochs']} epochs, demo budget)", flush=True)
+        print(f"model: {how} {model.path} ({model.config['epochs']} epochs)", flush=True)
         if model.seconds > TRAIN_BUDGET_S:
             print(f"note: training took longer than the demo's ~{TRAIN_BUDGET_S / 60:.0f} min budget on this machine "
                   "(busy or slower CPU); --epochs or --train-images lower it. Later runs reuse the cached model.",
