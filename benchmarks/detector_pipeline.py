@@ -106,6 +106,8 @@ def thread_check(model: Any, frames: np.ndarray, threads: int, rounds: int = 3) 
 class Run:
     """One detector on fresh topics of the shared local stack."""
 
+    overlay_max_side = 256  # the service's default; --overlay-max-side changes it for every run
+
     def __init__(self, stack: Any, model: Any, batch: int, wait_ms: float, threads: int, tag: str) -> None:
         self.topics = {name: f"bench-{tag}-{name}" for name in ("frames", "results", "breaches", "dead_letters")}
         admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
@@ -116,7 +118,8 @@ class Run:
             "kafka": {"bootstrap_servers": stack.bootstrap_servers}, "topics": self.topics,
             "redis": {"url": stack.redis_url, "key_prefix": f"bench-{tag}"}, "model": Path("unused"),
             "device": "cpu", "group_id": f"bench-{tag}", "max_batch_size": batch, "max_wait_ms": wait_ms,
-            "session_timeout_ms": 6000, "metrics_port": None, "decode_workers": 2, "torch_threads": threads})
+            "session_timeout_ms": 6000, "metrics_port": None, "decode_workers": 2, "torch_threads": threads,
+            "overlay_max_side": self.overlay_max_side})
         self.producer = Producer({"bootstrap.servers": stack.bootstrap_servers, "linger.ms": 2})
         self.service = DetectorService(self.settings, model=model)
         self.thread = threading.Thread(target=self.service.run, daemon=True)
@@ -181,6 +184,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(np.ceil(q * len(ordered))) - 1))] if ordered else float("nan")
 
 
+def _median_part(results: list[FrameResult], part: str) -> float:
+    values = [float(getattr(r.latency, f"{part}_ms")) for r in results]
+    return round(statistics.median(values), 1) if values else float("nan")
+
+
 def offered_load(stack: Any, model: Any, batch: int, wait_ms: float, threads: int, jpegs: list[EncodedFrame],
                  cameras: int, duration_s: float) -> dict[str, Any]:
     """Cameras x 5 fps for ``duration_s``; throughput in the window, end-to-end latency after warm-up.
@@ -210,7 +218,9 @@ def offered_load(stack: Any, model: Any, batch: int, wait_ms: float, threads: in
     return {"cameras": cameras, "batch": batch, "offered_fps": cameras * FPS, "produced": len(sent),
             "throughput_fps": round(in_window / (duration_s - WARMUP_S), 2), "mean_batch": round(run.mean_batch(), 2),
             "p50_ms": round(percentile(lat, 0.5), 1), "p99_ms": round(percentile(lat, 0.99), 1),
-            "completed": len(results)}
+            "completed": len(results),
+            # where the time goes (medians over finished frames): broker + poll, decode, model
+            **{f"{part}_p50_ms": _median_part(results, part) for part in ("queue", "decode", "inference")}}
 
 
 def main() -> None:
@@ -224,6 +234,7 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=240)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--model", type=Path, help="a checkpoint; default: the default architecture, 1 epoch")
+    parser.add_argument("--overlay-max-side", type=int, default=256, help="heatmap overlay PNG side")
     parser.add_argument("--thread-check", action="store_true", help="main vs worker thread, then stop")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -235,10 +246,12 @@ def main() -> None:
     path = args.model or default_model(Path(tempfile.gettempdir()) / f"lw-bench-default-{args.image_size}"
                                        ".safetensors", args.image_size)
     model = AnomalyModel.load(path, device="cpu")
+    Run.overlay_max_side = args.overlay_max_side
     frames = np.stack([render_sample(i, size=256).image for i in range(args.batch)])
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "load_before": os.getloadavg(), "batch": args.batch,
-        "wait_ms": args.wait_ms, "threads": args.threads, "model": f"{model.backbone} taps "
+        "wait_ms": args.wait_ms, "threads": args.threads,
+        "overlay_max_side": args.overlay_max_side, "model": f"{model.backbone} taps "
         f"{list(model.model.taps)} at {model.image_size} px", "torch": torch.__version__,
         "omp_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}}
     if args.thread_check:
