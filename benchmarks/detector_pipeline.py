@@ -13,7 +13,8 @@ service's inference thread does. Bare and pipeline runs are interleaved.
 Why a worker thread: libgomp spins (busy-waits) at barriers for ~300k iterations while the process has
 no more OpenMP threads than CPUs, which is the case while only the main thread's team exists. On an
 oversubscribed machine a spinning thread burns the time slice its partner needs: ``--thread-check``
-showed the main thread 4-10x slower than a worker thread for the same call. Once a second team exists
+showed the main thread 4-10x slower than a worker thread for the same call (on a quiet machine the
+main thread was 25-40% faster instead). Once a second team exists
 (a worker thread's), libgomp counts more managed threads than CPUs and uses a short spin, then sleeps.
 ``OMP_WAIT_POLICY=PASSIVE`` or ``GOMP_SPINCOUNT=1000`` removes the difference (see the results file).
 
