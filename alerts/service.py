@@ -16,7 +16,6 @@ from typing import Any
 
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import ValidationError
 
 from alerts.channels import build_channels
@@ -34,17 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def ensure_topics(settings: AlertsSettings, names: list[str], timeout_s: float = 15.0) -> None:
-    """Create the topics among ``names`` that do not exist yet."""
-    admin = AdminClient(settings.kafka.client_config())
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = [NewTopic(n, num_partitions=settings.topics.partitions,
-                        replication_factor=settings.topics.replication_factor) for n in names if n not in existing]
-    for name, future in (admin.create_topics(missing) if missing else {}).items():
-        try:
-            future.result(timeout_s)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise RuntimeError(f"cannot create topic {name}: {exc}") from None
+    """Create the topics among ``names`` that do not exist yet (ingest's topic helper, our settings)."""
+    from ingest.topics import ensure_topics as create_missing
+
+    create_missing(settings.kafka, names, settings.topics.partitions, settings.topics.replication_factor, timeout_s)
 
 
 class AlertsService:
