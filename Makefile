@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-PACKAGES := ingest detector alerts deploy
+PACKAGES := -p linewatch
 
 .PHONY: demo test lint typecheck pytest install system-deps clean
 

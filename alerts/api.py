@@ -20,11 +20,11 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from alerts.history import AlertHistory, HistoryEntry
-from alerts.metrics import AlertsMetrics
-from alerts.rules import Alert
-from alerts.settings import AlertsSettings
-from detector import cache_keys
+from linewatch.alerts.history import AlertHistory, HistoryEntry
+from linewatch.alerts.metrics import AlertsMetrics
+from linewatch.alerts.rules import Alert
+from linewatch.alerts.settings import AlertsSettings
+from linewatch.detector import cache_keys
 
 WEB_DIR = Path(__file__).parent / "web"
 FRAMES_AROUND = 4

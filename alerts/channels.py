@@ -7,9 +7,9 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from alerts.deliveries import Channel, DeliveryError
-from alerts.rules import AlertEvent
-from alerts.settings import AlertsSettings
+from linewatch.alerts.deliveries import Channel, DeliveryError
+from linewatch.alerts.rules import AlertEvent
+from linewatch.alerts.settings import AlertsSettings
 
 
 class KafkaChannel:
@@ -43,9 +43,9 @@ class KafkaChannel:
 
 def build_channels(settings: AlertsSettings, producer: Any) -> list[Channel]:
     """Every configured channel, in delivery order."""
-    from alerts.deliveries.alertmanager import AlertmanagerChannel
-    from alerts.deliveries.grafana import GrafanaChannel
-    from alerts.deliveries.webhook import WebhookChannel
+    from linewatch.alerts.deliveries.alertmanager import AlertmanagerChannel
+    from linewatch.alerts.deliveries.grafana import GrafanaChannel
+    from linewatch.alerts.deliveries.webhook import WebhookChannel
 
     base = settings.http.public_base_url
     channels: list[Channel] = []

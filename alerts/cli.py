@@ -25,9 +25,9 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from alerts.service import run_alerts
-    from alerts.settings import AlertsSettings
-    from ingest.settings import load_settings
+    from linewatch.alerts.service import run_alerts
+    from linewatch.alerts.settings import AlertsSettings
+    from linewatch.ingest.settings import load_settings
 
     base = load_settings(AlertsSettings)
     http = base.http.model_copy(update={key: value for key, value in

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from alerts.rules import Acknowledgement, Alert, AlertEvent
+from linewatch.alerts.rules import Acknowledgement, Alert, AlertEvent
 
 EventKind = Literal["firing", "resolved", "acknowledged"]
 

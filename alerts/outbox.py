@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from alerts.deliveries import Channel, attempt
-from alerts.metrics import AlertsMetrics
-from alerts.settings import RetrySettings
-from alerts.state import OutboxEntry, StateStore
+from linewatch.alerts.deliveries import Channel, attempt
+from linewatch.alerts.metrics import AlertsMetrics
+from linewatch.alerts.settings import RetrySettings
+from linewatch.alerts.state import OutboxEntry, StateStore
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from alerts.settings import RuleConfig
-from detector.events import FrameResult
+from linewatch.alerts.settings import RuleConfig
+from linewatch.detector.events import FrameResult
 
 AlertState = Literal["firing", "resolved"]
 

@@ -18,23 +18,23 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from pydantic import ValidationError
 
-from alerts.channels import build_channels
-from alerts.deliveries import Channel
-from alerts.deliveries.alertmanager import AlertmanagerChannel
-from alerts.history import AlertHistory
-from alerts.metrics import AlertsMetrics
-from alerts.outbox import CommitGate, OutboxDrainer, RetryPolicy
-from alerts.rules import AlertEvent, CameraState, step
-from alerts.settings import AlertsSettings
-from alerts.state import OutboxEntry, StateStore
-from detector.events import EVENT_SCHEMA_VERSION, FrameResult, dead_letter_headers
+from linewatch.alerts.channels import build_channels
+from linewatch.alerts.deliveries import Channel
+from linewatch.alerts.deliveries.alertmanager import AlertmanagerChannel
+from linewatch.alerts.history import AlertHistory
+from linewatch.alerts.metrics import AlertsMetrics
+from linewatch.alerts.outbox import CommitGate, OutboxDrainer, RetryPolicy
+from linewatch.alerts.rules import AlertEvent, CameraState, step
+from linewatch.alerts.settings import AlertsSettings
+from linewatch.alerts.state import OutboxEntry, StateStore
+from linewatch.detector.events import EVENT_SCHEMA_VERSION, FrameResult, dead_letter_headers
 
 log = logging.getLogger(__name__)
 
 
 def ensure_topics(settings: AlertsSettings, names: list[str], timeout_s: float = 15.0) -> None:
     """Create the topics among ``names`` that do not exist yet (ingest's topic helper, our settings)."""
-    from ingest.topics import ensure_topics as create_missing
+    from linewatch.ingest.topics import ensure_topics as create_missing
 
     create_missing(settings.kafka, names, settings.topics.partitions, settings.topics.replication_factor, timeout_s)
 
@@ -232,7 +232,7 @@ def run_alerts(settings: AlertsSettings, stop_event: threading.Event | None = No
     metrics = metrics or AlertsMetrics()
     server = None
     if settings.http.enabled:
-        from alerts.api import start_server
+        from linewatch.alerts.api import start_server
 
         server = start_server(settings, metrics)
     try:

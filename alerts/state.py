@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from alerts.history import AlertHistory
-from alerts.rules import AlertEvent, CameraState
+from linewatch.alerts.history import AlertHistory
+from linewatch.alerts.rules import AlertEvent, CameraState
 
 
 class OutboxEntry(BaseModel):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from detector.data import list_train_good
-from detector.train import TrainConfig, train
+from linewatch.detector.data import list_train_good
+from linewatch.detector.train import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
 

@@ -56,8 +56,8 @@ def proc_status() -> tuple[float, int]:
 
 def produce(bootstrap: str, topic: str, fps: float, cameras: int, size: int, stop: threading.Event) -> None:
     """Send frames at ``fps`` in total, round robin over ``cameras``, from 32 pre-encoded images."""
-    from ingest.synthetic import render_sample
-    from ingest.wire import FrameMeta, encode_image, meta_to_headers
+    from linewatch.ingest.synthetic import render_sample
+    from linewatch.ingest.wire import FrameMeta, encode_image, meta_to_headers
 
     images = [(encode_image(s.image), s.image.shape) for s in (render_sample(i, size=size) for i in range(32))]
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
@@ -114,10 +114,10 @@ def main() -> None:
 
     import torch
 
-    from deploy.local import start_local_stack
-    from detector.service.service import DetectorService
-    from detector.service.settings import DetectorSettings
-    from detector.train import train_synthetic_model
+    from linewatch.deploy.local import start_local_stack
+    from linewatch.detector.service.service import DetectorService
+    from linewatch.detector.service.settings import DetectorSettings
+    from linewatch.detector.train import train_synthetic_model
 
     torch.set_num_threads(2)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds to the finally that stops the broker

@@ -42,11 +42,11 @@ import numpy as np
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from deploy.local import start_local_stack
-from detector.events import FrameResult
-from detector.service import DetectorService, DetectorSettings
-from ingest.synthetic import render_sample
-from ingest.wire import EncodedFrame, encode_frame, meta_to_headers
+from linewatch.deploy.local import start_local_stack
+from linewatch.detector.events import FrameResult
+from linewatch.detector.service import DetectorService, DetectorSettings
+from linewatch.ingest.synthetic import render_sample
+from linewatch.ingest.wire import EncodedFrame, encode_frame, meta_to_headers
 
 FPS = 5.0
 WARMUP_S = 3.0
@@ -55,7 +55,7 @@ DRAIN_S = 20.0
 
 def default_model(path: Path, image_size: int) -> Path:
     """A checkpoint of the default architecture at ``image_size`` (1 epoch on synthetic parts)."""
-    from detector.train import TrainConfig, train
+    from linewatch.detector.train import TrainConfig, train
 
     if not path.exists():
         images = [render_sample(i, size=256, defect_probability=0.0).image for i in range(16)]
@@ -242,7 +242,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from detector.inference import AnomalyModel
+    from linewatch.detector.inference import AnomalyModel
 
     path = args.model or default_model(Path(tempfile.gettempdir()) / f"lw-bench-default-{args.image_size}"
                                        ".safetensors", args.image_size)

@@ -20,8 +20,8 @@ import tracemalloc
 import cv2
 import numpy as np
 
-from detector.metrics import auroc
-from detector.pixel_metrics import PixelAccumulator, quantile_edges
+from linewatch.detector.metrics import auroc
+from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges
 
 
 def make_maps(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,112 +1,318 @@
-"""Accuracy of STFPM on an MVTec-layout data set (default: magnetic_tile): train, then evaluate.
+"""Accuracy sweep over every shared data set: settings chosen on dev halves, figures reported on test halves.
 
-Prints and appends one JSON line per run to ``--log`` with image AUROC, pooled pixel AUROC (maps resized
-to each image's own size, as MVTec does) and per-defect-type AUROCs (each type against the good images).
+Each data set's test images are split once, seeded, into a dev half and a test half (about half of
+every defect type and of the good images each); the split is written down as file lists in
+``benchmarks/splits/<set>.json`` (never by moving files). A configuration is trained once per set on
+``train/good`` only; its raw anomaly maps are then scored on both halves with every post-processing
+variant (Gaussian smoothing, image score). ``--phase table`` picks the configuration with the best mean
+over sets on the DEV halves and writes the TEST-half table to ``benchmarks/results/model_accuracy.md``.
 
-    nice -n 10 .venv/bin/python benchmarks/model_accuracy.py --epochs 100 --log runs/acc.jsonl
+    nice -n 10 .venv/bin/python benchmarks/model_accuracy.py --phase all       # train what is missing, evaluate, table
+    .venv/bin/python benchmarks/model_accuracy.py --phase train --configs today,s4_256
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import random
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 
-from detector.data import list_test, list_train_good, load_mask, load_rgb
-from detector.inference import AnomalyModel
-from detector.metrics import PixelAccumulator, auroc, quantile_edges
-from detector.train import TrainConfig, train
+from linewatch.detector.data import ImageRecord, list_test, list_train_good, load_mask, load_rgb
+from linewatch.detector.metrics import auroc
+from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges
+from linewatch.detector.stfpm.anomaly_map import gaussian_blur
+from linewatch.detector.train import TrainConfig, train
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parents[1] / "shared" / "datasets"
+SPLITS = ROOT / "splits"
+RUNS = ROOT.parent / "runs" / "accuracy"
+RESULTS = ROOT / "results" / "model_accuracy.md"
+SPLIT_SEED = 20261129
+FALSE_ALARM_RATES = (0.01, 0.001)
 
 
-def evaluate(model: AnomalyModel, data: Path) -> dict[str, object]:
-    """Image/pixel AUROC overall and per defect type."""
-    records = list_test(data)
-    scores = np.zeros(len(records), np.float32)
+@dataclass(frozen=True)
+class Variant:
+    """Post-processing of a trained model's maps: Gaussian sigma in input pixels, image score rule."""
+
+    sigma: float = 0.0
+    top_k: int = 1  # image score = mean of the k largest map cells (1 = the max)
+
+    @property
+    def name(self) -> str:
+        return f"sigma{self.sigma:g}-top{self.top_k}"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One training configuration of the sweep (a TrainConfig plus its post-processing variants)."""
+
+    name: str
+    train: TrainConfig
+    variants: tuple[Variant, ...] = field(default=(Variant(),))
+
+
+def _lite(name: str, size: int, taps: tuple[int, ...], **kw: Any) -> SweepConfig:
+    variants = (Variant(0.0, 1), Variant(4.0 * size / 256, 1), Variant(0.0, 10), Variant(4.0 * size / 256, 10))
+    return SweepConfig(name, TrainConfig(image_size=size, taps=taps, patience=4, **kw), variants)
+
+
+# Taps of efficientnet_lite0: blocks 2, 4, 10 end the stride-4, -8 and -16 stages (the paper's ResNet
+# layers 1-3 geometry); 10/14 is the previous default (strides 16, 32).
+CONFIGS: dict[str, SweepConfig] = {
+    "today": SweepConfig("today", TrainConfig(image_size=128, taps=(10, 14), sigma=0.0, resize_mode="squash",
+                                              epochs=20), (Variant(),)),
+    "s4_256": _lite("s4_256", 256, (2, 4, 10), epochs=20),
+    "s4_192": _lite("s4_192", 192, (2, 4, 10), epochs=20),
+    "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=20, resize_mode="letterbox"),
+    "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=20),
+    "s4_320": _lite("s4_320", 320, (2, 4, 10), epochs=20),
+}
+
+
+def data_sets() -> dict[str, Path]:
+    """Every shared set in MVTec layout (``<set>/<set>/test``)."""
+    if not SHARED.is_dir():
+        raise SystemExit(f"no shared data sets at {SHARED}")
+    return {d.name: d / d.name for d in sorted(SHARED.iterdir()) if (d / d.name / "test").is_dir()}
+
+
+def split(name: str, root: Path) -> dict[str, list[str]]:
+    """The set's fixed dev/test halves (paths relative to ``root``), written once to benchmarks/splits."""
+    path = SPLITS / f"{name}.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text()))
+    halves: dict[str, list[str]] = {"dev": [], "test": []}
+    by_type: dict[str, list[str]] = {}
+    for record in list_test(root):
+        by_type.setdefault(record.defect_type, []).append(str(record.path.relative_to(root)))
+    rng = random.Random(SPLIT_SEED)
+    for kind in sorted(by_type):
+        files = sorted(by_type[kind])
+        rng.shuffle(files)
+        cut = (len(files) + 1) // 2
+        halves["dev"] += sorted(files[:cut])
+        halves["test"] += sorted(files[cut:])
+    SPLITS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(halves, indent=1) + "\n")
+    return halves
+
+
+def checkpoint_path(set_name: str, config: str) -> Path:
+    return RUNS / set_name / f"{config}.safetensors"
+
+
+def train_one(set_name: str, root: Path, config: SweepConfig) -> None:
+    """Train ``config`` on the set's train/good (skipped when its checkpoint exists)."""
+    out = checkpoint_path(set_name, config.name)
+    if out.is_file():
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    result = train(config.train, list_train_good(root), out, progress=False)
+    info = {"train_seconds": round(time.perf_counter() - started, 1), "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history), "best_val_loss": result.best_val_loss}
+    out.with_suffix(".train.json").write_text(json.dumps(info) + "\n")
+    print(f"trained {set_name}/{config.name}: {info}", flush=True)
+
+
+def _raw_maps(model_path: Path, records: list[ImageRecord]) -> tuple[Any, list[np.ndarray]]:
+    """Model-size maps without smoothing, one per record."""
+    from linewatch.detector.inference import AnomalyModel
+
+    model = AnomalyModel.load(model_path, "cpu")
+    model.model.sigma = 0.0
     maps: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    for i in range(0, len(records), 16):
-        chunk = records[i:i + 16]
-        images = [load_rgb(r.path) for r in chunk]
-        pred = model.predict(images)
-        scores[i:i + len(chunk)] = pred.image_scores
-        for r, img, m in zip(chunk, images, pred.maps, strict=True):
-            full = model.map_to_image(m, img.shape[:2])
-            maps.append(full)
-            masks.append(load_mask(r, img.shape[:2]))
-    edges = quantile_edges(np.concatenate([m[::4, ::4].ravel() for m in maps]), 20000)
+    for start in range(0, len(records), 16):
+        images = [load_rgb(r.path) for r in records[start:start + 16]]
+        maps.extend(model.predict(images).maps)
+    return model, maps
+
+
+def _smooth(maps: list[np.ndarray], sigma: float) -> list[np.ndarray]:
+    if sigma <= 0:
+        return maps
+    stacked = torch.from_numpy(np.stack(maps))[:, None]
+    return list(gaussian_blur(stacked, sigma)[:, 0].numpy())
+
+
+def _image_scores(maps: list[np.ndarray], top_k: int) -> np.ndarray:
+    flat = torch.from_numpy(np.stack(maps)).flatten(1)
+    return flat.topk(top_k, dim=1).values.mean(dim=1).numpy()
+
+
+def recall_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
+    """Share of defective images above the good images' (1 - fpr) quantile (the plant's operating point)."""
+    good = np.sort(scores[~labels])
+    threshold = np.quantile(good, 1.0 - fpr, method="higher")
+    return float(np.mean(scores[labels] > threshold))
+
+
+def _metrics(records: list[ImageRecord], maps: list[np.ndarray], scores: np.ndarray, model: Any) -> dict[str, Any]:
+    full = []
+    masks = []
+    for record, m in zip(records, maps, strict=True):
+        shape = load_rgb(record.path).shape[:2]
+        full.append(model.map_to_image(m, shape))
+        masks.append(load_mask(record, shape))
+    edges = quantile_edges(np.concatenate([f[::4, ::4].ravel() for f in full]), 20000)
     labels = np.array([r.label == "defect" for r in records])
-    types = sorted({r.defect_type for r in records if r.label == "defect"})
-    result: dict[str, object] = {"image_auroc": auroc(scores, labels)}
-    pooled = PixelAccumulator(edges)
+    pooled, good_acc = PixelAccumulator(edges), PixelAccumulator(edges)
+    for record, f, k in zip(records, full, masks, strict=True):
+        pooled.add(f, k)
+        if record.label == "good":
+            good_acc.add(f, k)
+    out: dict[str, Any] = {"image_auroc": auroc(scores, labels), "pixel_auroc": pooled.auroc(),
+                           "aupro": pooled.aupro(), "n": len(records)}
+    for fpr in FALSE_ALARM_RATES:
+        out[f"recall_at_{fpr:g}"] = recall_at_fpr(scores, labels, fpr)
     per_type: dict[str, dict[str, float]] = {}
-    good_acc = PixelAccumulator(edges)
-    for r, m, k in zip(records, maps, masks, strict=True):
-        pooled.add(m, k)
-        if r.label == "good":
-            good_acc.add(m, k)
-    for kind in types:
+    for kind in sorted({r.defect_type for r in records if r.label == "defect"}):
         pick = np.array([r.defect_type in ("good", kind) for r in records])
         acc = good_acc.copy()
-        for r, m, k in zip(records, maps, masks, strict=True):
-            if r.defect_type == kind:
-                acc.add(m, k)
+        for record, f, k in zip(records, full, masks, strict=True):
+            if record.defect_type == kind:
+                acc.add(f, k)
         per_type[kind] = {"image_auroc": auroc(scores[pick], labels[pick]), "pixel_auroc": acc.auroc(),
-                          "n": int(sum(r.defect_type == kind for r in records))}
-    result["pixel_auroc"] = pooled.auroc()
-    result["aupro"] = pooled.aupro()
-    result["per_type"] = per_type
-    return result
+                          "aupro": acc.aupro(), "recall_at_0.01": recall_at_fpr(scores[pick], labels[pick], 0.01),
+                          "recall_at_0.001": recall_at_fpr(scores[pick], labels[pick], 0.001),
+                          "n": int(labels[pick].sum())}
+    out["per_type"] = per_type
+    return out
+
+
+def evaluate_one(set_name: str, root: Path, config: SweepConfig) -> list[dict[str, Any]]:
+    """Metrics of every variant of a trained config on both halves (cached next to the checkpoint)."""
+    path = checkpoint_path(set_name, config.name)
+    cache = path.with_suffix(".eval.json")
+    if cache.is_file() and cache.stat().st_mtime >= path.stat().st_mtime:
+        return list(json.loads(cache.read_text()))
+    halves = split(set_name, root)
+    by_path = {str(r.path.relative_to(root)): r for r in list_test(root)}
+    rows: list[dict[str, Any]] = []
+    train_info = json.loads(path.with_suffix(".train.json").read_text())
+    for half, files in halves.items():
+        records = [by_path[f] for f in files]
+        model, raw = _raw_maps(path, records)
+        cells = list(model.metadata.get("map_cells") or _feature_cells(model))
+        for variant in config.variants:
+            maps = _smooth(raw, variant.sigma)
+            scores = _image_scores(maps, variant.top_k)
+            rows.append({"set": set_name, "config": config.name, "variant": variant.name, "half": half,
+                         "map_cells": cells, **train_info, **_metrics(records, maps, scores, model)})
+            print(f"{set_name}/{config.name}/{variant.name}/{half}: image {rows[-1]['image_auroc']:.3f} "
+                  f"pixel {rows[-1]['pixel_auroc']:.3f} aupro {rows[-1]['aupro']:.3f}", flush=True)
+    cache.write_text(json.dumps(rows) + "\n")
+    return rows
+
+
+def _feature_cells(model: Any) -> tuple[int, int]:
+    """Cells of the fused map: the finest tapped feature grid."""
+    size = model.image_size
+    with torch.inference_mode():
+        feats = model.model.teacher(torch.zeros(1, 3, size, size))
+    return max((int(f.shape[-2]), int(f.shape[-1])) for f in feats)
+
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "recall_at_0.01", "recall_at_0.001")
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
+def choose(rows: list[dict[str, Any]], sets: list[str]) -> tuple[str, str]:
+    """Best (config, variant) by the dev-half mean over sets of image AUROC, pixel AUROC and AUPRO."""
+    candidates: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["half"] == "dev":
+            candidates.setdefault((r["config"], r["variant"]), []).append(r)
+    complete = {k: v for k, v in candidates.items() if {r["set"] for r in v} == set(sets)}
+    return max(complete, key=lambda k: np.mean([_mean(complete[k], m) for m in METRICS[:3]]))
+
+
+def table(rows: list[dict[str, Any]], sets: list[str], command: str) -> str:
+    """The results file: machine, command, date; dev-half ranking; test-half figures of today and the choice."""
+    best = choose(rows, sets)
+    lines = [f"# Model accuracy sweep\n\nMachine: {platform.machine()}, {torch.get_num_threads()} threads, "
+             f"torch {torch.__version__}. Date: {time.strftime('%Y-%m-%d')}. Command: `{command}`.\n",
+             "Settings were chosen on the dev halves only (file lists in benchmarks/splits/); the figures in the "
+             "test-half tables were not looked at for the choice.\n",
+             "## Dev halves: every configuration (mean over sets of image AUROC, pixel AUROC, AUPRO)\n",
+             "| config | variant | map cells | " + " | ".join(f"{s} img/pix/pro" for s in sets) + " | mean |",
+             "|---|---|---|" + "---|" * (len(sets) + 1)]
+    dev: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["half"] == "dev":
+            dev.setdefault((r["config"], r["variant"]), {})[r["set"]] = r
+    for (config, variant), by_set in sorted(dev.items()):
+        cells = "x".join(str(c) for c in next(iter(by_set.values()))["map_cells"])
+        parts = [f"{by_set[s]['image_auroc']:.3f}/{by_set[s]['pixel_auroc']:.3f}/{by_set[s]['aupro']:.3f}"
+                 if s in by_set else "-" for s in sets]
+        mean = (f"{np.mean([[by_set[s][m] for m in METRICS[:3]] for s in sets]):.3f}"
+                if all(s in by_set for s in sets) else "-")
+        lines.append(f"| {config} | {variant} | {cells} | " + " | ".join(parts) + f" | {mean} |")
+    lines.append(f"\nChosen on dev: **{best[0]} / {best[1]}**.\n")
+    for label, key in (("previous default (today)", ("today", Variant().name)), ("chosen default", best)):
+        lines += [f"## Test halves: {label}: {key[0]} / {key[1]}\n",
+                  "| set | type | n defective | image AUROC | pixel AUROC | AUPRO | recall@1% FA | recall@0.1% FA "
+                  "| train s |", "|---|---|---|---|---|---|---|---|---|"]
+        test = [r for r in rows if r["half"] == "test" and (r["config"], r["variant"]) == key]
+        for r in sorted(test, key=lambda r: r["set"]):
+            lines.append(f"| {r['set']} | all | {r['n']} | " + " | ".join(f"{r[m]:.3f}" for m in METRICS)
+                         + f" | {r['train_seconds']:.0f} |")
+            for kind, t in r["per_type"].items():
+                lines.append(f"| {r['set']} | {kind} | {t['n']} | " + " | ".join(f"{t[m]:.3f}" for m in METRICS)
+                             + " | |")
+        if test:
+            lines.append("| **mean** | | | " + " | ".join(f"{_mean(test, m):.3f}" for m in METRICS) + " | |")
+            lines.append("| **worst** | | | " + " | ".join(f"{min(r[m] for r in test):.3f}" for m in METRICS)
+                         + " | |\n")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    """Parse settings, train, evaluate, log."""
+    """Parse, then train / evaluate / tabulate."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--taps", default=None, help="comma-separated tap indices")
-    parser.add_argument("--resize-mode", default=TrainConfig.resize_mode)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=TrainConfig.bf16)
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=TrainConfig.channels_last)
-    parser.add_argument("--tag", default="", help="free-form run name stored in the log line")
-    parser.add_argument("--limit-train", type=int, default=0, help="use only the first N train images (cheap runs)")
-    parser.add_argument("--teacher-weights", type=Path, default=None)
+    parser.add_argument("--phase", choices=("train", "eval", "table", "all"), default="all")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names from CONFIGS")
+    parser.add_argument("--sets", default="", help="comma-separated set names (default: every shared set)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("runs/accuracy-model.safetensors"))
-    parser.add_argument("--log", type=Path, default=Path("runs/model_accuracy.jsonl"))
+    parser.add_argument("--epochs", type=int, default=0, help="override every config's epochs (smoke runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = TrainConfig(backbone=args.backbone, epochs=args.epochs, image_size=args.image_size, lr=args.lr,
-                         batch_size=args.batch_size, resize_mode=args.resize_mode, bf16=args.bf16,
-                         channels_last=args.channels_last,
-                         taps=tuple(int(t) for t in args.taps.split(",")) if args.taps else None,
-                         teacher_weights=args.teacher_weights)
-    records = list_train_good(args.data)
-    if args.limit_train:
-        records = records[:: max(1, len(records) // args.limit_train)][: args.limit_train]
-    started = time.time()
-    result = train(config, records, args.out, progress=True)
-    model = AnomalyModel.load(args.out, "auto")
-    metrics = evaluate(model, args.data)
-    line = {"tag": args.tag, "date": time.strftime("%Y-%m-%d %H:%M"), "config": config.to_dict(),
-            "n_train_images": len(records),
-            "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-            "train_seconds": round(result.seconds, 1), "train_images_per_second": round(result.images_per_second, 2),
-            "total_seconds": round(time.time() - started, 1), **metrics,
-            "history": [{k: round(v, 5) for k, v in h.items()} for h in result.history]}
-    print(json.dumps(line, indent=1))
-    args.log.parent.mkdir(parents=True, exist_ok=True)
-    with args.log.open("a") as handle:
-        handle.write(json.dumps(line) + "\n")
+    sets = data_sets()
+    if args.sets:
+        sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
+    configs = [CONFIGS[c] for c in args.configs.split(",")]
+    if args.epochs:
+        configs = [replace(c, train=replace(c.train, epochs=args.epochs)) for c in configs]
+    for name, root in sets.items():
+        split(name, root)
+    if args.phase in ("train", "all"):
+        for config in configs:  # config-major: every set gets the cheap configs first
+            for name, root in sets.items():
+                train_one(name, root, config)
+    rows: list[dict[str, Any]] = []
+    if args.phase in ("eval", "table", "all"):
+        for config in configs:
+            for name, root in sets.items():
+                if checkpoint_path(name, config.name).is_file():
+                    rows += evaluate_one(name, root, config)
+    if args.phase in ("table", "all"):
+        text = table(rows, list(sets), "python benchmarks/model_accuracy.py --phase " + args.phase)
+        RESULTS.write_text(text)
+        print(text)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from detector.stfpm.backbones import get_spec
-from detector.stfpm.loss import stfpm_loss
-from detector.stfpm.torch_model import STFPM
+from linewatch.detector.stfpm.backbones import get_spec
+from linewatch.detector.stfpm.loss import stfpm_loss
+from linewatch.detector.stfpm.torch_model import STFPM
 
 FRAME_SIDE = 256  # camera frames; every model resizes them to its own input size
 TRAIN_BATCH = 32

@@ -12,10 +12,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from alerts import cli as alerts_cli
-from deploy import dashboards, stack_cli
-from detector import cli as detector_cli
-from ingest import cli as ingest_cli
+from linewatch.alerts import cli as alerts_cli
+from linewatch.deploy import dashboards, stack_cli
+from linewatch.detector import cli as detector_cli
+from linewatch.ingest import cli as ingest_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -108,7 +108,7 @@ def _push(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``dashboards`` subcommand (``dashboards push``) and ``config-doc``."""
-    from deploy import settings_doc
+    from linewatch.deploy import settings_doc
 
     parser = subparsers.add_parser("dashboards", help="manage the Grafana dashboards")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -30,7 +30,7 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "magnetic_tile" / "mag
 
 def register(subparsers: Any) -> None:
     """Add the ``demo`` subcommand."""
-    from deploy.demo_model import DEMO_EPOCHS
+    from linewatch.deploy.demo_model import DEMO_EPOCHS
 
     p = subparsers.add_parser("demo", help="run the whole line locally for a bounded time and print a summary",
                               description=__doc__.splitlines()[0])
@@ -77,7 +77,7 @@ class Processes:
         """Start ``python -m deploy.cli ARGV`` (``linewatch ARGV``), its output in ``log_dir/NAME.log``."""
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as handle:
-            proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", *argv], env={**os.environ, **env},
+            proc = subprocess.Popen([sys.executable, "-m", "linewatch.deploy.cli", *argv], env={**os.environ, **env},
                                     stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
         self.started.append((name, proc))
         return proc, log_path
@@ -98,7 +98,7 @@ class Processes:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Handler of ``linewatch demo``; returns 0 when every frame sent got a result or a dead letter."""
-    from deploy.local import LocalServiceError, start_local_stack
+    from linewatch.deploy.local import LocalServiceError, start_local_stack
 
     data = None if args.synthetic or not (args.data / "test").is_dir() else args.data
     if data is None and not args.synthetic:
@@ -112,7 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         stack = start_local_stack(log_dir / "stack")
         print(f"broker {stack.bootstrap_servers}, Redis {stack.redis_url}", flush=True)
-        from deploy.demo_run import DemoRun
+        from linewatch.deploy.demo_run import DemoRun
 
         return DemoRun(args, data, stack, processes).run()
     except (LocalServiceError, RuntimeError, ValueError, OSError) as exc:

@@ -37,7 +37,7 @@ def _fingerprint(data: Path | None, train_images: int, image_size: int) -> tuple
     """A description of the training images and a hashable list naming them (name and size)."""
     if data is None:
         return f"synthetic parts ({train_images} good, {image_size} px)", ["synthetic", train_images, image_size]
-    from detector.data import list_train_good
+    from linewatch.detector.data import list_train_good
 
     records = list_train_good(data)[: train_images or None]
     return str(data), [[r.path.name, r.path.stat().st_size] for r in records]
@@ -57,8 +57,8 @@ def ensure_model(data: Path | None, cache_dir: Path, *, epochs: int = DEMO_EPOCH
     The settings are :class:`detector.train.TrainConfig`'s defaults (the benchmarked ones) with the
     demo's epoch budget and, optionally, another image size.
     """
-    from detector.checkpoint import load_checkpoint
-    from detector.train import TrainConfig, train
+    from linewatch.detector.checkpoint import load_checkpoint
+    from linewatch.detector.train import TrainConfig, train
 
     base = TrainConfig()
     config = replace(base, epochs=epochs, image_size=image_size or base.image_size, device=device)
@@ -88,10 +88,10 @@ def ensure_model(data: Path | None, cache_dir: Path, *, epochs: int = DEMO_EPOCH
 
 def _training_images(data: Path | None, train_images: int, n_synthetic: int, size: int) -> list[Any]:
     if data is not None:
-        from detector.data import list_train_good
+        from linewatch.detector.data import list_train_good
 
         return list(list_train_good(data)[: train_images or None])
-    from ingest.synthetic import render_sample
+    from linewatch.ingest.synthetic import render_sample
 
     return [render_sample(i, size=size, defect_probability=0.0).image for i in range(n_synthetic)]
 

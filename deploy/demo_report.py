@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from deploy.demo_collect import Collected
-from detector.events import FrameResult
+from linewatch.deploy.demo_collect import Collected
+from linewatch.detector.events import FrameResult
 
 # Examples picked for the HTML page: (kind, how many).
 EXAMPLE_KINDS = (("caught defect", 3), ("missed defect", 2), ("false alarm", 2), ("good part", 1))
@@ -66,7 +66,7 @@ def _round(value: float | None) -> float | None:
 
 
 def _auroc(labelled: list[FrameResult]) -> float | None:
-    from detector.metrics import auroc
+    from linewatch.detector.metrics import auroc
 
     labels = [r.label == "defect" for r in labelled]
     if all(labels) or not any(labels):

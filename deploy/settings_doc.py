@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from ingest.settings import ENV_PREFIX
+from linewatch.ingest.settings import ENV_PREFIX
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,9 @@ class EnvField:
 
 def settings_classes() -> dict[str, type[BaseSettings]]:
     """The settings class behind each service (imported lazily: alerts/detector are heavy-ish)."""
-    from alerts.settings import AlertsSettings
-    from detector.service.settings import DetectorSettings
-    from ingest.settings import CameraSettings
+    from linewatch.alerts.settings import AlertsSettings
+    from linewatch.detector.service.settings import DetectorSettings
+    from linewatch.ingest.settings import CameraSettings
 
     return {"camera": CameraSettings, "detector": DetectorSettings, "alerts": AlertsSettings}
 

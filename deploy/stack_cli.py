@@ -15,7 +15,7 @@ def register(subparsers: Any) -> None:
     stack.add_argument("--log-dir", type=Path, default=None, help="where service logs go")
     stack.set_defaults(func=run_stack)
     try:
-        from deploy import demo
+        from linewatch.deploy import demo
     except ImportError:  # pragma: no cover - demo is part of the package
         return
     demo.register(subparsers)
@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
 
 def run_stack(args: argparse.Namespace) -> int:
     """Start the stack, print its endpoints, wait for SIGINT/SIGTERM, stop it."""
-    from deploy.local import start_local_stack
+    from linewatch.deploy.local import start_local_stack
 
     stack = start_local_stack(args.log_dir)
     print(f"KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap_servers}")

@@ -15,8 +15,8 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add this package's subcommands to the ``linewatch`` parser."""
-    from detector.evaluate_cli import register_evaluate
-    from detector.service.cli import register_detect
+    from linewatch.detector.evaluate_cli import register_evaluate
+    from linewatch.detector.service.cli import register_detect
 
     register_train(subparsers)
     register_predict(subparsers)
@@ -59,8 +59,8 @@ def register_train(subparsers: Any) -> None:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from detector.data import list_train_good
-    from detector.train import TrainConfig, train, train_synthetic_model
+    from linewatch.detector.data import list_train_good
+    from linewatch.detector.train import TrainConfig, train, train_synthetic_model
 
     if args.synthetic:
         path = train_synthetic_model(args.out, **{k: v for k, v in (("epochs", args.epochs),
@@ -91,8 +91,8 @@ def register_predict(subparsers: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from detector.inference import AnomalyModel
-    from detector.predict import predict_files
+    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.predict import predict_files
 
     model = AnomalyModel.load(args.model, args.device)
     lines = predict_files(model, args.inputs, args.out, stream=sys.stdout)
@@ -109,7 +109,7 @@ def register_export(subparsers: Any) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from detector.export import export_model
+    from linewatch.detector.export import export_model
 
     print(f"wrote {export_model(args.model, args.out, args.fmt)}")
     return 0

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from detector.data import ImageRecord, list_test, load_mask, load_rgb
-from detector.metrics import auroc, best_f1, f1_score, roc_curve
-from detector.pixel_metrics import DEFAULT_BINS, PixelAccumulator, quantile_edges
+from linewatch.detector.data import ImageRecord, list_test, load_mask, load_rgb
+from linewatch.detector.metrics import auroc, best_f1, f1_score, roc_curve
+from linewatch.detector.pixel_metrics import DEFAULT_BINS, PixelAccumulator, quantile_edges
 
 if TYPE_CHECKING:
-    from detector.inference import AnomalyModel
+    from linewatch.detector.inference import AnomalyModel
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def run_evaluation(model: AnomalyModel, data_dir: str | Path, out_dir: str | Pat
                         shapes=shapes, image_threshold=float(model.image_threshold), resize_mode=resize_mode,
                         to_image=to_image, image_roc=image_roc, pixel_roc=_thin(fpr, tpr), pro_curve=_thin(fpr, pro))
     if report:
-        from detector.report import write_report
+        from linewatch.detector.report import write_report
 
         write_report(result, out_dir / "report.html")
     return result

@@ -16,11 +16,11 @@ def _positive(text: str) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from detector.checkpoint import CheckpointError
-    from detector.data import DataError
-    from detector.device import DeviceError
-    from detector.evaluate import evaluate
-    from detector.inference import AnomalyModel
+    from linewatch.detector.checkpoint import CheckpointError
+    from linewatch.detector.data import DataError
+    from linewatch.detector.device import DeviceError
+    from linewatch.detector.evaluate import evaluate
+    from linewatch.detector.inference import AnomalyModel
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from detector.inference import AnomalyModel
+from linewatch.detector.inference import AnomalyModel
 
 FORMATS = ("onnx", "torchscript")
 

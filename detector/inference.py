@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.calibrate import Calibration, normalise
-from detector.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from detector.device import select_device
-from detector.stfpm.backbones import BackboneError
-from detector.stfpm.torch_model import STFPM
+from linewatch.detector.calibrate import Calibration, normalise
+from linewatch.detector.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from linewatch.detector.device import select_device
+from linewatch.detector.stfpm.backbones import BackboneError
+from linewatch.detector.stfpm.torch_model import STFPM
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from detector.pixel_metrics import PixelAccumulator, quantile_edges, trapezoid_to
+from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges, trapezoid_to
 
 __all__ = [
     "PixelAccumulator",

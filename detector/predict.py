@@ -10,8 +10,8 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 
-from detector.data import IMAGE_SUFFIXES, DataError, load_rgb
-from detector.inference import AnomalyModel
+from linewatch.detector.data import IMAGE_SUFFIXES, DataError, load_rgb
+from linewatch.detector.inference import AnomalyModel
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:

@@ -68,10 +68,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _camera(args: argparse.Namespace) -> int:
-    from ingest.camera import run_camera
-    from ingest.metrics import CameraMetrics, serve_metrics
-    from ingest.settings import CameraSettings, load_settings
-    from ingest.sources import SourceSpecError, open_source
+    from linewatch.ingest.camera import run_camera
+    from linewatch.ingest.metrics import CameraMetrics, serve_metrics
+    from linewatch.ingest.settings import CameraSettings, load_settings
+    from linewatch.ingest.sources import SourceSpecError, open_source
 
     settings = load_settings(CameraSettings, **_overrides(args))
     try:
@@ -91,8 +91,8 @@ def _camera(args: argparse.Namespace) -> int:
 
 
 def _cameras(args: argparse.Namespace) -> int:
-    from ingest.fleet import FleetConfigError, load_fleet, run_fleet
-    from ingest.metrics import CameraMetrics, serve_metrics
+    from linewatch.ingest.fleet import FleetConfigError, load_fleet, run_fleet
+    from linewatch.ingest.metrics import CameraMetrics, serve_metrics
 
     try:
         cameras, port = load_fleet(args.config, _overrides(args))
@@ -116,8 +116,8 @@ def _cameras(args: argparse.Namespace) -> int:
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from ingest.settings import CameraSettings, load_settings
-    from ingest.topics import TopicError, all_topic_names, ensure_topics
+    from linewatch.ingest.settings import CameraSettings, load_settings
+    from linewatch.ingest.topics import TopicError, all_topic_names, ensure_topics
 
     settings = load_settings(CameraSettings, **_overrides(args))
     replication = args.replication_factor or settings.topics.replication_factor

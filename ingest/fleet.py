@@ -24,9 +24,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ingest.camera import CameraStats, run_camera
-from ingest.metrics import CameraMetrics
-from ingest.settings import CameraSettings, describe_validation_error
+from linewatch.ingest.camera import CameraStats, run_camera
+from linewatch.ingest.metrics import CameraMetrics
+from linewatch.ingest.settings import CameraSettings, describe_validation_error
 
 log = logging.getLogger(__name__)
 

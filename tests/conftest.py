@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import LocalStack, start_local_stack
+from linewatch.deploy.local import LocalStack, start_local_stack
 
 FULL_SIZE = os.environ.get("LINEWATCH_FULL") == "1"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"

@@ -13,9 +13,9 @@ import threading
 import time
 from typing import Literal, Protocol
 
-from alerts.metrics import AlertsMetrics
-from alerts.rules import Alert, AlertEvent
-from alerts.settings import RetrySettings
+from linewatch.alerts.metrics import AlertsMetrics
+from linewatch.alerts.rules import Alert, AlertEvent
+from linewatch.alerts.settings import RetrySettings
 
 log = logging.getLogger(__name__)
 

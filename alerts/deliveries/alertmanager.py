@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from alerts.deliveries import alert_links
-from alerts.deliveries.http import post
-from alerts.rules import Alert, AlertEvent
+from linewatch.alerts.deliveries import alert_links
+from linewatch.alerts.deliveries.http import post
+from linewatch.alerts.rules import Alert, AlertEvent
 
 
 def _iso(ns: int) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from alerts.deliveries import DeliveryError, alert_links
-from alerts.rules import Alert, AlertEvent
+from linewatch.alerts.deliveries import DeliveryError, alert_links
+from linewatch.alerts.rules import Alert, AlertEvent
 
 
 def annotation(alert: Alert, public_base_url: str) -> dict[str, Any]:

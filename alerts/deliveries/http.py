@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from alerts.deliveries import DeliveryError
+from linewatch.alerts.deliveries import DeliveryError
 
 
 def post(client: httpx.Client, url: str, *, content: bytes | None = None, json: Any = None,

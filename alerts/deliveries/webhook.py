@@ -13,9 +13,9 @@ import json
 
 import httpx
 
-from alerts.deliveries import alert_links
-from alerts.deliveries.http import post
-from alerts.rules import AlertEvent
+from linewatch.alerts.deliveries import alert_links
+from linewatch.alerts.deliveries.http import post
+from linewatch.alerts.rules import AlertEvent
 
 SIGNATURE_HEADER = "X-Linewatch-Signature"
 

@@ -5,7 +5,7 @@ Entry point for other code: :func:`run_detector` (blocking) with :class:`Detecto
 
 from __future__ import annotations
 
-from detector.service.service import DetectorService, run_detector
-from detector.service.settings import DetectorSettings
+from linewatch.detector.service.service import DetectorService, run_detector
+from linewatch.detector.service.settings import DetectorSettings
 
 __all__ = ["DetectorService", "DetectorSettings", "run_detector"]

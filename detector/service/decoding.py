@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ingest.wire import MAX_PIXELS, FrameMeta, WireFormatError, decode_headers, decode_image, probe_dimensions
+from linewatch.ingest.wire import MAX_PIXELS, FrameMeta, WireFormatError, decode_headers, decode_image, probe_dimensions
 
 DecodeBackend = Literal["cpu", "gpu"]
 

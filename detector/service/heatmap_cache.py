@@ -20,9 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detector import cache_keys
-from detector.service.metrics import DetectorMetrics
-from detector.settings import RedisSettings
+from linewatch.detector import cache_keys
+from linewatch.detector.service.metrics import DetectorMetrics
+from linewatch.detector.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 

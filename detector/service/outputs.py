@@ -16,9 +16,9 @@ from typing import Any, cast
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from detector.events import Breach, FrameResult, dead_letter_headers
-from detector.service.decoding import Record, Rejected
-from detector.service.offsets import OffsetTracker
+from linewatch.detector.events import Breach, FrameResult, dead_letter_headers
+from linewatch.detector.service.decoding import Record, Rejected
+from linewatch.detector.service.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 

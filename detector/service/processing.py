@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from detector.events import Breach, FrameResult, Latency
-from detector.service.decoding import DecodedFrame, PendingBatch, Record, Rejected, group_by_size, stack_images
-from detector.service.heatmap_cache import HeatmapCache, HeatmapEntry
-from detector.service.metrics import DetectorMetrics
-from detector.service.offsets import OffsetTracker
-from detector.service.outputs import OutputProducer
-from detector.service.region import summarise_region
+from linewatch.detector.events import Breach, FrameResult, Latency
+from linewatch.detector.service.decoding import DecodedFrame, PendingBatch, Record, Rejected, group_by_size, stack_images
+from linewatch.detector.service.heatmap_cache import HeatmapCache, HeatmapEntry
+from linewatch.detector.service.metrics import DetectorMetrics
+from linewatch.detector.service.offsets import OffsetTracker
+from linewatch.detector.service.outputs import OutputProducer
+from linewatch.detector.service.region import summarise_region
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def predict(model: Any, batch: Any) -> Any:
         return model.predict(batch)
     import torch
 
-    from detector.inference import Prediction
+    from linewatch.detector.inference import Prediction
 
     with torch.inference_mode():
         maps = model.model.maps_from_input(model.model.preprocess(batch))

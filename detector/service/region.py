@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.events import DefectRegion
+from linewatch.detector.events import DefectRegion
 
 
 def summarise_region(anomaly_map: np.ndarray, pixel_threshold: float, image_size: tuple[int, int]) -> DefectRegion:

@@ -22,15 +22,15 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from detector.service.batcher import Batcher
-from detector.service.decoding import Decoder, PendingBatch, Record, select_decode_backend
-from detector.service.health import HealthServer, HealthState
-from detector.service.heatmap_cache import HeatmapCache
-from detector.service.metrics import DetectorMetrics
-from detector.service.offsets import OffsetTracker
-from detector.service.outputs import OutputProducer
-from detector.service.processing import BatchProcessor
-from detector.service.settings import DetectorSettings
+from linewatch.detector.service.batcher import Batcher
+from linewatch.detector.service.decoding import Decoder, PendingBatch, Record, select_decode_backend
+from linewatch.detector.service.health import HealthServer, HealthState
+from linewatch.detector.service.heatmap_cache import HeatmapCache
+from linewatch.detector.service.metrics import DetectorMetrics
+from linewatch.detector.service.offsets import OffsetTracker
+from linewatch.detector.service.outputs import OutputProducer
+from linewatch.detector.service.processing import BatchProcessor
+from linewatch.detector.service.settings import DetectorSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class DetectorService:
     def _load_model(self) -> Any:
         import torch
 
-        from detector.inference import AnomalyModel
+        from linewatch.detector.inference import AnomalyModel
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)

@@ -8,9 +8,9 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
-from detector.settings import RedisSettings
-from ingest.settings import KafkaSettings, TopicSettings, settings_config
-from ingest.wire import MAX_SIDE
+from linewatch.detector.settings import RedisSettings
+from linewatch.ingest.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.ingest.wire import MAX_SIDE
 
 DecodeMode = Literal["cpu", "gpu", "auto"]
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from detector.stfpm.loss import layer_distance
+from linewatch.detector.stfpm.loss import layer_distance
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

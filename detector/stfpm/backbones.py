@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from detector.stfpm.efficientnet_lite import EfficientNetLiteFeatures
+from linewatch.detector.stfpm.efficientnet_lite import EfficientNetLiteFeatures
 
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from detector.stfpm.anomaly_map import fuse_maps
-from detector.stfpm.backbones import get_spec
+from linewatch.detector.stfpm.anomaly_map import fuse_maps
+from linewatch.detector.stfpm.backbones import get_spec
 
 RESIZE_MODES = ("squash", "letterbox")
 # The student learns from scratch in a few hundred SGD steps; with the teacher's TF-style BN momentum

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ingest.sources.base import CapturedFrame, FrameError, Source, SourceError
-from ingest.sources.folder import FolderSource
-from ingest.sources.opencv import OpenCVSource
-from ingest.sources.replay import ReplaySource
-from ingest.sources.synthetic import SyntheticSource
+from linewatch.ingest.sources.base import CapturedFrame, FrameError, Source, SourceError
+from linewatch.ingest.sources.folder import FolderSource
+from linewatch.ingest.sources.opencv import OpenCVSource
+from linewatch.ingest.sources.replay import ReplaySource
+from linewatch.ingest.sources.synthetic import SyntheticSource
 
 __all__ = ["CapturedFrame", "FolderSource", "FrameError", "OpenCVSource", "ReplaySource", "Source",
            "SourceError", "SourceSpecError", "SyntheticSource", "open_source"]

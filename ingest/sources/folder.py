@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from detector.data import IMAGE_SUFFIXES, DataError, load_rgb
-from ingest.sources.base import CapturedFrame, FrameError, Source, SourceError
+from linewatch.detector.data import IMAGE_SUFFIXES, DataError, load_rgb
+from linewatch.ingest.sources.base import CapturedFrame, FrameError, Source, SourceError
 
 
 class FolderSource(Source):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 
-from ingest.sources.base import CapturedFrame, Source, SourceError
+from linewatch.ingest.sources.base import CapturedFrame, Source, SourceError
 
 log = logging.getLogger(__name__)
 

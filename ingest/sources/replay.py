@@ -6,8 +6,8 @@ import random
 import time
 from pathlib import Path
 
-from detector.data import DataError, ImageRecord, list_test, list_train_good, load_rgb
-from ingest.sources.base import CapturedFrame, FrameError, Source, SourceError
+from linewatch.detector.data import DataError, ImageRecord, list_test, list_train_good, load_rgb
+from linewatch.ingest.sources.base import CapturedFrame, FrameError, Source, SourceError
 
 SPLITS = ("test", "train")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from ingest.sources.base import CapturedFrame, Source
-from ingest.synthetic import render_sample
+from linewatch.ingest.sources.base import CapturedFrame, Source
+from linewatch.ingest.synthetic import render_sample
 
 
 class SyntheticSource(Source):

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from detector.events import FrameResult, Latency
+from linewatch.detector.events import FrameResult, Latency
 
 WEBHOOK_SECRET = "test-webhook-secret"
 API_TOKEN = "test-api-token-123"
@@ -62,10 +62,10 @@ def png(width: int = 64, height: int = 48, hot: tuple[int, int] = (20, 10)) -> b
 
 def seed_redis(client: Any, prefix: str, camera: str = "cam-7", line: str = "line-3") -> str:
     """Write a camera's latest frame and heatmaps the detector's way, and one alert; returns its id."""
-    from alerts.history import AlertHistory
-    from alerts.rules import CameraState, step
-    from alerts.settings import RuleConfig
-    from detector import cache_keys
+    from linewatch.alerts.history import AlertHistory
+    from linewatch.alerts.rules import CameraState, step
+    from linewatch.alerts.settings import RuleConfig
+    from linewatch.detector import cache_keys
 
     rule = RuleConfig(k=2, n=3, resolve_after=2, cooldown_s=0)
     history = AlertHistory(client, prefix)

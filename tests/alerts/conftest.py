@@ -16,11 +16,11 @@ import pytest
 import redis
 from alerts_helpers import API_TOKEN, WEBHOOK_SECRET, Webhook
 
-from alerts.deliveries.webhook import SIGNATURE_HEADER, verify
-from alerts.settings import AlertsSettings, HttpSettings, RetrySettings, RuleConfig, RulesSettings
-from deploy.local import free_port
-from detector.settings import RedisSettings
-from ingest.settings import KafkaSettings, TopicSettings
+from linewatch.alerts.deliveries.webhook import SIGNATURE_HEADER, verify
+from linewatch.alerts.settings import AlertsSettings, HttpSettings, RetrySettings, RuleConfig, RulesSettings
+from linewatch.deploy.local import free_port
+from linewatch.detector.settings import RedisSettings
+from linewatch.ingest.settings import KafkaSettings, TopicSettings
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 

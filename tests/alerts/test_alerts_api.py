@@ -10,9 +10,9 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from alerts.api import create_app
-from alerts.metrics import AlertsMetrics
-from alerts.settings import AlertsSettings
+from linewatch.alerts.api import create_app
+from linewatch.alerts.metrics import AlertsMetrics
+from linewatch.alerts.settings import AlertsSettings
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 

@@ -11,7 +11,7 @@ import time
 import httpx
 from alerts_helpers import API_TOKEN
 
-from deploy.local import free_port
+from linewatch.deploy.local import free_port
 
 
 def test_cli_serves_health_and_metrics_then_stops_on_sigterm(bootstrap: str, redis_url: str, unique: str) -> None:
@@ -20,7 +20,7 @@ def test_cli_serves_health_and_metrics_then_stops_on_sigterm(bootstrap: str, red
            "LINEWATCH_TOPICS__ALERTS": f"alerts-{unique}", "LINEWATCH_TOPICS__ALERT_DEAD_LETTERS": f"adl-{unique}",
            "LINEWATCH_GROUP_ID": f"cli-{unique}", "LINEWATCH_REDIS__KEY_PREFIX": f"lwtest-{unique}",
            "LINEWATCH_SESSION_TIMEOUT_MS": "6000"}
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "alerts", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "linewatch.deploy.cli", "alerts", "--port", str(port),
                              "--bootstrap-servers", bootstrap, "--redis-url", redis_url],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

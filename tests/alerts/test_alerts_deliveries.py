@@ -12,13 +12,13 @@ import redis
 from alerts_helpers import WEBHOOK_SECRET, Webhook, frame
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from alerts.deliveries import deliver
-from alerts.deliveries.grafana import GrafanaChannel
-from alerts.deliveries.webhook import SIGNATURE_HEADER, WebhookChannel, sign
-from alerts.metrics import AlertsMetrics
-from alerts.rules import Alert, AlertEvent, CameraState, step
-from alerts.service import AlertsService, ensure_topics
-from alerts.settings import AlertsSettings, RetrySettings, RuleConfig
+from linewatch.alerts.deliveries import deliver
+from linewatch.alerts.deliveries.grafana import GrafanaChannel
+from linewatch.alerts.deliveries.webhook import SIGNATURE_HEADER, WebhookChannel, sign
+from linewatch.alerts.metrics import AlertsMetrics
+from linewatch.alerts.rules import Alert, AlertEvent, CameraState, step
+from linewatch.alerts.service import AlertsService, ensure_topics
+from linewatch.alerts.settings import AlertsSettings, RetrySettings, RuleConfig
 
 RETRY = RetrySettings(attempts=4, backoff_s=0.02, max_backoff_s=0.1)
 

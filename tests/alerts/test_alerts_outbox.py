@@ -14,13 +14,13 @@ import pytest
 import redis
 from alerts_helpers import frame
 
-from alerts.deliveries import DeliveryError
-from alerts.history import AlertHistory
-from alerts.metrics import AlertsMetrics
-from alerts.outbox import CommitGate, OutboxDrainer, RetryPolicy
-from alerts.rules import AlertEvent, CameraState, step
-from alerts.settings import RetrySettings, RuleConfig
-from alerts.state import OutboxEntry, StateStore
+from linewatch.alerts.deliveries import DeliveryError
+from linewatch.alerts.history import AlertHistory
+from linewatch.alerts.metrics import AlertsMetrics
+from linewatch.alerts.outbox import CommitGate, OutboxDrainer, RetryPolicy
+from linewatch.alerts.rules import AlertEvent, CameraState, step
+from linewatch.alerts.settings import RetrySettings, RuleConfig
+from linewatch.alerts.state import OutboxEntry, StateStore
 
 TOPIC = "results"
 

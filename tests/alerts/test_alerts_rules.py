@@ -8,8 +8,8 @@ from alerts_helpers import FRAME_NS, T0, frame, scores_stream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.rules import AlertEvent, CameraState, step
-from alerts.settings import RuleConfig, RuleOverride, RulesSettings
+from linewatch.alerts.rules import AlertEvent, CameraState, step
+from linewatch.alerts.settings import RuleConfig, RuleOverride, RulesSettings
 
 RULE = RuleConfig(k=3, n=5, min_score=0.5, resolve_after=4, cooldown_s=0.0)
 

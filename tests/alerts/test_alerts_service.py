@@ -13,10 +13,10 @@ from alerts_helpers import FRAME_NS, WEBHOOK_SECRET, Webhook, frame
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from alerts.history import AlertHistory
-from alerts.service import run_alerts
-from alerts.settings import AlertsSettings
-from detector.events import FrameResult
+from linewatch.alerts.history import AlertHistory
+from linewatch.alerts.service import run_alerts
+from linewatch.alerts.settings import AlertsSettings
+from linewatch.detector.events import FrameResult
 
 CLEAN, HIT = 0.1, 0.9
 

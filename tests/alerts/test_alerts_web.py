@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from alerts_helpers import API_TOKEN, seed_redis
 
-from alerts.api import start_server
-from alerts.history import AlertHistory
-from alerts.metrics import AlertsMetrics
-from alerts.settings import AlertsSettings, HttpSettings
-from deploy.local import free_port
+from linewatch.alerts.api import start_server
+from linewatch.alerts.history import AlertHistory
+from linewatch.alerts.metrics import AlertsMetrics
+from linewatch.alerts.settings import AlertsSettings, HttpSettings
+from linewatch.deploy.local import free_port
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from deploy_helpers import COMPOSE, DEPLOY, IMAGE_ENV, env_example, image_is_pinned, linewatch_services, load_compose
 
-from deploy.cli import build_parser
-from deploy.settings_doc import COMMAND_SETTINGS, is_known, settings_classes
-from detector.service.settings import DetectorSettings
-from ingest.settings import TopicSettings
-from ingest.topics import all_topic_names
+from linewatch.deploy.cli import build_parser
+from linewatch.deploy.settings_doc import COMMAND_SETTINGS, is_known, settings_classes
+from linewatch.detector.service.settings import DetectorSettings
+from linewatch.ingest.settings import TopicSettings
+from linewatch.ingest.topics import all_topic_names
 
 # Where each long-running service answers its container health probe.
 HEALTH_PATHS = {"detect": "/healthz", "alerts": "/health", "camera": "/metrics"}
@@ -136,7 +136,7 @@ def test_dockerfile_is_non_root_with_healthcheck_and_pinned_base() -> None:
 def test_healthcheck_script_reports_the_detector_probe() -> None:
     from prometheus_client import CollectorRegistry
 
-    from detector.service.health import HealthServer, HealthState
+    from linewatch.detector.service.health import HealthServer, HealthState
 
     state = HealthState(stall_after_s=60)
     server = HealthServer(state, CollectorRegistry(), "127.0.0.1", 0).start()

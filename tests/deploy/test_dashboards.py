@@ -12,9 +12,9 @@ import pytest
 import yaml
 from deploy_helpers import DEPLOY, load_compose
 
-from deploy.cli import main
-from deploy.dashboards import DASHBOARD_DIR, load_dashboards, push_dashboards
-from deploy.local import free_port
+from linewatch.deploy.cli import main
+from linewatch.deploy.dashboards import DASHBOARD_DIR, load_dashboards, push_dashboards
+from linewatch.deploy.local import free_port
 
 GRAFANA = DEPLOY / "grafana"
 TOKEN = "glsa_test_token"

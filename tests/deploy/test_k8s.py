@@ -10,8 +10,8 @@ import pytest
 import yaml
 from deploy_helpers import K8S, image_is_pinned, load_k8s
 
-from deploy.cli import build_parser
-from deploy.settings_doc import COMMAND_SETTINGS, is_known, settings_classes
+from linewatch.deploy.cli import build_parser
+from linewatch.deploy.settings_doc import COMMAND_SETTINGS, is_known, settings_classes
 
 PROBE_PATHS = {"detect": {"livenessProbe": "/healthz", "readinessProbe": "/readyz"},
                "alerts": {"livenessProbe": "/health", "readinessProbe": "/health"},

@@ -32,8 +32,8 @@ from stream_helpers import (
     start_prometheus,
 )
 
-from deploy.dashboards import load_dashboards
-from deploy.local import free_port
+from linewatch.deploy.dashboards import load_dashboards
+from linewatch.deploy.local import free_port
 
 pytestmark = pytest.mark.skipif(not (Path(PROMETHEUS).exists() and Path(ALERTMANAGER).exists()),
                                 reason="needs the Debian packages prometheus and prometheus-alertmanager")
@@ -70,13 +70,13 @@ def test_promtool_accepts_config_and_rules() -> None:
 def start_line(running: Running, bootstrap: str, redis_url: str, unique: str, model: Path, tmp: Path,
                alertmanager: str) -> None:
     """Detector, alerts service and three cameras in threads, each serving its real /metrics."""
-    from alerts.metrics import AlertsMetrics
-    from alerts.service import run_alerts
-    from alerts.settings import AlertsSettings
-    from detector.service import DetectorSettings, run_detector
-    from ingest.camera import run_camera
-    from ingest.metrics import CameraMetrics, serve_metrics
-    from ingest.settings import CameraSettings
+    from linewatch.alerts.metrics import AlertsMetrics
+    from linewatch.alerts.service import run_alerts
+    from linewatch.alerts.settings import AlertsSettings
+    from linewatch.detector.service import DetectorSettings, run_detector
+    from linewatch.ingest.camera import run_camera
+    from linewatch.ingest.metrics import CameraMetrics, serve_metrics
+    from linewatch.ingest.settings import CameraSettings
 
     topics = {"frames": f"frames-{unique}", "results": f"results-{unique}", "breaches": f"breaches-{unique}",
               "dead_letters": f"dl-{unique}", "alerts": f"alerts-{unique}", "alert_dead_letters": f"adl-{unique}"}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from deploy_helpers import DEPLOY
 
-from alerts.settings import AlertsSettings
-from deploy.cli import main
-from deploy.settings_doc import env_fields, is_known, render_markdown
-from detector.service.settings import DetectorSettings
-from ingest.settings import CameraSettings
+from linewatch.alerts.settings import AlertsSettings
+from linewatch.deploy.cli import main
+from linewatch.deploy.settings_doc import env_fields, is_known, render_markdown
+from linewatch.detector.service.settings import DetectorSettings
+from linewatch.ingest.settings import CameraSettings
 
 
 def test_env_fields_walk_nested_models() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from detector.service.settings import DetectorSettings
-from ingest.synthetic import render_sample
-from ingest.wire import encode_frame
+from linewatch.detector.service.settings import DetectorSettings
+from linewatch.ingest.synthetic import render_sample
+from linewatch.ingest.wire import encode_frame
 
 
 def topic_names(unique: str) -> dict[str, str]:

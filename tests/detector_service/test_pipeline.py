@@ -13,10 +13,10 @@ import redis
 from confluent_kafka import Producer
 from service_helpers import create_topics, produce_frames, read_topic, settings_for, topic_names
 
-from detector import cache_keys
-from detector.events import Breach, FrameResult
-from detector.service import DetectorService
-from ingest.wire import encode_frame, meta_to_headers
+from linewatch.detector import cache_keys
+from linewatch.detector.events import Breach, FrameResult
+from linewatch.detector.service import DetectorService
+from linewatch.ingest.wire import encode_frame, meta_to_headers
 
 
 def _start(service: DetectorService) -> threading.Thread:
@@ -116,9 +116,9 @@ def test_every_frame_yields_one_result_bad_frames_are_dead_lettered(bootstrap: s
 def test_tensor_batches_of_the_gpu_decode_path_score_like_numpy_batches(tiny_model: Path) -> None:
     import torch
 
-    from detector.inference import AnomalyModel
-    from detector.service.processing import predict
-    from ingest.synthetic import render_sample
+    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.service.processing import predict
+    from linewatch.ingest.synthetic import render_sample
 
     model = AnomalyModel.load(tiny_model, device="cpu")
     frames = np.stack([render_sample(i, size=64).image for i in range(3)])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from detector.service.batcher import Batcher
-from detector.service.decoding import (
+from linewatch.detector.service.batcher import Batcher
+from linewatch.detector.service.decoding import (
     DecodedFrame,
     Decoder,
     Record,
@@ -17,11 +17,11 @@ from detector.service.decoding import (
     group_by_size,
     select_decode_backend,
 )
-from detector.service.metrics import DetectorMetrics
-from detector.service.offsets import OffsetTracker
-from detector.service.region import summarise_region
-from detector.service.settings import DetectorSettings
-from ingest.wire import encode_frame, meta_to_headers
+from linewatch.detector.service.metrics import DetectorMetrics
+from linewatch.detector.service.offsets import OffsetTracker
+from linewatch.detector.service.region import summarise_region
+from linewatch.detector.service.settings import DetectorSettings
+from linewatch.ingest.wire import encode_frame, meta_to_headers
 
 
 class FakeClock:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from e2e_helpers import ROOT, http_ok
 
-from deploy.demo_model import cache_key, ensure_model
+from linewatch.deploy.demo_model import cache_key, ensure_model
 
 TINY = ["--synthetic", "--image-size", "64", "--train-images", "16", "--epochs", "1", "--cameras", "2",
         "--fps", "3", "--device", "cpu"]
@@ -28,7 +28,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _demo(args: list[str], bootstrap: str, redis_url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url}
-    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "demo", *TINY, *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "linewatch.deploy.cli", "demo", *TINY, *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

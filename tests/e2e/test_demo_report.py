@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploy.demo_collect import Collected
-from deploy.demo_report import format_text, summarise, write_outputs
-from detector.events import FrameResult, Latency
+from linewatch.deploy.demo_collect import Collected
+from linewatch.deploy.demo_report import format_text, summarise, write_outputs
+from linewatch.detector.events import FrameResult, Latency
 
 
 def _result(seq: int, label: str, anomalous: bool, camera: str = "cam-1", latency_ms: float = 100.0,

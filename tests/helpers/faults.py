@@ -165,7 +165,7 @@ class TcpProxy:
 
 def start_proxied_broker(log_dir: Path) -> tuple[subprocess.Popen[bytes], TcpProxy]:
     """A Tansu broker that advertises a proxy's port, so every client connection goes through the proxy."""
-    from deploy.local import free_port, tansu_binary, wait_for_port
+    from linewatch.deploy.local import free_port, tansu_binary, wait_for_port
 
     broker_port, proxy_port = free_port(), free_port()
     argv = [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}",
@@ -184,7 +184,7 @@ class Receiver:
     """
 
     def __init__(self, forward: str | None = None, secret: str | None = None) -> None:
-        from deploy.local import free_port
+        from linewatch.deploy.local import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
@@ -202,7 +202,7 @@ class Receiver:
             def do_POST(self) -> None:
                 import httpx
 
-                from alerts.deliveries.webhook import SIGNATURE_HEADER, verify
+                from linewatch.alerts.deliveries.webhook import SIGNATURE_HEADER, verify
 
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status = 500 if receiver.mode == "error" else 200
@@ -253,7 +253,7 @@ def start_alertmanager(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A real Alertmanager (no clustering) on a free port; returns the process and its base URL."""
     import httpx
 
-    from deploy.local import free_port
+    from linewatch.deploy.local import free_port
 
     binary = "/usr/bin/prometheus-alertmanager"
     if not Path(binary).exists():
@@ -282,7 +282,7 @@ def start_alertmanager(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 def spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start ``linewatch ARGS`` (as ``python -m deploy.cli``) with extra environment, logging to a file."""
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "deploy.cli", *args], cwd=ROOT, env={**os.environ, **env},
+        return subprocess.Popen([sys.executable, "-m", "linewatch.deploy.cli", *args], cwd=ROOT, env={**os.environ, **env},
                                 stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from ingest.settings import CameraSettings, KafkaSettings, TopicSettings
+from linewatch.ingest.settings import CameraSettings, KafkaSettings, TopicSettings
 
 ReadTopic = Callable[..., list[Message]]
 

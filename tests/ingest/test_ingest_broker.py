@@ -12,15 +12,15 @@ import cv2
 import numpy as np
 from confluent_kafka import Message
 
-from deploy.local import free_port
-from ingest.camera import run_camera
-from ingest.metrics import CameraMetrics, serve_metrics
-from ingest.producer import FrameProducer
-from ingest.settings import CameraSettings
-from ingest.sources import CapturedFrame, Source, SourceError, SyntheticSource
-from ingest.synthetic import render_sample
-from ingest.topics import ensure_topics
-from ingest.wire import EncodedFrame, decode_frame, encode_frame
+from linewatch.deploy.local import free_port
+from linewatch.ingest.camera import run_camera
+from linewatch.ingest.metrics import CameraMetrics, serve_metrics
+from linewatch.ingest.producer import FrameProducer
+from linewatch.ingest.settings import CameraSettings
+from linewatch.ingest.sources import CapturedFrame, Source, SourceError, SyntheticSource
+from linewatch.ingest.synthetic import render_sample
+from linewatch.ingest.topics import ensure_topics
+from linewatch.ingest.wire import EncodedFrame, decode_frame, encode_frame
 
 Settings = Callable[..., CameraSettings]
 ReadTopic = Callable[..., list[Message]]

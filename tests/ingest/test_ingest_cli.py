@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
 
-from ingest import cli
+from linewatch.ingest import cli
 
 ReadTopic = Callable[..., list[Message]]
 
@@ -91,7 +91,7 @@ def test_camera_process_flushes_and_exits_cleanly_on_sigterm(bootstrap: str, uni
                                                             read_topic: ReadTopic) -> None:
     topic = f"sig-{unique}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "camera", "--source", "synthetic:?size=24", "--fps", "25",
+        [sys.executable, "-m", "linewatch.deploy.cli", "camera", "--source", "synthetic:?size=24", "--fps", "25",
          "--camera-id", "sig-cam", "--bootstrap-servers", bootstrap, "--topic", topic, "--state-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[2])
     try:

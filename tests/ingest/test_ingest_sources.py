@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.data import list_test
-from ingest.fleet import FleetConfigError, load_fleet
-from ingest.producer import fit_to_limit, frame_size
-from ingest.sequence import SequenceStateError, SequenceStore
-from ingest.sources import (
+from linewatch.detector.data import list_test
+from linewatch.ingest.fleet import FleetConfigError, load_fleet
+from linewatch.ingest.producer import fit_to_limit, frame_size
+from linewatch.ingest.sequence import SequenceStateError, SequenceStore
+from linewatch.ingest.sources import (
     FolderSource,
     FrameError,
     OpenCVSource,
@@ -23,8 +23,8 @@ from ingest.sources import (
     SyntheticSource,
     open_source,
 )
-from ingest.synthetic import render_sample
-from ingest.wire import EncodedFrame, encode_frame
+from linewatch.ingest.synthetic import render_sample
+from linewatch.ingest.wire import EncodedFrame, encode_frame
 
 
 def _drain(source: object, limit: int = 1000) -> list:

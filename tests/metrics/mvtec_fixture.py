@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ingest.synthetic import DEFECT_TYPES, render_sample
+from linewatch.ingest.synthetic import DEFECT_TYPES, render_sample
 
 
 def write_tiny_mvtec(root: Path, *, size: int = 64, n_good: int = 4, per_type: int = 2,

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from mvtec_fixture import write_tiny_mvtec
 
-from deploy.cli import main
+from linewatch.deploy.cli import main
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
-    from detector.train import train_synthetic_model
+    from linewatch.detector.train import train_synthetic_model
 
     torch.set_num_threads(2)
     return train_synthetic_model(tmp_path_factory.mktemp("model") / "tiny.lw")
@@ -22,7 +22,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_evaluate_command_writes_metrics_and_report(trained: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from detector.inference import AnomalyModel
+    from linewatch.detector.inference import AnomalyModel
 
     write_tiny_mvtec(tmp_path / "data", size=96, n_good=6, per_type=3, crop=(80, 96))
     rc = main(["evaluate", "--model", str(trained), str(tmp_path / "data"), "--report", str(tmp_path / "out"),
@@ -64,10 +64,10 @@ def test_real_magnetic_tile_subset_with_empty_masks(trained: Path, magnetic_tile
     """Real images (grayscale, many sizes) and the 4 empty ``uneven`` masks; binning checked against exact."""
     import numpy as np
 
-    from detector.data import load_mask
-    from detector.evaluate import run_evaluation
-    from detector.inference import AnomalyModel
-    from detector.metrics import auroc
+    from linewatch.detector.data import load_mask
+    from linewatch.detector.evaluate import run_evaluation
+    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.metrics import auroc
 
     subset = tmp_path / "mt"
     picks = {"good": ["000", "001", "002", "003", "004", "005", "006", "007"],

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.metrics import auroc, best_f1, f1_at, f1_score, roc_curve, trapezoid_to
+from linewatch.detector.metrics import auroc, best_f1, f1_at, f1_score, roc_curve, trapezoid_to
 
 
 def test_auroc_hand_computed_with_a_tie() -> None:

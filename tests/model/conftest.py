@@ -16,6 +16,6 @@ def _two_threads() -> None:
 @pytest.fixture(scope="session")
 def synthetic_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a calibrated model trained on synthetic good parts (image size 64)."""
-    from detector.train import train_synthetic_model
+    from linewatch.detector.train import train_synthetic_model
 
     return train_synthetic_model(tmp_path_factory.mktemp("model") / "synthetic.safetensors")

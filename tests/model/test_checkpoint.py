@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from detector.inference import AnomalyModel
+from linewatch.detector.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from linewatch.detector.inference import AnomalyModel
 
 
 def _state() -> dict[str, torch.Tensor]:

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from deploy.cli import main
-from detector.inference import AnomalyModel
-from ingest.synthetic import render_sample
+from linewatch.deploy.cli import main
+from linewatch.detector.inference import AnomalyModel
+from linewatch.ingest.synthetic import render_sample
 
 
 def test_train_synthetic_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

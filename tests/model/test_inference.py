@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.inference import AnomalyModel
-from ingest.synthetic import render_sample
+from linewatch.detector.inference import AnomalyModel
+from linewatch.ingest.synthetic import render_sample
 
 
 @pytest.fixture(scope="module")

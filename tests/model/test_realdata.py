@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.data import list_test, list_train_good, load_mask, load_rgb
-from detector.inference import AnomalyModel
-from detector.metrics import PixelAccumulator, auroc, quantile_edges
-from detector.train import TrainConfig, train
+from linewatch.detector.data import list_test, list_train_good, load_mask, load_rgb
+from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.metrics import PixelAccumulator, auroc, quantile_edges
+from linewatch.detector.train import TrainConfig, train
 
 
 @pytest.mark.realdata

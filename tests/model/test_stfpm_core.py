@@ -9,10 +9,10 @@ import pytest
 import torch
 import torchvision
 
-from detector.stfpm.anomaly_map import fuse_maps
-from detector.stfpm.backbones import BackboneError, ResNetFeatures, get_spec, load_pretrained
-from detector.stfpm.loss import stfpm_loss
-from detector.stfpm.torch_model import STFPM
+from linewatch.detector.stfpm.anomaly_map import fuse_maps
+from linewatch.detector.stfpm.backbones import BackboneError, ResNetFeatures, get_spec, load_pretrained
+from linewatch.detector.stfpm.loss import stfpm_loss
+from linewatch.detector.stfpm.torch_model import STFPM
 
 
 def test_lite0_imagenet_weights_fill_every_parameter_and_default_taps_have_strides_16_32() -> None:

@@ -19,15 +19,15 @@ from helpers.faults import Receiver, create_topics, report, wait_until
 from test_crash import _results_stream
 from test_outages import _detector
 
-from alerts.api import create_app
-from alerts.metrics import AlertsMetrics
-from alerts.service import run_alerts
-from alerts.settings import AlertsSettings
-from deploy.local import free_port, redis_server_binary
-from detector.service import DetectorSettings
-from ingest.metrics import CameraMetrics
-from ingest.producer import FrameProducer
-from ingest.settings import CameraSettings
+from linewatch.alerts.api import create_app
+from linewatch.alerts.metrics import AlertsMetrics
+from linewatch.alerts.service import run_alerts
+from linewatch.alerts.settings import AlertsSettings
+from linewatch.deploy.local import free_port, redis_server_binary
+from linewatch.detector.service import DetectorSettings
+from linewatch.ingest.metrics import CameraMetrics
+from linewatch.ingest.producer import FrameProducer
+from linewatch.ingest.settings import CameraSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 SECRETS = {"api": "api-token-Zq81xv", "user": "dana-token-Pk27aa", "webhook": "hook-secret-Wm44pe",
@@ -39,7 +39,7 @@ def secured_redis(tmp_path: Path) -> Any:
     """A throwaway redis-server that requires a password (AUTH)."""
     import subprocess
 
-    from deploy.local import wait_for_port
+    from linewatch.deploy.local import wait_for_port
 
     port = free_port()
     proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -161,12 +161,12 @@ def test_sasl_tls_and_redis_auth_options_reach_every_client(monkeypatch: pytest.
         def __init__(self, config: dict[str, Any]) -> None:
             seen.append(config)
 
-    monkeypatch.setattr("ingest.producer.Producer", Recording)
+    monkeypatch.setattr("linewatch.ingest.producer.Producer", Recording)
     FrameProducer(CameraSettings().kafka, "frames", CameraMetrics())
     configs["camera_producer"] = seen.pop()
-    monkeypatch.setattr("alerts.service.Producer", Recording)
-    monkeypatch.setattr("alerts.service.Consumer", Recording)
-    from alerts.service import AlertsService
+    monkeypatch.setattr("linewatch.alerts.service.Producer", Recording)
+    monkeypatch.setattr("linewatch.alerts.service.Consumer", Recording)
+    from linewatch.alerts.service import AlertsService
 
     AlertsService(AlertsSettings())
     configs["alerts_producer"], configs["alerts_consumer"] = seen[-2], seen[-1]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from test_crash import result_pair
 from test_outages import _detector
 
-from ingest.wire import FrameMeta, WireFormatError, decode_frame, encode_frame, meta_to_headers
+from linewatch.ingest.wire import FrameMeta, WireFormatError, decode_frame, encode_frame, meta_to_headers
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 

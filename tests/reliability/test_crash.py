@@ -28,11 +28,11 @@ from helpers.faults import (
     wait_until,
 )
 
-from alerts.rules import CameraState, step
-from alerts.settings import RuleConfig
-from detector.events import FrameResult, Latency
-from ingest.synthetic import render_sample
-from ingest.wire import encode_frame
+from linewatch.alerts.rules import CameraState, step
+from linewatch.alerts.settings import RuleConfig
+from linewatch.detector.events import FrameResult, Latency
+from linewatch.ingest.synthetic import render_sample
+from linewatch.ingest.wire import encode_frame
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 CAMERAS = 4

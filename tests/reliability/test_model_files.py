@@ -18,8 +18,8 @@ import pytest
 import torch
 from helpers.faults import ROOT, report, size
 
-from detector.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from detector.inference import AnomalyModel
+from linewatch.detector.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from linewatch.detector.inference import AnomalyModel
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -98,7 +98,7 @@ def test_bad_checkpoints_are_refused_and_never_execute_code(tiny_model: Path, tm
     for name in size(["pickle_raw"], ["pickle_raw", "torch_save_pickle", "wrong_shape",
                                                       "truncated_at_" + next(n for n in files if n.startswith(
                                                           "truncated_at_")).split("_")[-1], "weight_bit_flip_0"]):
-        proc = subprocess.run([sys.executable, "-m", "deploy.cli", "detect", "--model", str(files[name]),
+        proc = subprocess.run([sys.executable, "-m", "linewatch.deploy.cli", "detect", "--model", str(files[name]),
                                "--device", "cpu", "--metrics-port", "0"], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         cli[name] = (proc.returncode, "Traceback" in proc.stderr, proc.stderr.strip().splitlines()[-1:])

@@ -15,16 +15,16 @@ from helpers.faults import Receiver, TopicCollector, create_topics, report, size
 from pydantic import SecretStr
 from test_crash import _expected_events, _results_stream, result_pair
 
-from alerts.rules import Alert
-from alerts.service import run_alerts
-from alerts.settings import AlertsSettings, HttpSettings, RetrySettings, RuleConfig, RulesSettings
-from deploy.local import start_redis
-from detector import cache_keys
-from detector.service import DetectorService, DetectorSettings
-from ingest.camera import Camera
-from ingest.settings import CameraSettings
-from ingest.synthetic import render_sample
-from ingest.wire import encode_frame
+from linewatch.alerts.rules import Alert
+from linewatch.alerts.service import run_alerts
+from linewatch.alerts.settings import AlertsSettings, HttpSettings, RetrySettings, RuleConfig, RulesSettings
+from linewatch.deploy.local import start_redis
+from linewatch.detector import cache_keys
+from linewatch.detector.service import DetectorService, DetectorSettings
+from linewatch.ingest.camera import Camera
+from linewatch.ingest.settings import CameraSettings
+from linewatch.ingest.synthetic import render_sample
+from linewatch.ingest.wire import encode_frame
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 SECRET = "outage-webhook-secret"

@@ -24,8 +24,8 @@ import pytest
 import yaml
 from helpers.faults import FULL, ROOT, TopicCollector, create_topics, report, rss_mib, size, spawn, wait_until
 
-from deploy.local import free_port
-from detector.events import FrameResult
+from linewatch.deploy.local import free_port
+from linewatch.detector.events import FrameResult
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 CAMERAS = 4
@@ -81,8 +81,8 @@ def test_soak_at_80_percent_of_rated_throughput(bootstrap: str, redis_url: str, 
     fps = total_fps / CAMERAS
     model = tiny_model
     if FULL:  # the architecture the rated figure was measured with: TrainConfig's defaults, 1 epoch
-        from detector.train import TrainConfig, train
-        from ingest.synthetic import render_sample
+        from linewatch.detector.train import TrainConfig, train
+        from linewatch.ingest.synthetic import render_sample
 
         images = [render_sample(i, size=256, defect_probability=0.0).image for i in range(16)]
         model = train(TrainConfig(epochs=1, batch_size=8, device="cpu"), images, tmp_path / "soak.safetensors",
