@@ -24,7 +24,7 @@ from linewatch.alerts.history import AlertHistory, HistoryEntry
 from linewatch.alerts.metrics import AlertsMetrics
 from linewatch.alerts.rules import Alert
 from linewatch.alerts.settings import AlertsSettings
-from linewatch.detector import cache_keys
+from linewatch.common import cache_keys
 
 WEB_DIR = Path(__file__).parent / "web"
 FRAMES_AROUND = 4

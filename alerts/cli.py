@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from linewatch.alerts.service import run_alerts
     from linewatch.alerts.settings import AlertsSettings
-    from linewatch.ingest.settings import load_settings
+    from linewatch.common.settings import load_settings
 
     base = load_settings(AlertsSettings)
     http = base.http.model_copy(update={key: value for key, value in

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def ensure_topics(settings: AlertsSettings, names: list[str], timeout_s: float = 15.0) -> None:
     """Create the topics among ``names`` that do not exist yet (ingest's topic helper, our settings)."""
-    from linewatch.ingest.topics import ensure_topics as create_missing
+    from linewatch.common.topics import ensure_topics as create_missing
 
     create_missing(settings.kafka, names, settings.topics.partitions, settings.topics.replication_factor, timeout_s)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from linewatch.detector.settings import RedisSettings
-from linewatch.ingest.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.common.redis_settings import RedisSettings
+from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
 
 
 class RuleConfig(BaseModel):

@@ -22,14 +22,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from linewatch.common.settings import KafkaSettings, TopicSettings
+from linewatch.common.topics import ensure_topics
 from linewatch.deploy.local import start_local_stack
 from linewatch.ingest.camera import run_camera
 from linewatch.ingest.metrics import CameraMetrics
 from linewatch.ingest.producer import FrameProducer
-from linewatch.ingest.settings import CameraSettings, KafkaSettings, TopicSettings
+from linewatch.ingest.settings import CameraSettings
 from linewatch.ingest.sources import CapturedFrame, Source
 from linewatch.ingest.synthetic import render_sample
-from linewatch.ingest.topics import ensure_topics
 from linewatch.ingest.wire import EncodedFrame, encode_frame
 
 SIZES = {"256x256": (256, 256), "1920x1080": (1920, 1080)}

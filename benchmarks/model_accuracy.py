@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 
-from linewatch.detector.data import ImageRecord, list_test, list_train_good, load_mask, load_rgb
+from linewatch.common.images import ImageRecord, list_test, list_train_good, load_mask, load_rgb
 from linewatch.detector.metrics import auroc
 from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges
 from linewatch.detector.stfpm.anomaly_map import gaussian_blur

@@ -9,16 +9,10 @@ Everything started here is stopped on exit, on error and on Ctrl-C/SIGTERM.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import signal
-import subprocess
 import sys
 import threading
-import time
-import urllib.request
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -53,51 +47,10 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_demo)
 
 
-def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], name: str, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"{name} was not ready at {url} within {timeout_s:.0f}s (log: {log_path})")
-
-
-class Processes:
-    """Child processes of the demo; stopped newest first (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
-        """Start ``python -m deploy.cli ARGV`` (``linewatch ARGV``), its output in ``log_dir/NAME.log``."""
-        log_path = self.log_dir / f"{name}.log"
-        with log_path.open("wb") as handle:
-            proc = subprocess.Popen([sys.executable, "-m", "linewatch.deploy.cli", *argv], env={**os.environ, **env},
-                                    stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-        self.started.append((name, proc))
-        return proc, log_path
-
-    def stop(self) -> None:
-        """SIGTERM each (they drain and commit), SIGKILL what is still up after 30 s."""
-        for name, proc in reversed(self.started):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop in 30s; killing it", name)
-                    proc.kill()
-                    proc.wait(timeout=10)
-        self.started.clear()
-
-
 def run_demo(args: argparse.Namespace) -> int:
     """Handler of ``linewatch demo``; returns 0 when every frame sent got a result or a dead letter."""
+    from linewatch.deploy.demo_processes import Processes
+    from linewatch.deploy.demo_run import DemoRun
     from linewatch.deploy.local import LocalServiceError, start_local_stack
 
     data = None if args.synthetic or not (args.data / "test").is_dir() else args.data
@@ -112,8 +65,6 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         stack = start_local_stack(log_dir / "stack")
         print(f"broker {stack.bootstrap_servers}, Redis {stack.redis_url}", flush=True)
-        from linewatch.deploy.demo_run import DemoRun
-
         return DemoRun(args, data, stack, processes).run()
     except (LocalServiceError, RuntimeError, ValueError, OSError) as exc:
         print(f"linewatch demo: {exc}", file=sys.stderr)
@@ -132,10 +83,3 @@ def _main_thread() -> bool:
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def model_summary(model: Any) -> dict[str, Any]:
-    """The model part of the summary (paths as strings)."""
-    values = asdict(model)
-    values["path"] = str(values["path"])
-    return values

@@ -13,8 +13,8 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import ValidationError
 
+from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.detector.events import FrameResult
-from linewatch.ingest.settings import KafkaSettings, TopicSettings
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ def _fingerprint(data: Path | None, train_images: int, image_size: int) -> tuple
     """A description of the training images and a hashable list naming them (name and size)."""
     if data is None:
         return f"synthetic parts ({train_images} good, {image_size} px)", ["synthetic", train_images, image_size]
-    from linewatch.detector.data import list_train_good
+    from linewatch.common.images import list_train_good
 
     records = list_train_good(data)[: train_images or None]
     return str(data), [[r.path.name, r.path.stat().st_size] for r in records]
@@ -88,7 +88,7 @@ def ensure_model(data: Path | None, cache_dir: Path, *, epochs: int = DEMO_EPOCH
 
 def _training_images(data: Path | None, train_images: int, n_synthetic: int, size: int) -> list[Any]:
     if data is not None:
-        from linewatch.detector.data import list_train_good
+        from linewatch.common.images import list_train_good
 
         return list(list_train_good(data)[: train_images or None])
     from linewatch.ingest.synthetic import render_sample

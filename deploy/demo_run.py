@@ -11,9 +11,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from linewatch.deploy.demo import Processes, model_summary, wait_http
+from linewatch.common.settings import KafkaSettings, TopicSettings
+from linewatch.deploy.demo_processes import Processes, model_summary, wait_http
 from linewatch.deploy.local import LocalStack, free_port
-from linewatch.ingest.settings import CameraSettings, KafkaSettings, TopicSettings
+from linewatch.ingest.settings import CameraSettings
 
 TRAIN_BUDGET_S = 330.0  # 20 epochs at 128 px took 287 s in a fresh-clone `make demo` (7 min 49 s in all)
 
@@ -77,12 +78,12 @@ class DemoRun:
 
     def run(self) -> int:
         """Run the line, write the summary; 0 when every frame sent was accounted for."""
+        from linewatch.common.topics import all_topic_names, ensure_topics
         from linewatch.deploy.demo_collect import TopicCollector, group_caught_up
         from linewatch.deploy.demo_model import ensure_model
         from linewatch.deploy.demo_report import format_text, pick_examples, summarise, write_outputs
         from linewatch.ingest.fleet import run_fleet
         from linewatch.ingest.metrics import CameraMetrics
-        from linewatch.ingest.topics import all_topic_names, ensure_topics
 
         a = self.args
         model = ensure_model(self.data, a.cache_dir, epochs=a.epochs, image_size=a.image_size,
@@ -161,6 +162,6 @@ class DemoRun:
                 raise RuntimeError(f"{name} exited with code {proc.returncode} during the run:\n{tail}")
 
     def _redis(self) -> Any:
-        from linewatch.detector.settings import RedisSettings
+        from linewatch.common.redis_settings import RedisSettings
 
         return RedisSettings.model_validate({"url": self.stack.redis_url}).client()

@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from linewatch.ingest.settings import ENV_PREFIX
+from linewatch.common.settings import ENV_PREFIX
 
 
 @dataclass(frozen=True)

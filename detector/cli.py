@@ -59,7 +59,7 @@ def register_train(subparsers: Any) -> None:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from linewatch.detector.data import list_train_good
+    from linewatch.common.images import list_train_good
     from linewatch.detector.train import TrainConfig, train, train_synthetic_model
 
     if args.synthetic:

@@ -18,16 +18,17 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
-from linewatch.detector.data import ImageRecord, list_test, load_mask, load_rgb
+from linewatch.common.images import ImageRecord, list_test, load_mask, load_rgb
+from linewatch.detector.evaluation import Evaluation
 from linewatch.detector.metrics import auroc, best_f1, f1_score, roc_curve
 from linewatch.detector.pixel_metrics import DEFAULT_BINS, PixelAccumulator, quantile_edges
+from linewatch.detector.report import write_report
 
 if TYPE_CHECKING:
     from linewatch.detector.inference import AnomalyModel
@@ -50,24 +51,6 @@ def map_to_image(score_map: np.ndarray, shape: tuple[int, int], resize_mode: str
     if score_map.shape == (h, w):
         return score_map.astype(np.float32, copy=False)
     return cv2.resize(score_map.astype(np.float32, copy=False), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-@dataclass
-class Evaluation:
-    """Everything the HTML report draws; ``metrics`` is what ``metrics.json`` holds."""
-
-    metrics: dict[str, Any]
-    records: list[ImageRecord]
-    image_scores: np.ndarray
-    labels: np.ndarray  # True = defective image
-    maps: np.ndarray  # (N, S, S) model-size maps
-    shapes: list[tuple[int, int]]
-    image_threshold: float
-    resize_mode: str
-    to_image: Callable[[np.ndarray, tuple[int, int]], np.ndarray]  # (S, S) map -> (H, W) image coordinates
-    image_roc: tuple[np.ndarray, np.ndarray]
-    pixel_roc: tuple[np.ndarray, np.ndarray]
-    pro_curve: tuple[np.ndarray, np.ndarray]
 
 
 def _predict_all(model: AnomalyModel, records: list[ImageRecord],
@@ -188,7 +171,5 @@ def run_evaluation(model: AnomalyModel, data_dir: str | Path, out_dir: str | Pat
                         shapes=shapes, image_threshold=float(model.image_threshold), resize_mode=resize_mode,
                         to_image=to_image, image_roc=image_roc, pixel_roc=_thin(fpr, tpr), pro_curve=_thin(fpr, pro))
     if report:
-        from linewatch.detector.report import write_report
-
         write_report(result, out_dir / "report.html")
     return result

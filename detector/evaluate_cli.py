@@ -16,8 +16,8 @@ def _positive(text: str) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
+    from linewatch.common.images import DataError
     from linewatch.detector.checkpoint import CheckpointError
-    from linewatch.detector.data import DataError
     from linewatch.detector.device import DeviceError
     from linewatch.detector.evaluate import evaluate
     from linewatch.detector.inference import AnomalyModel

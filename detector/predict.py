@@ -10,7 +10,7 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 
-from linewatch.detector.data import IMAGE_SUFFIXES, DataError, load_rgb
+from linewatch.common.images import IMAGE_SUFFIXES, DataError, load_rgb
 from linewatch.detector.inference import AnomalyModel
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from linewatch.detector.data import load_mask, load_rgb
-from linewatch.detector.evaluate import Evaluation
+from linewatch.common.images import load_mask, load_rgb
+from linewatch.detector.evaluation import Evaluation
 
 W, H, PAD, RIGHT = 380, 300, 42, 24  # chart size, left/bottom margin and right margin, pixels
 GOOD, DEFECT = "#2b7bba", "#d8572a"

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from linewatch.common.images import ImageRecord, load_rgb
 from linewatch.detector.calibrate import Calibration, calibrate, f1_optimal_threshold
 from linewatch.detector.checkpoint import save_checkpoint
-from linewatch.detector.data import ImageRecord, load_rgb
 from linewatch.detector.device import select_device
 from linewatch.detector.stfpm.backbones import get_spec, load_pretrained
 from linewatch.detector.stfpm.loss import stfpm_loss

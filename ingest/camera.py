@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from linewatch.common.topics import TopicError, ensure_topics
 from linewatch.ingest.metrics import DROP_ENCODE_ERROR, DROP_OVERSIZE, DROP_QUEUE_FULL, DROP_UNSENT, CameraMetrics
 from linewatch.ingest.producer import FrameProducer, fit_to_limit
 from linewatch.ingest.sequence import SequenceStore
 from linewatch.ingest.settings import CameraSettings
 from linewatch.ingest.sources import CapturedFrame, FrameError, Source, SourceError, open_source
-from linewatch.ingest.topics import TopicError, ensure_topics
 from linewatch.ingest.wire import EncodedFrame, encode_frame
 
 __all__ = ["Camera", "CameraSettings", "CameraStats", "run_camera"]

@@ -68,9 +68,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _camera(args: argparse.Namespace) -> int:
+    from linewatch.common.settings import load_settings
     from linewatch.ingest.camera import run_camera
     from linewatch.ingest.metrics import CameraMetrics, serve_metrics
-    from linewatch.ingest.settings import CameraSettings, load_settings
+    from linewatch.ingest.settings import CameraSettings
     from linewatch.ingest.sources import SourceSpecError, open_source
 
     settings = load_settings(CameraSettings, **_overrides(args))
@@ -116,8 +117,9 @@ def _cameras(args: argparse.Namespace) -> int:
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from linewatch.ingest.settings import CameraSettings, load_settings
-    from linewatch.ingest.topics import TopicError, all_topic_names, ensure_topics
+    from linewatch.common.settings import load_settings
+    from linewatch.common.topics import TopicError, all_topic_names, ensure_topics
+    from linewatch.ingest.settings import CameraSettings
 
     settings = load_settings(CameraSettings, **_overrides(args))
     replication = args.replication_factor or settings.topics.replication_factor

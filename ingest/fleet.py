@@ -24,9 +24,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from linewatch.common.settings import describe_validation_error
 from linewatch.ingest.camera import CameraStats, run_camera
 from linewatch.ingest.metrics import CameraMetrics
-from linewatch.ingest.settings import CameraSettings, describe_validation_error
+from linewatch.ingest.settings import CameraSettings
 
 log = logging.getLogger(__name__)
 

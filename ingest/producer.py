@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from linewatch.common.settings import KafkaSettings
 from linewatch.ingest.metrics import DROP_UNSENT, CameraMetrics
-from linewatch.ingest.settings import KafkaSettings
 from linewatch.ingest.wire import EncodedFrame
 
 log = logging.getLogger(__name__)

@@ -19,11 +19,6 @@ FULL_SIZE = os.environ.get("LINEWATCH_FULL") == "1"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: long-running suite; reduced size unless LINEWATCH_FULL=1")
-    config.addinivalue_line("markers", "realdata: needs ../shared/datasets/magnetic_tile")
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """The real broker (Tansu) and Redis, started once for the whole session."""

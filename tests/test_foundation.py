@@ -53,9 +53,9 @@ def test_redis_write_and_read(stack: LocalStack, unique: str) -> None:
 
 
 def test_bad_setting_gives_one_line_error() -> None:
-    code = "from ingest.settings import load_settings, TopicSettings\n" \
+    code = "from linewatch.common.settings import load_settings, settings_config, TopicSettings\n" \
            "from pydantic_settings import BaseSettings\n" \
-           "class S(BaseSettings):\n    model_config = __import__('linewatch.ingest.settings', fromlist=['x']).settings_config()\n" \
+           "class S(BaseSettings):\n    model_config = settings_config()\n" \
            "    topics: TopicSettings = TopicSettings()\n" \
            "load_settings(S)\n"
     env = {"LINEWATCH_TOPICS__PARTITIONS": "zero", "PATH": "/usr/bin:/bin"}
@@ -68,6 +68,7 @@ def test_bad_setting_gives_one_line_error() -> None:
 
 
 def test_cli_lists_subcommands() -> None:
-    proc = subprocess.run([sys.executable, "-m", "linewatch.deploy.cli", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "linewatch.deploy.cli",
+                           "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "stack" in proc.stdout

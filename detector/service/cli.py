@@ -30,10 +30,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _detect(args: argparse.Namespace) -> int:
+    from linewatch.common.settings import load_settings
     from linewatch.detector.checkpoint import CheckpointError
     from linewatch.detector.device import DeviceError
     from linewatch.detector.service import DetectorSettings, run_detector
-    from linewatch.ingest.settings import load_settings
 
     settings = load_settings(DetectorSettings, **_overrides(args))
     stop = threading.Event()

@@ -20,9 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from linewatch.detector import cache_keys
+from linewatch.common import cache_keys
+from linewatch.common.redis_settings import RedisSettings
 from linewatch.detector.service.metrics import DetectorMetrics
-from linewatch.detector.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 

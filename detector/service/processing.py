@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 
 from linewatch.detector.events import Breach, FrameResult, Latency
-from linewatch.detector.service.decoding import DecodedFrame, PendingBatch, Record, Rejected, group_by_size, stack_images
+from linewatch.detector.service.decoding import (
+    DecodedFrame,
+    PendingBatch,
+    Record,
+    Rejected,
+    group_by_size,
+    stack_images,
+)
 from linewatch.detector.service.heatmap_cache import HeatmapCache, HeatmapEntry
 from linewatch.detector.service.metrics import DetectorMetrics
 from linewatch.detector.service.offsets import OffsetTracker

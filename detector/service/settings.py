@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
-from linewatch.detector.settings import RedisSettings
-from linewatch.ingest.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.common.redis_settings import RedisSettings
+from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
 from linewatch.ingest.wire import MAX_SIDE
 
 DecodeMode = Literal["cpu", "gpu", "auto"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from linewatch.detector.data import IMAGE_SUFFIXES, DataError, load_rgb
+from linewatch.common.images import IMAGE_SUFFIXES, DataError, load_rgb
 from linewatch.ingest.sources.base import CapturedFrame, FrameError, Source, SourceError
 
 

@@ -6,7 +6,7 @@ import random
 import time
 from pathlib import Path
 
-from linewatch.detector.data import DataError, ImageRecord, list_test, list_train_good, load_rgb
+from linewatch.common.images import DataError, ImageRecord, list_test, list_train_good, load_rgb
 from linewatch.ingest.sources.base import CapturedFrame, FrameError, Source, SourceError
 
 SPLITS = ("test", "train")

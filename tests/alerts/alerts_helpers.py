@@ -65,7 +65,7 @@ def seed_redis(client: Any, prefix: str, camera: str = "cam-7", line: str = "lin
     from linewatch.alerts.history import AlertHistory
     from linewatch.alerts.rules import CameraState, step
     from linewatch.alerts.settings import RuleConfig
-    from linewatch.detector import cache_keys
+    from linewatch.common import cache_keys
 
     rule = RuleConfig(k=2, n=3, resolve_after=2, cooldown_s=0)
     history = AlertHistory(client, prefix)

@@ -18,9 +18,9 @@ from alerts_helpers import API_TOKEN, WEBHOOK_SECRET, Webhook
 
 from linewatch.alerts.deliveries.webhook import SIGNATURE_HEADER, verify
 from linewatch.alerts.settings import AlertsSettings, HttpSettings, RetrySettings, RuleConfig, RulesSettings
+from linewatch.common.redis_settings import RedisSettings
+from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.deploy.local import free_port
-from linewatch.detector.settings import RedisSettings
-from linewatch.ingest.settings import KafkaSettings, TopicSettings
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 

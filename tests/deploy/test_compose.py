@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from deploy_helpers import COMPOSE, DEPLOY, IMAGE_ENV, env_example, image_is_pinned, linewatch_services, load_compose
 
+from linewatch.common.settings import TopicSettings
+from linewatch.common.topics import all_topic_names
 from linewatch.deploy.cli import build_parser
 from linewatch.deploy.settings_doc import COMMAND_SETTINGS, is_known, settings_classes
 from linewatch.detector.service.settings import DetectorSettings
-from linewatch.ingest.settings import TopicSettings
-from linewatch.ingest.topics import all_topic_names
 
 # Where each long-running service answers its container health probe.
 HEALTH_PATHS = {"detect": "/healthz", "alerts": "/health", "camera": "/metrics"}

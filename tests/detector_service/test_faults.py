@@ -15,8 +15,8 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from service_helpers import create_topics, produce_frames, read_topic, settings_for, topic_names
 
+from linewatch.common import cache_keys
 from linewatch.deploy.local import start_redis
-from linewatch.detector import cache_keys
 from linewatch.detector.events import FrameResult
 from linewatch.detector.service import DetectorService
 
@@ -42,7 +42,8 @@ def _spawn_detector(bootstrap: str, redis_url: str, topics: dict[str, str], uniq
            "LINEWATCH_TOPICS__BREACHES": topics["breaches"], "LINEWATCH_TOPICS__DEAD_LETTERS": topics["dead_letters"],
            "LINEWATCH_REDIS__KEY_PREFIX": f"lwt-{unique}", "LINEWATCH_SESSION_TIMEOUT_MS": "6000",
            "LINEWATCH_COMMIT_INTERVAL_MS": "200"}
-    argv = [sys.executable, "-m", "linewatch.deploy.cli", "detect", "--model", str(model), "--bootstrap-servers", bootstrap,
+    argv = [sys.executable, "-m", "linewatch.deploy.cli",
+            "detect", "--model", str(model), "--bootstrap-servers", bootstrap,
             "--redis-url", redis_url, "--frames-topic", topics["frames"], "--group-id", f"det-{unique}",
             "--max-batch", "4", "--max-wait-ms", "20", "--device", "cpu", "--metrics-port", "0",
             "--torch-threads", "1"]

@@ -13,7 +13,7 @@ import redis
 from confluent_kafka import Producer
 from service_helpers import create_topics, produce_frames, read_topic, settings_for, topic_names
 
-from linewatch.detector import cache_keys
+from linewatch.common import cache_keys
 from linewatch.detector.events import Breach, FrameResult
 from linewatch.detector.service import DetectorService
 from linewatch.ingest.wire import encode_frame, meta_to_headers

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from linewatch.ingest.settings import TopicSettings
+from linewatch.common.settings import TopicSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 _ASSIGNMENT = re.compile(r"detector\.service\.service: (assigned|revoked) \[([\d, ]*)\]")
@@ -34,7 +34,8 @@ def line_env(topics: TopicSettings, prefix: str) -> dict[str, str]:
 def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start ``linewatch ARGV`` (as ``python -m deploy.cli``) with its output in ``log_path``."""
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "linewatch.deploy.cli", *argv], cwd=ROOT, env={**os.environ, **env},
+        return subprocess.Popen([sys.executable, "-m", "linewatch.deploy.cli",
+                                 *argv], cwd=ROOT, env={**os.environ, **env},
                                 stdout=log, stderr=subprocess.STDOUT)
 
 

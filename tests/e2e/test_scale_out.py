@@ -17,12 +17,13 @@ import redis
 from e2e_helpers import assignment, http_ok, line_env, spawn, stop, topics_for, wait_until
 
 from linewatch.alerts.rules import CameraState
+from linewatch.common.settings import KafkaSettings
+from linewatch.common.topics import all_topic_names, ensure_topics
 from linewatch.deploy.demo_collect import TopicCollector
 from linewatch.deploy.local import free_port
 from linewatch.detector.events import FrameResult
 from linewatch.ingest.fleet import run_fleet
-from linewatch.ingest.settings import CameraSettings, KafkaSettings
-from linewatch.ingest.topics import all_topic_names, ensure_topics
+from linewatch.ingest.settings import CameraSettings
 
 FULL = os.environ.get("LINEWATCH_FULL") == "1"
 CAMERAS = 8

@@ -282,7 +282,8 @@ def start_alertmanager(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 def spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start ``linewatch ARGS`` (as ``python -m deploy.cli``) with extra environment, logging to a file."""
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "linewatch.deploy.cli", *args], cwd=ROOT, env={**os.environ, **env},
+        return subprocess.Popen([sys.executable, "-m", "linewatch.deploy.cli",
+                                 *args], cwd=ROOT, env={**os.environ, **env},
                                 stdout=log, stderr=subprocess.STDOUT)
 
 

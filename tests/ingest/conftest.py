@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from linewatch.ingest.settings import CameraSettings, KafkaSettings, TopicSettings
+from linewatch.common.settings import KafkaSettings, TopicSettings
+from linewatch.ingest.settings import CameraSettings
 
 ReadTopic = Callable[..., list[Message]]
 

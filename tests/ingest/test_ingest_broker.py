@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from confluent_kafka import Message
 
+from linewatch.common.topics import ensure_topics
 from linewatch.deploy.local import free_port
 from linewatch.ingest.camera import run_camera
 from linewatch.ingest.metrics import CameraMetrics, serve_metrics
@@ -19,7 +20,6 @@ from linewatch.ingest.producer import FrameProducer
 from linewatch.ingest.settings import CameraSettings
 from linewatch.ingest.sources import CapturedFrame, Source, SourceError, SyntheticSource
 from linewatch.ingest.synthetic import render_sample
-from linewatch.ingest.topics import ensure_topics
 from linewatch.ingest.wire import EncodedFrame, decode_frame, encode_frame
 
 Settings = Callable[..., CameraSettings]

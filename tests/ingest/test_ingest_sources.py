@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from linewatch.detector.data import list_test
+from linewatch.common.images import list_test
 from linewatch.ingest.fleet import FleetConfigError, load_fleet
 from linewatch.ingest.producer import fit_to_limit, frame_size
 from linewatch.ingest.sequence import SequenceStateError, SequenceStore

@@ -64,7 +64,7 @@ def test_real_magnetic_tile_subset_with_empty_masks(trained: Path, magnetic_tile
     """Real images (grayscale, many sizes) and the 4 empty ``uneven`` masks; binning checked against exact."""
     import numpy as np
 
-    from linewatch.detector.data import load_mask
+    from linewatch.common.images import load_mask
     from linewatch.detector.evaluate import run_evaluation
     from linewatch.detector.inference import AnomalyModel
     from linewatch.detector.metrics import auroc

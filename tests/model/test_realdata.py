@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linewatch.detector.data import list_test, list_train_good, load_mask, load_rgb
+from linewatch.common.images import list_test, list_train_good, load_mask, load_rgb
 from linewatch.detector.inference import AnomalyModel
 from linewatch.detector.metrics import PixelAccumulator, auroc, quantile_edges
 from linewatch.detector.train import TrainConfig, train

@@ -18,8 +18,8 @@ from test_crash import _expected_events, _results_stream, result_pair
 from linewatch.alerts.rules import Alert
 from linewatch.alerts.service import run_alerts
 from linewatch.alerts.settings import AlertsSettings, HttpSettings, RetrySettings, RuleConfig, RulesSettings
+from linewatch.common import cache_keys
 from linewatch.deploy.local import start_redis
-from linewatch.detector import cache_keys
 from linewatch.detector.service import DetectorService, DetectorSettings
 from linewatch.ingest.camera import Camera
 from linewatch.ingest.settings import CameraSettings

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from linewatch.ingest.settings import KafkaSettings, TopicSettings
+from linewatch.common.settings import KafkaSettings, TopicSettings
 
 log = logging.getLogger(__name__)
 

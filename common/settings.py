@@ -1,0 +1,98 @@
+"""Settings plumbing shared by every service, and the Kafka connection and topic settings.
+
+Every service reads ``LINEWATCH_``-prefixed environment variables (nested fields with
+``__``, e.g. ``LINEWATCH_KAFKA__BOOTSTRAP_SERVERS``) and an optional ``.env`` file.
+``load_settings`` turns a validation error into one line naming the field.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+ENV_PREFIX = "LINEWATCH_"
+
+
+def settings_config() -> SettingsConfigDict:
+    """The config every linewatch settings class uses."""
+    return SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_file=".env",
+        env_file_encoding="utf-8", extra="ignore",
+    )
+
+
+class KafkaSettings(BaseModel):
+    """Connection to the Kafka cluster, with SASL/TLS passed through to librdkafka."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    client_options: dict[str, str] = Field(
+        default_factory=dict, description="Extra librdkafka options, passed through as given.")
+
+    def client_config(self) -> dict[str, Any]:
+        """The librdkafka configuration these settings describe (secrets revealed)."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        }
+        config.update({key: value for key, value in optional.items() if value is not None})
+        config.update(self.client_options)
+        return config
+
+
+class TopicSettings(BaseModel):
+    """Topic names and how new topics are created."""
+
+    frames: str = "frames"
+    results: str = "results"
+    breaches: str = "breaches"
+    dead_letters: str = "dead-letters"
+    alerts: str = "alerts"
+    alert_dead_letters: str = "alert-dead-letters"
+    partitions: int = Field(default=8, ge=1, description="Partitions for new topics; caps detector replicas.")
+    replication_factor: int = Field(default=1, ge=1)
+
+
+class ConfigError(SystemExit):
+    """Invalid configuration: exits with status 2 and a one-line message."""
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = ENV_PREFIX) -> str:
+    """One line naming each bad field (as its environment variable) and why."""
+    parts = []
+    for error in exc.errors():
+        path = "__".join(str(item) for item in error["loc"])
+        secret = any(word in path.lower() for word in ("password", "token", "secret"))
+        shown = "***" if secret else repr(error.get("input"))
+        parts.append(f"{prefix}{path.upper()}: {error['msg']} (got {shown})")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build ``cls`` from the environment plus ``overrides``, or exit with one clear line."""
+    try:
+        return cls(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        print(f"linewatch: {describe_validation_error(exc)}", file=sys.stderr)
+        raise ConfigError(2) from None
