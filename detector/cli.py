@@ -16,6 +16,7 @@ from typing import Any
 def register(subparsers: Any) -> None:
     """Add this package's subcommands to the ``linewatch`` parser."""
     from linewatch.detector.evaluate_cli import register_evaluate
+    from linewatch.detector.registry import cli as registry_cli
     from linewatch.detector.service.cli import register_detect
 
     register_train(subparsers)
@@ -23,6 +24,7 @@ def register(subparsers: Any) -> None:
     register_export(subparsers)
     register_evaluate(subparsers)
     register_detect(subparsers)
+    registry_cli.register(subparsers)
 
 
 def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
