@@ -1,0 +1,1 @@
+"""Per-part verdicts to the plant: ``linewatch verdicts`` (results topic -> MQTT and OPC UA)."""
