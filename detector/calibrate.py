@@ -3,8 +3,9 @@
 - image threshold: the (1 - target false-alarm rate) quantile of held-out good image scores;
 - pixel threshold: the (1 - pixel false-positive rate) quantile of held-out good map values, capped at
   the image threshold so every anomalous image has a non-empty defect region;
-- normalised score: a logistic in log-score, centred on the image threshold (-> 0.5) and scaled by the
-  spread of good log-scores, so typical good parts sit well below 0.5 and clear defects near 1.
+- ``log_scale``: the spread of good log-scores, which scales the normalised score (a logistic in
+  log-score centred on the threshold, computed in detector/stfpm/calibrated.py) so typical good parts
+  sit well below 0.5 and clear defects near 1.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Calibration:
     pixel_false_positive_rate: float
     log_scale: float
     score_stats: dict[str, float] = field(default_factory=dict)
+    # 90% bootstrap interval of the image threshold: how much the quantile of a few hundred good
+    # images can move; wide intervals call for `linewatch calibrate` on more good frames
+    threshold_interval: tuple[float, float] | None = None
     f1_threshold: float | None = None
     f1: float | None = None
 
@@ -38,7 +42,11 @@ class Calibration:
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         """Inverse of :meth:`to_dict` (unknown keys ignored)."""
         names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if values.get("threshold_interval") is not None:
+            low, high = values["threshold_interval"]
+            values["threshold_interval"] = (float(low), float(high))
+        return cls(**values)
 
 
 def score_stats(scores: np.ndarray) -> dict[str, float]:
@@ -66,14 +74,19 @@ def calibrate(good_scores: np.ndarray, good_maps: np.ndarray, target_false_alarm
     return Calibration(image_threshold=image_threshold, pixel_threshold=pixel_threshold,
                        target_false_alarm_rate=target_false_alarm_rate,
                        pixel_false_positive_rate=pixel_false_positive_rate, log_scale=log_scale,
-                       score_stats=score_stats(scores))
+                       score_stats=score_stats(scores),
+                       threshold_interval=threshold_interval(scores, target_false_alarm_rate))
 
 
-def normalise(scores: np.ndarray, threshold: float, log_scale: float) -> np.ndarray:
-    """Map raw scores to [0, 1], monotonically, with ``threshold`` -> 0.5."""
-    s = np.maximum(np.asarray(scores, np.float64), _EPS)
-    z = (np.log(s) - np.log(max(threshold, _EPS))) / max(log_scale, 1e-6)
-    return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(np.float32)
+def threshold_interval(scores: np.ndarray, target_false_alarm_rate: float, level: float = 0.9,
+                       resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval (``level``) of the (1 - rate) quantile of good scores."""
+    s = np.asarray(scores, np.float64)
+    rng = np.random.default_rng(seed)
+    draws = s[rng.integers(0, s.size, size=(resamples, s.size))]
+    quantiles = np.quantile(draws, 1 - target_false_alarm_rate, axis=1, method="higher")
+    low, high = np.quantile(quantiles, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -21,39 +21,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from linewatch.common.images import ImageRecord, list_test, load_mask, load_rgb
 from linewatch.detector.evaluation import Evaluation
-from linewatch.detector.metrics import auroc, best_f1, f1_score, roc_curve
+from linewatch.detector.metrics import auroc, best_f1, f1_score, recall_at_false_alarm_rate, roc_curve
 from linewatch.detector.pixel_metrics import DEFAULT_BINS, PixelAccumulator, quantile_edges
 from linewatch.detector.report import write_report
 
 if TYPE_CHECKING:
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.inference import InferenceModel
 
 log = logging.getLogger(__name__)
 
+OPERATING_POINTS = (0.01, 0.001)  # image false-alarm rates plants run at
 EDGE_SAMPLE = 4_000_000  # model-size map values used to place the histogram bin edges
 
 
-def map_to_image(score_map: np.ndarray, shape: tuple[int, int], resize_mode: str = "squash") -> np.ndarray:
-    """An (S, S) model-size anomaly map in the coordinates of an (H, W) image (float32)."""
-    h, w = shape
-    size = score_map.shape[0]
-    if resize_mode == "letterbox" and h != w:
-        # same geometry as STFPM.preprocess: scale the long side to S, centre, pad the rest
-        scale = size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        top, left = (size - nh) // 2, (size - nw) // 2
-        score_map = score_map[top:top + nh, left:left + nw]
-    if score_map.shape == (h, w):
-        return score_map.astype(np.float32, copy=False)
-    return cv2.resize(score_map.astype(np.float32, copy=False), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def _predict_all(model: AnomalyModel, records: list[ImageRecord],
+def _predict_all(model: InferenceModel, records: list[ImageRecord],
                  batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
     scores, flagged, maps, shapes = [], [], [], []
     for start in range(0, len(records), batch_size):
@@ -81,7 +66,7 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def evaluate(model: AnomalyModel, data_dir: str | Path, out_dir: str | Path, batch_size: int = 16, *,
+def evaluate(model: InferenceModel, data_dir: str | Path, out_dir: str | Path, batch_size: int = 16, *,
              n_bins: int = DEFAULT_BINS, report: bool = True) -> dict[str, Any]:
     """Run ``model`` on ``data_dir/test``; write ``metrics.json`` (and ``report.html``) to ``out_dir``.
 
@@ -91,18 +76,16 @@ def evaluate(model: AnomalyModel, data_dir: str | Path, out_dir: str | Path, bat
     return run_evaluation(model, data_dir, out_dir, batch_size, n_bins=n_bins, report=report).metrics
 
 
-def run_evaluation(model: AnomalyModel, data_dir: str | Path, out_dir: str | Path, batch_size: int = 16, *,
+def run_evaluation(model: InferenceModel, data_dir: str | Path, out_dir: str | Path, batch_size: int = 16, *,
                    n_bins: int = DEFAULT_BINS, report: bool = True) -> Evaluation:
     """As :func:`evaluate`, returning the full :class:`Evaluation` (curves, scores, maps)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     records = list_test(data_dir)
-    metadata: dict[str, Any] = dict(getattr(model, "metadata", {}) or {})
-    resize_mode = str(metadata.get("resize_mode", "squash"))
-    # The model knows its own input geometry best; duck-typed models without it get map_to_image here.
-    to_image: Callable[[np.ndarray, tuple[int, int]], np.ndarray] = getattr(
-        model, "map_to_image", lambda m, shape: map_to_image(m, shape, resize_mode))
+    metadata = model.metadata.to_dict()
+    resize_mode = str(metadata["resize_mode"])
+    to_image: Callable[[np.ndarray, tuple[int, int]], np.ndarray] = model.map_to_image
     started = time.perf_counter()
     scores, flagged, maps, shapes = _predict_all(model, records, batch_size)
     inference_s = time.perf_counter() - started
@@ -158,6 +141,13 @@ def run_evaluation(model: AnomalyModel, data_dir: str | Path, out_dir: str | Pat
                      "resize_mode": resize_mode, "aupro_fpr_limit": 0.3, "batch_size": batch_size,
                      "image_rule": "anomalous if score >= image_threshold", "model": metadata},
         "model_version": str(model.model_version),
+        "map_cells": list(getattr(model, "map_cells", metadata.get("map_cells", [0, 0]))),
+        "image_recall_at_fpr": {f"{rate:g}": _finite(recall_at_false_alarm_rate(scores, labels, rate))
+                                for rate in OPERATING_POINTS},
+        "calibrated_false_alarm_rate": _finite(float(flagged[~labels].mean())) if (~labels).any() else None,
+        "calibration": {"target_false_alarm_rate": metadata["calibration"]["target_false_alarm_rate"],
+                        "threshold_interval_90": metadata["calibration"].get("threshold_interval"),
+                        "n_good": metadata["calibration"].get("score_stats", {}).get("n")},
         "timing_s": {"inference": round(inference_s, 3), "pixel_metrics": round(pixel_s, 3)},
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ __all__ = [
     "f1_at",
     "f1_score",
     "quantile_edges",
+    "recall_at_false_alarm_rate",
     "roc_curve",
     "trapezoid_to",
 ]
@@ -128,3 +129,17 @@ def best_f1(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, float]
     f1 = 2 * tp / (flagged + n_def)  # 2TP / (2TP + FP + FN), FP + TP = flagged, TP + FN = n_def
     best = int(np.argmax(f1))  # first maximum = highest threshold
     return float(f1[best]), float(s_sorted[last_of_run][best])
+
+
+def recall_at_false_alarm_rate(scores: npt.ArrayLike, labels: npt.ArrayLike, rate: float) -> float:
+    """Share of defective images scoring above the threshold that lets ``rate`` of good images through.
+
+    The threshold is the good scores' (1 - rate) quantile taken as the next observed score above it
+    (``method="higher"``), and a defect must score strictly above it: with ties or few good images the
+    measured false-alarm rate is at most ``rate``. NaN without good or defective images.
+    """
+    s, y = _scores_labels(scores, labels)
+    if y.all() or not y.any():
+        return float("nan")
+    threshold = np.quantile(s[~y], 1.0 - rate, method="higher")
+    return float(np.mean(s[y] > threshold))

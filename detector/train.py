@@ -21,6 +21,7 @@ from linewatch.common.images import ImageRecord, load_rgb
 from linewatch.detector.calibrate import Calibration, calibrate, f1_optimal_threshold
 from linewatch.detector.checkpoint import save_checkpoint
 from linewatch.detector.device import select_device
+from linewatch.detector.metadata import ModelMetadata
 from linewatch.detector.stfpm.backbones import get_spec, load_pretrained
 from linewatch.detector.stfpm.loss import stfpm_loss
 from linewatch.detector.stfpm.torch_model import STFPM
@@ -48,6 +49,7 @@ class TrainConfig:
     taps: tuple[int, ...] | None = None
     sigma: float = 0.0
     resize_mode: str = "squash"
+    score_top_k: int = 1
     device: str | None = "auto"
     # None = where the hardware does bf16 natively (CUDA, or a CPU with AVX-512 BF16/AMX). Emulated bf16 is
     # slower, not faster: on an AVX2-only EPYC, 256 px batch 16 trained at 1.5 img/s in bf16 vs 9.0 in fp32.
@@ -134,7 +136,8 @@ def train(config: TrainConfig, train_records: Sequence[ImageRecord] | Sequence[n
     if len(images) < 2:
         raise ValueError(f"training needs at least 2 good images, got {len(images)}")
     torch.manual_seed(config.seed)
-    model = STFPM(config.backbone, config.image_size, config.taps, config.sigma, config.resize_mode)
+    model = STFPM(config.backbone, config.image_size, config.taps, config.sigma, config.resize_mode,
+                  config.score_top_k)
     load_pretrained(model.teacher, get_spec(config.backbone).pretrained(config.teacher_weights), config.backbone)
     model.to(device)
     if config.channels_last:
@@ -202,15 +205,14 @@ def train(config: TrainConfig, train_records: Sequence[ImageRecord] | Sequence[n
     model.eval()
     calibration = _calibrate(model, val_x, config, defect_images)
     spec = get_spec(config.backbone)
-    metadata = {
-        "backbone": config.backbone, "taps": list(model.taps), "image_size": config.image_size,
-        "sigma": config.sigma, "resize_mode": config.resize_mode, "input_mean": list(spec.mean),
-        "input_std": list(spec.std), "calibration": calibration.to_dict(),
-        "training": {"config": config.to_dict(), "best_epoch": best_epoch, "best_val_loss": best_val,
-                     "n_train": len(train_idx), "n_val": n_val, "data_sha256": data_hash},
-        "versions": {"linewatch": _package_version(), "torch": torch.__version__},
-    }
-    save_checkpoint(out, model.state_dict(), metadata)
+    metadata = ModelMetadata(
+        backbone=config.backbone, taps=tuple(model.taps), image_size=config.image_size, calibration=calibration,
+        sigma=config.sigma, resize_mode=config.resize_mode, score_top_k=config.score_top_k,
+        input_mean=tuple(spec.mean), input_std=tuple(spec.std), map_cells=model.map_cells(),
+        training={"config": config.to_dict(), "best_epoch": best_epoch, "best_val_loss": best_val,
+                  "epochs_run": len(history), "n_train": len(train_idx), "n_val": n_val, "data_sha256": data_hash},
+        versions={"linewatch": _package_version(), "torch": torch.__version__})
+    save_checkpoint(out, model.state_dict(), metadata.to_dict())
     state_path.unlink(missing_ok=True)
     return TrainResult(path=out, best_epoch=best_epoch, best_val_loss=best_val, calibration=calibration,
                        seconds=seconds, images_per_second=seen / max(seconds, 1e-9), history=history)
@@ -231,10 +233,10 @@ def _calibrate(model: STFPM, val_x: torch.Tensor, config: TrainConfig,
                               for i in range(0, len(x), config.batch_size)]).float().cpu()
 
     maps = run(val_x)
-    scores = maps.flatten(1).amax(1).numpy()
+    scores = model.image_scores(maps).numpy()
     calibration = calibrate(scores, maps.numpy(), config.target_false_alarm_rate, config.pixel_false_positive_rate)
     if defect_images:
-        defect_scores = run(_inputs(model, list(defect_images), val_x.device)).flatten(1).amax(1).numpy()
+        defect_scores = model.image_scores(run(_inputs(model, list(defect_images), val_x.device))).numpy()
         labels = np.r_[np.zeros(len(scores), bool), np.ones(len(defect_scores), bool)]
         threshold, f1 = f1_optimal_threshold(np.r_[scores, defect_scores], labels)
         calibration = Calibration(**{**calibration.to_dict(), "f1_threshold": threshold, "f1": f1})

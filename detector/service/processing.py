@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from linewatch.detector.events import Breach, FrameResult, Latency
+from linewatch.detector.inference import InferenceModel, Prediction
 from linewatch.detector.service.decoding import (
     DecodedFrame,
     PendingBatch,
@@ -27,28 +28,14 @@ from linewatch.detector.service.region import summarise_region
 log = logging.getLogger(__name__)
 
 
-def predict(model: Any, batch: Any) -> Any:
-    """``model.predict`` for numpy batches; CUDA tensors (GPU decode path) go through the model directly."""
-    if isinstance(batch, np.ndarray):
-        return model.predict(batch)
-    import torch
-
-    from linewatch.detector.inference import Prediction
-
-    with torch.inference_mode():
-        maps = model.model.maps_from_input(model.model.preprocess(batch))
-        scores = maps.flatten(1).amax(dim=1).float().cpu().numpy().astype(np.float32)
-        maps_np = maps.float().cpu().numpy()
-    return Prediction(image_scores=scores, normalised_scores=model.normalise(scores),
-                      anomalous=scores >= model.image_threshold, maps=maps_np)
-
-
 class BatchProcessor:
     """Runs one closed batch end to end; every record leaves as outputs or a dead letter."""
 
-    def __init__(self, model: Any, outputs: OutputProducer, tracker: OffsetTracker, metrics: DetectorMetrics,
-                 cache: HeatmapCache | None) -> None:
+    def __init__(self, model: InferenceModel, outputs: OutputProducer, tracker: OffsetTracker,
+                 metrics: DetectorMetrics, cache: HeatmapCache | None,
+                 camera_thresholds: Mapping[str, float] | None = None) -> None:
         self.model = model
+        self._camera_thresholds = dict(camera_thresholds or {})
         self._outputs = outputs
         self._tracker = tracker
         self._metrics = metrics
@@ -82,7 +69,8 @@ class BatchProcessor:
     def _run_group(self, group: list[DecodedFrame], closed_ns: int) -> list[HeatmapEntry]:
         start = time.perf_counter()
         try:
-            prediction = predict(self.model, stack_images(group))
+            thresholds = [self._camera_thresholds.get(f.meta.camera_id, self.model.image_threshold) for f in group]
+            prediction = self.model.predict(stack_images(group), thresholds)
         except Exception as exc:  # one bad group must not stop the service; its frames stay retrievable
             log.exception("model failed on a group of %d frames", len(group))
             for frame in group:
@@ -100,7 +88,7 @@ class BatchProcessor:
         self._metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - start)
         return entries
 
-    def _emit(self, frame: DecodedFrame, prediction: Any, i: int, inference_ms: float, closed_ns: int,
+    def _emit(self, frame: DecodedFrame, prediction: Prediction, i: int, inference_ms: float, closed_ns: int,
               cache_up: bool) -> HeatmapEntry | None:
         meta, record, model = frame.meta, frame.record, self.model
         anomalous = bool(prediction.anomalous[i])
@@ -110,7 +98,7 @@ class BatchProcessor:
             "camera_id": meta.camera_id, "line_id": meta.line_id, "sequence": meta.sequence,
             "capture_ns": meta.capture_ns, "image_score": float(prediction.image_scores[i]),
             "normalised_score": float(np.clip(prediction.normalised_scores[i], 0.0, 1.0)),
-            "anomalous": anomalous, "threshold": float(model.image_threshold),
+            "anomalous": anomalous, "threshold": _threshold(prediction, i, model.image_threshold),
             "model_version": str(model.model_version),
             "heatmap_key": self._cache.key_for(meta.camera_id, meta.sequence) if cache_up and self._cache else None,
             "latency": Latency(queue_ms=max(0.0, closed_ns / 1e6 - record.timestamp_ms),
@@ -139,3 +127,8 @@ class BatchProcessor:
                             capture_ns=meta.capture_ns, image_score=result.image_score,
                             normalised_score=result.normalised_score, anomalous=anomalous,
                             anomaly_map=anomaly_map, image=image)
+
+
+def _threshold(prediction: Prediction, i: int, default: float) -> float:
+    """The image threshold frame ``i`` was judged by (a per-camera one where configured)."""
+    return float(prediction.thresholds[i]) if prediction.thresholds is not None else float(default)

@@ -10,10 +10,17 @@ earlier frame of its partition has been acknowledged by the broker (see offsets.
 ``enable.auto.commit=true`` then commits only those stored offsets every second, and we
 commit synchronously on partition revoke and at shutdown (after draining the batch in flight).
 A SIGKILL loses at most the uncommitted tail, which the next owner reprocesses.
+
+Hostile input never stops a partition: every record is validated on decode (ids, key, capture
+time, sizes, allow-list) and leaves as outputs or a dead letter (see outputs.py); a batch also
+closes at ``max_batch_pixels``. A worker that dies anyway ends the process promptly: the
+consumer thread never blocks on it, /healthz and /readyz turn 503, and ``run`` raises
+(``linewatch detect`` exits 1) so the orchestrator restarts it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -23,7 +30,14 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from linewatch.detector.service.batcher import Batcher
-from linewatch.detector.service.decoding import Decoder, PendingBatch, Record, select_decode_backend
+from linewatch.detector.service.decoding import (
+    Decoder,
+    PendingBatch,
+    Record,
+    RecordPolicy,
+    header_pixels,
+    select_decode_backend,
+)
 from linewatch.detector.service.health import HealthServer, HealthState
 from linewatch.detector.service.heatmap_cache import HeatmapCache
 from linewatch.detector.service.metrics import DetectorMetrics
@@ -35,6 +49,7 @@ from linewatch.detector.service.settings import DetectorSettings
 log = logging.getLogger(__name__)
 
 _Work = tuple[list[Record], PendingBatch, int]
+_PUT_WAIT_S = 0.1  # how often a consumer waiting for the worker checks that it is still alive
 
 
 class DetectorService:
@@ -51,11 +66,14 @@ class DetectorService:
         self.health_port: int | None = None
         self.assignment: set[tuple[str, int]] = set()
         self.model = model
-        self._batcher: Batcher[Record] = Batcher(settings.max_batch_size, settings.max_wait_ms / 1000)
+        self._batcher: Batcher[Record] = Batcher(settings.max_batch_size, settings.max_wait_ms / 1000,
+                                                 max_weight=settings.max_batch_pixels)
         self._work: queue.Queue[_Work | None] = queue.Queue(maxsize=1)
         self._worker_error: BaseException | None = None
+        self._worker: threading.Thread | None = None
         self._consumer: Consumer | None = None
         self._outputs: OutputProducer | None = None
+        self._decoder: Decoder | None = None
 
     def _load_model(self) -> Any:
         import torch
@@ -80,17 +98,20 @@ class DetectorService:
                 self.model = self._load_model()
             self.health.model_loaded = True
             backend = select_decode_backend(s.decode_mode, self.model.device.type)
-            decoder = Decoder(s.decode_workers, backend, self.model.device, s.max_side)
+            self._decoder = decoder = Decoder(s.decode_workers, backend, self.model.device, self._record_policy())
             cache = HeatmapCache(s.redis, self.metrics, per_camera=s.heatmaps_per_camera, ttl_s=s.heatmap_ttl_s,
                                  breach_ttl_s=s.breach_ttl_s, map_size=s.heatmap_map_size,
                                  overlay_max_side=s.overlay_max_side,
                                  colour_scale=2 * float(self.model.pixel_threshold),
-                                 queue_batches=s.cache_queue_batches).start()
+                                 queue_batches=s.cache_queue_batches, camera_ttl_s=s.camera_key_ttl_s,
+                                 stall_after_s=s.heatmap_stall_s).start()
             self._outputs = OutputProducer(s.producer_config(), self.tracker, results_topic=s.topics.results,
                                            breaches_topic=s.topics.breaches, dead_letters_topic=s.topics.dead_letters,
                                            retries=s.delivery_retries)
-            processor = BatchProcessor(self.model, self._outputs, self.tracker, self.metrics, cache)
-            worker = threading.Thread(target=self._work_loop, args=(processor,), name="detector-infer", daemon=True)
+            processor = BatchProcessor(self.model, self._outputs, self.tracker, self.metrics, cache,
+                                       s.camera_thresholds)
+            self._worker = worker = threading.Thread(target=self._work_loop, args=(processor, cache),
+                                                     name="detector-infer", daemon=True)
             worker.start()
             try:
                 self._consume(decoder)
@@ -106,6 +127,17 @@ class DetectorService:
         if self._outputs.fatal_error:
             raise RuntimeError(self._outputs.fatal_error)
 
+    def _record_policy(self) -> RecordPolicy:
+        s = self.settings
+        allowed = frozenset(s.camera_allow_list) if s.camera_allow_list is not None else None
+        return RecordPolicy(max_side=s.max_side, max_pixels=s.max_pixels,
+                            max_future_skew_ns=int(s.max_future_skew_s * 1e9), allowed_cameras=allowed)
+
+    def _worker_failed(self) -> bool:
+        """True once the worker thread has died (with or without a recorded error)."""
+        worker = self._worker
+        return self._worker_error is not None or (worker is not None and not worker.is_alive())
+
     def _consume(self, decoder: Decoder) -> None:
         s = self.settings
         config = s.consumer_config()
@@ -119,7 +151,8 @@ class DetectorService:
                  s.max_batch_size, s.max_wait_ms)
         while not self.stop_event.is_set():
             self.health.beat()
-            if self._worker_error is not None or (self._outputs and self._outputs.fatal_error):
+            if self._worker_failed() or (self._outputs and self._outputs.fatal_error):
+                self.health.fail("detector worker failed" if self._worker_failed() else "an output was lost")
                 break
             self._store_ready()
             left = self._batcher.time_left()
@@ -139,18 +172,31 @@ class DetectorService:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", err)
                 continue
-            record = Record(topic=msg.topic() or "", partition=msg.partition() or 0, offset=msg.offset() or 0,
-                            key=msg.key(), value=msg.value(), headers=cast(Any, msg.headers()),
-                            timestamp_ms=msg.timestamp()[1], received_ns=now_ns)
-            self.tracker.track((record.topic, record.partition), record.offset)
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+            generation = self.tracker.track((topic, partition), offset)
+            record = Record(topic=topic, partition=partition, offset=offset, key=msg.key(), value=msg.value(),
+                            headers=cast(Any, msg.headers()), timestamp_ms=msg.timestamp()[1], received_ns=now_ns,
+                            generation=generation)
             self.metrics.frames_consumed.inc()
-            self._batcher.add(record)
+            weight = header_pixels(record.headers)
+            if not self._batcher.fits(weight) and self._decoder is not None:
+                self._dispatch(self._decoder, self._batcher.take())  # pixel budget reached: close the batch
+            self._batcher.add(record, weight)
 
     def _dispatch(self, decoder: Decoder, records: list[Record]) -> None:
-        if records:
-            self._work.put((records, decoder.submit(records), time.time_ns()))
+        """Hand a closed batch to the worker; gives up (the frames stay uncommitted) if the worker died."""
+        if not records:
+            return
+        item = (records, decoder.submit(records), time.time_ns())
+        while not self._worker_failed():
+            try:
+                self._work.put(item, timeout=_PUT_WAIT_S)
+                return
+            except queue.Full:
+                continue
+        log.error("detector worker is dead; %d frames left uncommitted for the next owner", len(records))
 
-    def _work_loop(self, processor: BatchProcessor) -> None:
+    def _work_loop(self, processor: BatchProcessor, cache: HeatmapCache) -> None:
         assert self._outputs is not None
         if self.settings.torch_threads:
             import torch
@@ -166,19 +212,29 @@ class DetectorService:
             try:
                 if item is None:
                     return
+                self._outputs.begin_batch(item[0])
                 processor.process(*item)
+                # Outputs leave in record order; results whose heatmap write was skipped say so.
+                self._outputs.end_batch(cache.take_skipped().__contains__)
                 self._outputs.poll(0)
             except BaseException as exc:
                 log.exception("detector worker failed")
                 self._worker_error = exc
+                self.health.fail(f"detector worker failed: {type(exc).__name__}")
                 return
             finally:
                 self._work.task_done()
 
     def _drain(self, timeout_s: float = 30.0) -> None:
-        """Wait until every dispatched batch is processed and every output acknowledged."""
-        if self._worker_error is None:
-            self._work.join()
+        """Wait until every dispatched batch is processed and every output acknowledged (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        with self._work.all_tasks_done:
+            while self._work.unfinished_tasks and not self._worker_failed():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("batches still unprocessed after %.0fs; not waiting longer", timeout_s)
+                    break
+                self._work.all_tasks_done.wait(min(_PUT_WAIT_S, left))
         if self._outputs is not None:
             left = self._outputs.flush(timeout_s)
             if left:
@@ -231,12 +287,13 @@ class DetectorService:
 
     def _shutdown(self, decoder: Decoder, worker: threading.Thread) -> None:
         """Process the open batch, drain, commit, leave the group."""
-        if self._worker_error is None and not (self._outputs and self._outputs.fatal_error):
+        if not self._worker_failed() and not (self._outputs and self._outputs.fatal_error):
             self._dispatch(decoder, self._batcher.take())
             self._drain()
             self._commit()
         if worker.is_alive():
-            self._work.put(None)
+            with contextlib.suppress(queue.Full):
+                self._work.put(None, timeout=30)
             worker.join(30)
         decoder.close()
         if self._consumer is not None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
-from linewatch.ingest.wire import MAX_SIDE
+from linewatch.ingest.wire import CAMERA_ID_PATTERN, MAX_PIXELS, MAX_SIDE
 
 DecodeMode = Literal["cpu", "gpu", "auto"]
 
@@ -32,7 +33,17 @@ class DetectorSettings(BaseSettings):
     decode_workers: int = Field(default=2, ge=1, le=64, description="Threads decoding JPEG/PNG while the model runs.")
     decode_mode: DecodeMode = Field(default="cpu", description="cpu (OpenCV threads), gpu (nvjpeg via torchvision), "
                                                         "auto (gpu when the model runs on CUDA).")
-    max_side: int = Field(default=MAX_SIDE, ge=16, description="Frames wider or taller than this are dead-lettered.")
+    max_side: int = Field(default=MAX_SIDE, ge=16, le=MAX_SIDE, description="Frames wider or taller than this are "
+                          "dead-lettered; set it from the cameras' real resolution (the longer side, plus margin).")
+    max_pixels: int = Field(default=MAX_PIXELS, ge=256, le=MAX_PIXELS, description="Frames with more pixels are "
+                            "dead-lettered; set it from the cameras' real resolution (e.g. 2448x2048 -> 5013504).")
+    max_batch_pixels: int = Field(default=48_000_000, ge=1, description="A batch closes before its frames' pixels "
+                                  "would exceed this (3 bytes each decoded), whatever max_batch_size says; a "
+                                  "single larger frame runs alone. Bounds the memory of a batch of big frames.")
+    max_future_skew_s: float = Field(default=300.0, ge=0, description="Frames captured further in the future than "
+                                     "this (camera clock ahead of ours) are dead-lettered.")
+    camera_allow_list: list[str] | None = Field(default=None, description="When set, frames of other cameras are "
+                                                "dead-lettered (their ids never reach Redis, metrics or results).")
     group_id: str = "linewatch-detector"
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a new group starts; earliest so no frame is skipped.")
@@ -43,6 +54,10 @@ class DetectorSettings(BaseSettings):
     statistics_interval_ms: int = Field(default=5_000, ge=0, description="librdkafka statistics (lag); 0 = off.")
     commit_interval_ms: int = Field(default=1_000, ge=100, description="Auto-commit of stored (acked) offsets.")
     heatmaps_per_camera: int = Field(default=20, ge=1, description="Latest N heatmaps kept per camera.")
+    camera_key_ttl_s: int = Field(default=86_400, ge=1, description="Lifetime of a camera's latest/recent keys and "
+                                  "of the cameras set, renewed on every write: a silent camera's keys go away.")
+    heatmap_stall_s: float = Field(default=1.0, gt=0, description="A Redis write running this long counts as a "
+                                   "stall: later heatmaps are skipped and their results carry no heatmap_key.")
     heatmap_ttl_s: int = Field(default=600, ge=1, description="Lifetime of an ordinary heatmap.")
     breach_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="Lifetime of a breach heatmap (kept longer).")
     heatmap_map_size: int = Field(default=64, ge=8, le=512, description="Side of the low-resolution 16-bit map.")
@@ -50,8 +65,22 @@ class DetectorSettings(BaseSettings):
     cache_queue_batches: int = Field(default=8, ge=1, description="Batches queued for Redis before skipping.")
     metrics_port: int | None = Field(default=9108, ge=0, le=65535,
                                      description="HTTP port of /metrics, /healthz, /readyz; 0 = any free port.")
-    metrics_host: str = "0.0.0.0"  # a container exposes it; set 127.0.0.1 for local-only
+    metrics_host: str = Field(default="127.0.0.1", description="Address of /metrics, /healthz, /readyz (no auth): "
+                              "local only by default; a container that is scraped/probed sets 0.0.0.0 explicitly.")
+    camera_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per-camera image thresholds (raw score), e.g. from `linewatch calibrate "
+        "--print-threshold` on that camera's good frames; other cameras use the model's calibrated threshold.")
     delivery_retries: int = Field(default=3, ge=0, description="Re-sends of an output whose delivery failed.")
+    output_max_bytes: int = Field(default=1_000_000, ge=1000, description="Largest output record (librdkafka "
+                                  "message.max.bytes); outputs that cannot fit are dead-lettered, cut to fit.")
+
+    @field_validator("camera_allow_list")
+    @classmethod
+    def _allowed_ids_follow_the_id_rule(cls, value: list[str] | None) -> list[str] | None:
+        bad = [camera for camera in value or [] if not re.fullmatch(CAMERA_ID_PATTERN, camera)]
+        if bad:
+            raise ValueError(f"camera ids {bad[:5]} do not match {CAMERA_ID_PATTERN}")
+        return value
 
     def consumer_config(self) -> dict[str, Any]:
         """librdkafka consumer settings (see docs in service.py for why each is set)."""
@@ -83,5 +112,6 @@ class DetectorSettings(BaseSettings):
             "acks": "all",
             "linger.ms": 5,  # one batch's outputs leave in one request
             "message.timeout.ms": 60_000,
+            "message.max.bytes": self.output_max_bytes,
         })
         return config

@@ -17,6 +17,35 @@ RESIZE_MODES = ("squash", "letterbox")
 STUDENT_BN_MOMENTUM = 0.1
 
 
+PREPROCESS_FLOAT_BYTES = 64 << 20  # largest float copy of input frames preprocess makes at once
+
+
+def _resize_aa(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _resize_bounded(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float (N, 3, *size), antialiased bilinear, using bounded memory.
+
+    Small batches take the direct path (float copy, one 2-D resize). Larger ones are resized
+    separably, one frame at a time: the horizontal pass runs on row strips converted to float
+    one strip at a time, then the (H, S)-sized result is resized vertically. The antialiased
+    bilinear filter is separable, so this matches the direct path to float rounding (< 1e-4
+    on 0..255 values, measured in tests/detector_service/test_hostile_units.py).
+    """
+    n, c, h, w = (int(v) for v in frames.shape)
+    if n * c * h * w * 4 <= PREPROCESS_FLOAT_BYTES or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return _resize_aa(frames.float(), size)
+    rows = max(1, PREPROCESS_FLOAT_BYTES // (c * w * 4))
+    out = []
+    for i in range(n):
+        frame = frames[i:i + 1]
+        strips = [_resize_aa(frame[:, :, top:top + rows].float(), (min(rows, h - top), size[1]))
+                  for top in range(0, h, rows)]
+        out.append(_resize_aa(torch.cat(strips, dim=2), size))
+    return torch.cat(out)
+
+
 class STFPM(nn.Module):
     """Teacher and student of one architecture; ``forward`` maps uint8 NHWC frames to (scores, maps).
 
@@ -29,7 +58,7 @@ class STFPM(nn.Module):
     std: torch.Tensor
 
     def __init__(self, backbone: str, image_size: int, taps: Sequence[int] | None = None,
-                 sigma: float = 0.0, resize_mode: str = "squash") -> None:
+                 sigma: float = 0.0, resize_mode: str = "squash", score_top_k: int = 1) -> None:
         super().__init__()
         spec = get_spec(backbone)
         if resize_mode not in RESIZE_MODES:
@@ -39,6 +68,9 @@ class STFPM(nn.Module):
         self.image_size = int(image_size)
         self.sigma = float(sigma)
         self.resize_mode = resize_mode
+        if score_top_k < 1:
+            raise ValueError(f"score_top_k must be at least 1, got {score_top_k}")
+        self.score_top_k = int(score_top_k)
         self.teacher = spec.build(self.taps)
         self.student = spec.build(self.taps)
         for module in self.student.modules():
@@ -57,19 +89,23 @@ class STFPM(nn.Module):
         return self
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, 3) RGB -> normalised float (N, 3, S, S) on the frames' device."""
-        x = frames.permute(0, 3, 1, 2).float()
+        """uint8 (N, H, W, 3) RGB -> normalised float (N, 3, S, S) on the frames' device.
+
+        Frames whose float copy would exceed ``PREPROCESS_FLOAT_BYTES`` are resized before they
+        become float (see :func:`_resize_bounded`): an 8192x4880 frame no longer costs 480 MB.
+        """
+        x = frames.permute(0, 3, 1, 2)
         size = self.image_size
         if self.resize_mode == "letterbox" and int(x.shape[-2]) != int(x.shape[-1]):
             h, w = int(x.shape[-2]), int(x.shape[-1])
             # keep the aspect ratio; pad with the edge pixels so borders do not look like defects
             scale = size / max(h, w)
             nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+            x = _resize_bounded(x, (nh, nw))
             top, left = (size - nh) // 2, (size - nw) // 2
             x = F.pad(x, [left, size - nw - left, top, size - nh - top], mode="replicate")
         else:  # always resize (identity at size S): no shape branch, so exported graphs keep H, W dynamic
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            x = _resize_bounded(x, (size, size))
         return (x - self.mean) / self.std
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -83,7 +119,21 @@ class STFPM(nn.Module):
         teacher, student = self.features(x)
         return fuse_maps(teacher, student, self.image_size, self.sigma)
 
+    def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """Image score per map: the mean of its ``score_top_k`` largest values (1: the maximum)."""
+        flat = maps.flatten(1)
+        if self.score_top_k == 1:
+            return flat.amax(dim=1)
+        return flat.topk(min(self.score_top_k, int(flat.shape[1])), dim=1).values.mean(dim=1)
+
+    def map_cells(self) -> tuple[int, int]:
+        """Size of the fused map in feature cells (height, width): the finest tapped feature grid."""
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, self.image_size, self.image_size, device=self.mean.device)
+            features = self.teacher(probe)
+        return max((int(f.shape[-2]), int(f.shape[-1])) for f in features)
+
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 NHWC frames -> (image scores (N,), anomaly maps (N, S, S)); score = max of the map."""
+        """uint8 NHWC frames -> (image scores (N,), anomaly maps (N, S, S))."""
         maps = self.maps_from_input(self.preprocess(frames))
-        return maps.flatten(1).amax(dim=1), maps
+        return self.image_scores(maps), maps

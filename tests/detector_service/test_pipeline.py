@@ -117,13 +117,12 @@ def test_tensor_batches_of_the_gpu_decode_path_score_like_numpy_batches(tiny_mod
     import torch
 
     from linewatch.detector.inference import AnomalyModel
-    from linewatch.detector.service.processing import predict
     from linewatch.ingest.synthetic import render_sample
 
     model = AnomalyModel.load(tiny_model, device="cpu")
     frames = np.stack([render_sample(i, size=64).image for i in range(3)])
-    from_numpy = predict(model, frames)
-    from_tensor = predict(model, torch.from_numpy(frames))
+    from_numpy = model.predict(frames)
+    from_tensor = model.predict(torch.from_numpy(frames))
     np.testing.assert_allclose(from_tensor.image_scores, from_numpy.image_scores, rtol=1e-5)
     np.testing.assert_allclose(from_tensor.maps, from_numpy.maps, rtol=1e-4, atol=1e-6)
     assert (from_tensor.anomalous == from_numpy.anomalous).all()

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 from mvtec_fixture import mask_key, write_tiny_mvtec
 
-from linewatch.detector.evaluate import evaluate, map_to_image
+from linewatch.detector.calibrate import Calibration
+from linewatch.detector.evaluate import evaluate
+from linewatch.detector.geometry import map_to_image
+from linewatch.detector.metadata import ModelMetadata
 
 
 class OracleModel:
@@ -26,7 +28,11 @@ class OracleModel:
     def __init__(self, masks: dict[str, np.ndarray], size: int, invert: bool = False) -> None:
         self.masks, self.image_size, self.invert = masks, size, invert
         self.image_threshold, self.pixel_threshold, self.model_version = 0.5, 0.5, "oracle-1"
-        self.metadata: dict[str, Any] = {"backbone": "oracle", "resize_mode": "squash"}
+        calibration = Calibration(0.5, 0.5, 0.01, 0.001, 1.0)
+        self.metadata = ModelMetadata("oracle", (1,), max(size, 16), calibration)
+
+    def map_to_image(self, anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        return map_to_image(anomaly_map, shape, "squash")
 
     def predict(self, frames: list[np.ndarray]) -> SimpleNamespace:
         maps = []

@@ -54,12 +54,16 @@ def test_onnx_and_torchscript_match_torch(tmp_path: Path, synthetic_model: Path)
     assert main(["export", "--model", str(synthetic_model), "--format", "onnx", "--out", str(onnx_path)]) == 0
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     for batch in (frames, frames[:1]):  # dynamic batch axis
-        scores, maps = session.run(None, {"frames": batch})
+        scores, normalised, anomalous, maps = session.run(None, {"frames": batch})
         np.testing.assert_allclose(scores, expected.image_scores[: len(batch)], rtol=1e-4, atol=1e-5)
+        # the calibration is inside the graph: no runtime re-implements it
+        np.testing.assert_allclose(normalised, expected.normalised_scores[: len(batch)], rtol=1e-4, atol=1e-5)
+        assert (anomalous == expected.anomalous[: len(batch)]).all()
         np.testing.assert_allclose(maps, expected.maps[: len(batch)], rtol=1e-3, atol=1e-4)
     ts_path = tmp_path / "m.pt"
     assert main(["export", "--model", str(synthetic_model), "--format", "torchscript", "--out", str(ts_path)]) == 0
     with torch.no_grad():
-        scores_ts, maps_ts = torch.jit.load(str(ts_path))(torch.from_numpy(frames))
+        scores_ts, normalised_ts, _, maps_ts = torch.jit.load(str(ts_path))(torch.from_numpy(frames))
+    np.testing.assert_allclose(normalised_ts.numpy(), expected.normalised_scores, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores_ts.numpy(), expected.image_scores, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(maps_ts.numpy(), expected.maps, rtol=1e-3, atol=1e-4)
