@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from linewatch.alerts import cli as alerts_cli
+from linewatch.alerts.health import cli as health_cli
 from linewatch.alerts.verdicts import cli as verdicts_cli
 from linewatch.deploy import dashboards, stack_cli
 from linewatch.detector import cli as detector_cli
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linewatch", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (ingest_cli, detector_cli, alerts_cli, verdicts_cli, stack_cli, dashboards):
+    for module in (ingest_cli, detector_cli, alerts_cli, verdicts_cli, health_cli, stack_cli, dashboards):
         module.register(subparsers)
     return parser
 

@@ -1,0 +1,1 @@
+"""Camera health: frozen stream, exposure, focus, silence and score drift, as their own alert kind."""
