@@ -20,6 +20,7 @@ def register(subparsers: Any) -> None:
     from linewatch.detector.service.cli import register_detect
 
     register_train(subparsers)
+    register_calibrate(subparsers)
     register_predict(subparsers)
     register_export(subparsers)
     register_evaluate(subparsers)
@@ -79,6 +80,39 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config, list_train_good(args.data_dir), args.out, progress=not args.quiet, resume=args.resume)
     print(f"wrote {result.path}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.5f}, "
           f"image threshold {result.calibration.image_threshold:.5f}, {result.images_per_second:.1f} images/s")
+    return 0
+
+
+def register_calibrate(subparsers: Any) -> None:
+    """``linewatch calibrate --model MODEL GOOD_DIR --out MODEL2`` (or ``--print-threshold``)."""
+    p = subparsers.add_parser("calibrate", help="recalibrate a model's thresholds from a folder of good frames")
+    p.add_argument("good_dir", type=Path, help="folder of good images (or an MVTec folder: its train/good)")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="checkpoint to write with the new calibration")
+    p.add_argument("--target-false-alarm-rate", type=float, default=None,
+                   help="image false-alarm rate the threshold allows (default: the model's own, 0.01)")
+    p.add_argument("--print-threshold", metavar="CAMERA", default=None,
+                   help="print the threshold as LINEWATCH_CAMERA_THRESHOLDS JSON for this camera instead")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_guarded(_calibrate))
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from linewatch.detector.recalibrate import recalibrate, write_recalibrated
+
+    if (args.out is None) == (args.print_threshold is None):
+        raise ValueError("give exactly one of --out MODEL2 and --print-threshold CAMERA")
+    calibration = recalibrate(args.model, args.good_dir, args.target_false_alarm_rate, args.device)
+    low, high = calibration.threshold_interval or (float("nan"), float("nan"))
+    summary = (f"image threshold {calibration.image_threshold:.5f} (90% interval {low:.5f}..{high:.5f}) "
+               f"from {int(calibration.score_stats['n'])} good images")
+    if args.print_threshold is not None:
+        print(summary, file=sys.stderr)
+        print(json.dumps({args.print_threshold: calibration.image_threshold}))
+        return 0
+    print(f"wrote {write_recalibrated(args.model, calibration, args.out, args.good_dir)}: {summary}")
     return 0
 
 

@@ -97,3 +97,31 @@ def test_threshold_interval_narrows_with_more_good_images() -> None:
     few = threshold_interval(rng.lognormal(size=150), 0.01)
     many = threshold_interval(rng.lognormal(size=5000), 0.01)
     assert few[0] < few[1] and many[1] - many[0] < few[1] - few[0]
+
+
+def test_calibrate_cli_rewrites_thresholds_from_a_good_folder(tiny_model: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import cv2
+
+    from linewatch.deploy.cli import main
+
+    folder = tmp_path / "good"
+    folder.mkdir()
+    images = [render_sample(900 + i, size=64, defect_probability=0.0).image for i in range(24)]
+    for i, image in enumerate(images):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "recal.safetensors"
+    assert main(["calibrate", "--model", str(tiny_model), str(folder), "--out", str(out),
+                 "--target-false-alarm-rate", "0.05", "--device", "cpu"]) == 0
+    scores = AnomalyModel.load(tiny_model, "cpu").predict(images).image_scores
+    recalibrated = AnomalyModel.load(out, "cpu")
+    assert recalibrated.image_threshold == pytest.approx(float(np.quantile(scores, 0.95, method="higher")), rel=1e-5)
+    assert recalibrated.metadata.training["recalibrated_from"]["n_good"] == 24
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(tiny_model), str(folder), "--print-threshold", "cam-7",
+                 "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(printed) == {"cam-7"} and printed["cam-7"] == pytest.approx(
+        float(np.quantile(scores, 0.99, method="higher")), rel=1e-5)
