@@ -1,0 +1,63 @@
+"""Regions of interest and ignore masks (detector/roi.py): pure functions, no services."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from linewatch.detector.roi import RoiConfig, RoiError, cell_mask, image_mask, masked_score, pixel_polygons
+
+pytestmark = pytest.mark.unit
+
+S = 16
+LABEL = [(0.0, 0.0), (0.25, 0.0), (0.25, 0.25), (0.0, 0.25)]  # a sticker in the top-left corner
+
+
+def spot_map(row: int, col: int, value: float = 5.0) -> np.ndarray:
+    """A good part's map (low everywhere) with one hot cell."""
+    anomaly_map = np.full((S, S), 0.2, np.float32)
+    anomaly_map[row, col] = value
+    return anomaly_map
+
+
+def test_ignore_mask_removes_a_false_alarm_inside_it_and_keeps_a_defect_outside() -> None:
+    mask = cell_mask(RoiConfig(exclude=[LABEL]), (256, 256), S)
+    threshold = 1.0
+    label_alarm, defect = spot_map(1, 2), spot_map(10, 12)
+    assert masked_score(label_alarm, np.ones((S, S))) >= threshold  # unmasked: a false alarm
+    assert masked_score(label_alarm, mask) < threshold
+    assert masked_score(defect, mask) == pytest.approx(5.0)
+    both = np.maximum(label_alarm, defect)
+    assert masked_score(both, mask) == pytest.approx(5.0)
+
+
+def test_cells_follow_coverage_and_include_then_exclude() -> None:
+    roi = RoiConfig(include=[[(0, 0), (1, 0), (1, 0.5), (0, 0.5)]], exclude=[LABEL])
+    mask = cell_mask(roi, (100, 100), 4)
+    assert mask.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+    half = RoiConfig(exclude=[[(0, 0), (0.1, 0), (0.1, 1), (0, 1)]], min_cover=0.5)
+    assert cell_mask(half, (64, 64), 4)[:, 0].tolist() == [1, 1, 1, 1]  # 44 % of column 0 excluded: still counts
+    assert cell_mask(half.model_copy(update={"min_cover": 0.6}), (64, 64), 4)[:, 0].tolist() == [0, 0, 0, 0]
+
+
+def test_letterbox_puts_the_image_in_the_middle_and_padding_never_counts() -> None:
+    roi = RoiConfig(exclude=[[(0.5, 0), (1, 0), (1, 1), (0.5, 1)]])  # right half of a wide image
+    mask = cell_mask(roi, (50, 200), 8, "letterbox")  # image rows 3..4 of 8 after letterboxing
+    assert mask[:3].sum() == 0 and mask[5:].sum() == 0
+    assert mask[3:5, :4].all() and not mask[3:5, 4:].any()
+    squash = cell_mask(roi, (50, 200), 8, "squash")
+    assert squash[:, :4].all() and not squash[:, 4:].any()
+
+
+def test_pixel_units_and_whole_frame() -> None:
+    pixels = RoiConfig(units="pixels", exclude=[[(0, 0), (50, 0), (50, 100), (0, 100)]])
+    assert image_mask(pixels, 100, 100)[:, :50].sum() == 0 and image_mask(pixels, 100, 100)[:, 51:].all()
+    assert cell_mask(RoiConfig(), (30, 40), 4).all()
+    assert pixel_polygons([LABEL], "normalised", 200, 400)[0].tolist() == [[0, 0], [100, 0], [100, 50], [0, 50]]
+
+
+@pytest.mark.parametrize("bad", [{"exclude": [[(0, 0), (1, 1)]]}, {"include": [[(0, 0), (2, 0), (0, 1)]]},
+                                 {"units": "pixels", "exclude": [[(-1, 0), (5, 0), (0, 5)]]}])
+def test_impossible_regions_are_refused(bad: dict) -> None:
+    with pytest.raises((RoiError, ValueError)):
+        RoiConfig.model_validate(bad)
