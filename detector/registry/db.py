@@ -8,6 +8,7 @@ Tables:
                       version is derived from it, so a rollback is always defined and nothing is lost;
 - ``audit``           one row per scored frame (camera, sequence, capture time, model version,
                       thresholds, score, verdict, heatmap key, alert id), indexed by (camera, capture time);
+- ``alert_spans``     which frames each alert covers (from the ``alerts`` topic), to fill ``audit.alert_id``;
 - ``feedback``        operators' marks on a frame or alert: false alarm or real defect.
 
 Tables are created on first use (``create_all`` is idempotent); there are no migrations yet.
@@ -129,6 +130,19 @@ class AuditRecord(Base):
     label: Mapped[str | None] = mapped_column(String(20), nullable=True)
     defect_type: Mapped[str | None] = mapped_column(String(200), nullable=True)
     source_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AlertSpan(Base):
+    """The frames an alert covers, from the ``alerts`` topic: links audit rows to alert ids."""
+
+    __tablename__ = "alert_spans"
+    __table_args__ = (Index("ix_alert_spans_camera", "camera_id", "start_sequence"),)
+
+    alert_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    camera_id: Mapped[str] = mapped_column(String(200))
+    start_sequence: Mapped[int] = mapped_column(BigInteger)
+    end_sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None while firing
+    severity: Mapped[str] = mapped_column(String(50), default="")
 
 
 class Feedback(Base):
