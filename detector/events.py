@@ -39,7 +39,8 @@ class FrameResult(BaseModel):
     anomalous: bool
     threshold: float = Field(description="Image threshold the verdict used (raw score units).")
     model_version: str
-    heatmap_key: str | None = Field(description="Redis key of this frame's heatmap, None if not cached.")
+    heatmap_key: str | None = Field(description="Redis key of this frame's heatmap; None when it is not written "
+                                                "(Redis down, stalled or behind: the write was skipped).")
     latency: Latency
     label: str | None = Field(default=None, description="Ground truth from replay/synthetic sources.")
     defect_type: str | None = None
@@ -64,13 +65,35 @@ class Breach(FrameResult):
     region: DefectRegion
 
 
+MAX_ORIGINAL_HEADER_VALUE = 1024  # bytes kept of each original header value in a dead letter
+MAX_ORIGINAL_HEADERS = 16_384  # bytes of original headers (names and values) kept in a dead letter
+
+
 def dead_letter_headers(*, topic: str, partition: int, offset: int, error_class: str, message: str,
-                        original: list[tuple[str, bytes | None]] | None) -> list[tuple[str, bytes]]:
-    """Headers of a dead-letter record: where it came from and why, plus the original headers."""
+                        original: list[tuple[str, bytes | None]] | None, max_error_bytes: int = 2000,
+                        max_original_bytes: int = MAX_ORIGINAL_HEADERS) -> list[tuple[str, bytes]]:
+    """Headers of a dead-letter record: where it came from and why, plus the original headers.
+
+    Original headers are cut (each value to ``MAX_ORIGINAL_HEADER_VALUE`` bytes, all of them to
+    ``max_original_bytes``; those that do not fit are left out) so that a hostile record's headers
+    cannot make its dead letter too large to produce; ``dl-headers-truncated`` then says how many
+    bytes they had.
+    """
     headers = [
-        ("dl-topic", topic.encode()), ("dl-partition", str(partition).encode()),
-        ("dl-offset", str(offset).encode()), ("dl-error-class", error_class.encode()),
-        ("dl-error", message.encode(errors="replace")[:2000]),
+        ("dl-topic", topic.encode()[:512]), ("dl-partition", str(partition).encode()),
+        ("dl-offset", str(offset).encode()), ("dl-error-class", error_class.encode()[:200]),
+        ("dl-error", message.encode(errors="replace")[:max_error_bytes]),
     ]
-    headers.extend((name, value) for name, value in original or [] if value is not None)
+    kept, total = 0, 0
+    for name, value in original or []:
+        if value is None:
+            continue
+        total += len(name) + len(value)
+        entry = (name[:MAX_ORIGINAL_HEADER_VALUE], value[:MAX_ORIGINAL_HEADER_VALUE])
+        if kept + len(entry[0]) + len(entry[1]) > max_original_bytes:
+            continue
+        kept += len(entry[0]) + len(entry[1])
+        headers.append(entry)
+    if total > kept:
+        headers.append(("dl-headers-truncated", str(total).encode()))
     return headers

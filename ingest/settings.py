@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings
 
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.ingest.wire import CAMERA_ID_PATTERN, LINE_ID_PATTERN
 
 
 class CameraSettings(BaseSettings):
@@ -16,9 +17,9 @@ class CameraSettings(BaseSettings):
 
     model_config = settings_config()
 
-    camera_id: str = Field(default="cam-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    camera_id: str = Field(default="cam-1", pattern=CAMERA_ID_PATTERN,
                            description="Message key; one camera's frames stay in order in one partition.")
-    line_id: str = Field(default="line-1", min_length=1, max_length=64)
+    line_id: str = Field(default="line-1", pattern=LINE_ID_PATTERN)
     source: str = Field(default="synthetic:", description="SOURCE string, see ingest.sources.open_source.")
     fps: float | None = Field(default=None, gt=0, description="Frame rate cap; None: as fast as the source gives.")
     resize: tuple[int, int] | None = Field(default=None, description="(width, height) to resize to before encoding.")

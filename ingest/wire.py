@@ -11,8 +11,8 @@ A frame is one Kafka record:
   header          meaning                                                  required
   ============== ======================================================== ==========
   lw-version      wire-format version, ``1``                               yes
-  lw-camera       camera id (equals the key)                               yes
-  lw-line         production line id                                       yes
+  lw-camera       camera id (equals the key; :data:`CAMERA_ID_PATTERN`)    yes
+  lw-line         production line id (1-64 printable characters)           yes
   lw-seq          sequence number, monotonic per camera across restarts    yes
   lw-capture-ns   capture time, ns since the Unix epoch (UTC)              yes
   lw-encoding     ``jpeg`` | ``png`` | ``raw``                             yes
@@ -25,13 +25,20 @@ A frame is one Kafka record:
   ============== ======================================================== ==========
 
 Decoded images are RGB uint8 arrays of shape (H, W, 3); grayscale becomes 3 channels.
+
+Ids are part of the format: a camera id matches :data:`CAMERA_ID_PATTERN` (the one rule of the
+whole system: the camera's settings, the encoder, the decoder and the alerts API all use it), the
+record key equals it, and text headers are bounded (:data:`MAX_TEXT_HEADER`), so one record can
+never make an output too large to produce, a Redis key unbounded, or a URL path ambiguous.
 Decoding checks the dimensions stored inside the JPEG/PNG *before* decoding, so a small
 file that would expand to a huge bitmap (decompression bomb) is refused cheaply.
 """
 
 from __future__ import annotations
 
+import re
 import struct
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +51,15 @@ ENCODINGS: tuple[str, ...] = ("jpeg", "png", "raw")
 LABELS = ("good", "defect")
 MAX_SIDE = 8192
 MAX_PIXELS = 40_000_000
+# One camera id rule for every layer: starts alphanumeric, then letters, digits, ``.``, ``_``, ``-``;
+# at most 64 characters. No ``/``, ``:``, spaces or control characters (Redis keys, URLs, HTML).
+CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
+MAX_LINE_ID = 64
+LINE_ID_PATTERN = r"^[\x20-\x7e]{1,64}$"  # printable ASCII
+MAX_TEXT_HEADER = 256  # lw-defect-type, lw-source-id
+_PRINTABLE = re.compile(r"^[\x20-\x7e]+$")
+DEFAULT_MAX_FUTURE_SKEW_NS = 300 * 1_000_000_000  # capture clocks may run ahead of ours by this much
 
 
 class WireFormatError(ValueError):
@@ -52,6 +68,19 @@ class WireFormatError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+
+
+def is_valid_camera_id(camera_id: str) -> bool:
+    """True when ``camera_id`` follows :data:`CAMERA_ID_PATTERN`."""
+    return bool(_CAMERA_ID.fullmatch(camera_id))
+
+
+def check_camera_id(camera_id: str) -> str:
+    """``camera_id`` unchanged, or :class:`WireFormatError` ``bad_camera_id`` (value shown shortened)."""
+    if not is_valid_camera_id(camera_id):
+        raise WireFormatError("bad_camera_id", f"camera id {camera_id[:80]!r} (length {len(camera_id)}) does not "
+                                               f"match {CAMERA_ID_PATTERN}")
+    return camera_id
 
 
 @dataclass(frozen=True)
@@ -103,6 +132,9 @@ def encode_frame(image: np.ndarray, *, camera_id: str, line_id: str, sequence: i
                  encoding: Encoding = "jpeg", jpeg_quality: int = 90, label: str | None = None,
                  defect_type: str | None = None, source_id: str | None = None) -> EncodedFrame:
     """Encode ``image`` and build the key and headers of a version-1 frame."""
+    check_camera_id(camera_id)
+    if not re.fullmatch(LINE_ID_PATTERN, line_id):
+        raise WireFormatError("bad_header", f"line id {line_id[:80]!r} does not match {LINE_ID_PATTERN}")
     value = encode_image(image, encoding, jpeg_quality)
     height, width = image.shape[:2]
     meta = FrameMeta(camera_id=camera_id, line_id=line_id, sequence=sequence, capture_ns=capture_ns,
@@ -151,8 +183,16 @@ def _int_header(values: dict[str, str], name: str, low: int, high: int) -> int:
     return number
 
 
-def decode_headers(headers: list[tuple[str, bytes | None]] | None, max_side: int = MAX_SIDE) -> FrameMeta:
-    """Parse and validate the headers of a frame record."""
+def _check_text(values: dict[str, str], name: str, limit: int) -> None:
+    value = values.get(name)
+    if value is not None and (len(value) > limit or not _PRINTABLE.fullmatch(value)):
+        raise WireFormatError("bad_header", f"header {name} ({len(value)} characters) must be 1-{limit} "
+                                            "printable ASCII characters")
+
+
+def decode_headers(headers: list[tuple[str, bytes | None]] | None, max_side: int = MAX_SIDE,
+                   max_pixels: int = MAX_PIXELS) -> FrameMeta:
+    """Parse and validate the headers of a frame record (ids, bounds, dimensions within the limits)."""
     values = _header_map(headers)
     if "lw-version" not in values:
         raise WireFormatError("missing_header", "header lw-version is missing")
@@ -162,6 +202,10 @@ def decode_headers(headers: list[tuple[str, bytes | None]] | None, max_side: int
     for name in ("lw-camera", "lw-line", "lw-encoding"):
         if not values.get(name):
             raise WireFormatError("missing_header", f"header {name} is missing or empty")
+    check_camera_id(values["lw-camera"])
+    _check_text(values, "lw-line", MAX_LINE_ID)
+    _check_text(values, "lw-defect-type", MAX_TEXT_HEADER)
+    _check_text(values, "lw-source-id", MAX_TEXT_HEADER)
     encoding = values["lw-encoding"]
     if encoding not in ENCODINGS:
         raise WireFormatError("bad_header", f"unknown encoding {encoding!r}")
@@ -170,8 +214,9 @@ def decode_headers(headers: list[tuple[str, bytes | None]] | None, max_side: int
         raise WireFormatError("bad_header", f"header lw-label={label!r}; expected one of {LABELS}")
     width = _int_header(values, "lw-width", 1, 1 << 31)
     height = _int_header(values, "lw-height", 1, 1 << 31)
-    if width > max_side or height > max_side or width * height > MAX_PIXELS:
-        raise WireFormatError("oversized", f"{width}x{height} exceeds the limit of {max_side} px a side")
+    if width > max_side or height > max_side or width * height > max_pixels:
+        raise WireFormatError("oversized", f"{width}x{height} exceeds the limit of {max_side} px a side, "
+                                           f"{max_pixels} pixels")
     return FrameMeta(
         camera_id=values["lw-camera"], line_id=values["lw-line"],
         sequence=_int_header(values, "lw-seq", 0, (1 << 63) - 1),
@@ -213,7 +258,8 @@ def probe_dimensions(value: bytes, encoding: str) -> tuple[int, int]:
     raise WireFormatError("undecodable", "truncated JPEG: no frame header found")
 
 
-def decode_image(value: bytes, meta: FrameMeta, max_side: int = MAX_SIDE) -> np.ndarray:
+def decode_image(value: bytes, meta: FrameMeta, max_side: int = MAX_SIDE,
+                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a frame's value to an RGB uint8 (H, W, 3) array, checking it against ``meta``."""
     if not value:
         raise WireFormatError("empty", "the record has no image bytes")
@@ -226,7 +272,7 @@ def decode_image(value: bytes, meta: FrameMeta, max_side: int = MAX_SIDE) -> np.
         width, height = probe_dimensions(value, meta.encoding)
         if width == 0 or height == 0:
             raise WireFormatError("empty", f"the {meta.encoding} stream is {width}x{height}")
-        if width > max_side or height > max_side or width * height > MAX_PIXELS:
+        if width > max_side or height > max_side or width * height > max_pixels:
             raise WireFormatError("oversized", f"the {meta.encoding} stream is {width}x{height} "
                                                f"(limit {max_side} px a side); refusing to decode")
         if (width, height) != (meta.width, meta.height):
@@ -252,8 +298,40 @@ def decode_image(value: bytes, meta: FrameMeta, max_side: int = MAX_SIDE) -> np.
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+class NoKey:
+    """Type of :data:`NO_KEY`: "no record around these headers", distinct from a record without a key."""
+
+
+NO_KEY = NoKey()
+
+
+def check_record(meta: FrameMeta, key: bytes | None, now_ns: int,
+                 max_future_skew_ns: int = DEFAULT_MAX_FUTURE_SKEW_NS) -> None:
+    """Checks that need the record around the headers: key == ``lw-camera``; capture time not in the future.
+
+    A record keyed by another camera would land in that camera's partition and results; a capture
+    time far ahead would make every later real frame look old to per-camera ordering rules.
+    """
+    if key != meta.camera_id.encode():
+        shown = key[:80] if key is not None else None
+        raise WireFormatError("key_mismatch", f"record key {shown!r} is not the lw-camera id {meta.camera_id!r}")
+    if meta.capture_ns > now_ns + max_future_skew_ns:
+        ahead_s = (meta.capture_ns - now_ns) / 1e9
+        raise WireFormatError("future_capture", f"capture time is {ahead_s:.0f}s in the future "
+                                                f"(allowed skew {max_future_skew_ns / 1e9:.0f}s)")
+
+
 def decode_frame(value: bytes | None, headers: list[tuple[str, bytes | None]] | None,
-                 max_side: int = MAX_SIDE) -> tuple[FrameMeta, np.ndarray]:
-    """Validate headers and decode the image of one frame record."""
-    meta = decode_headers(headers, max_side)
-    return meta, decode_image(value or b"", meta, max_side)
+                 max_side: int = MAX_SIDE, *, key: bytes | NoKey | None = NO_KEY, now_ns: int | None = None,
+                 max_future_skew_ns: int = DEFAULT_MAX_FUTURE_SKEW_NS,
+                 max_pixels: int = MAX_PIXELS) -> tuple[FrameMeta, np.ndarray]:
+    """Validate headers, the record key and capture time, and decode the image of one frame record.
+
+    Consumers pass the record's ``key`` (None for a record without one); :data:`NO_KEY` skips the
+    record checks, for tools that only hold a value and headers.
+    """
+    meta = decode_headers(headers, max_side, max_pixels)
+    image = decode_image(value or b"", meta, max_side, max_pixels)
+    if not isinstance(key, NoKey):
+        check_record(meta, key, time.time_ns() if now_ns is None else now_ns, max_future_skew_ns)
+    return meta, image

@@ -15,7 +15,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from linewatch.ingest.wire import MAX_PIXELS, FrameMeta, WireFormatError, decode_headers, decode_image, probe_dimensions
+from linewatch.ingest.wire import (
+    DEFAULT_MAX_FUTURE_SKEW_NS,
+    MAX_PIXELS,
+    MAX_SIDE,
+    FrameMeta,
+    WireFormatError,
+    check_record,
+    decode_headers,
+    decode_image,
+    probe_dimensions,
+)
 
 DecodeBackend = Literal["cpu", "gpu"]
 
@@ -32,6 +42,36 @@ class Record:
     headers: list[tuple[str, bytes | None]] | None
     timestamp_ms: int  # broker/producer timestamp, for queue latency
     received_ns: int
+    generation: int = 0  # the partition's assignment generation when consumed (OffsetTracker)
+
+
+@dataclass(frozen=True)
+class RecordPolicy:
+    """What a record must satisfy beyond the wire format: size limits, clock skew, allowed cameras."""
+
+    max_side: int = MAX_SIDE
+    max_pixels: int = MAX_PIXELS
+    max_future_skew_ns: int = DEFAULT_MAX_FUTURE_SKEW_NS
+    allowed_cameras: frozenset[str] | None = None  # None: every camera id that follows the id rule
+
+    def headers(self, record: Record) -> FrameMeta:
+        """The record's headers, validated against the wire format and the size limits."""
+        return decode_headers(record.headers, self.max_side, self.max_pixels)
+
+    def check(self, record: Record, meta: FrameMeta) -> None:
+        """The record around the headers: key == camera id, capture time, allow-list."""
+        check_record(meta, record.key, record.received_ns, self.max_future_skew_ns)
+        if self.allowed_cameras is not None and meta.camera_id not in self.allowed_cameras:
+            raise WireFormatError("camera_not_allowed", f"camera {meta.camera_id!r} is not on the allow-list")
+
+
+def header_pixels(headers: list[tuple[str, bytes | None]] | None) -> int:
+    """lw-width x lw-height as claimed (0 when absent or unparseable): decode enforces that the stream agrees."""
+    values = dict(headers or [])
+    try:
+        return max(0, int(values.get("lw-width") or b"0")) * max(0, int(values.get("lw-height") or b"0"))
+    except ValueError:
+        return 0
 
 
 @dataclass
@@ -70,11 +110,12 @@ def select_decode_backend(mode: str, device_type: str) -> DecodeBackend:
     raise ValueError(f"unknown decode_mode {mode!r}; expected cpu, gpu or auto")
 
 
-def _decode_cpu(record: Record, max_side: int) -> Outcome:
+def _decode_cpu(record: Record, policy: RecordPolicy) -> Outcome:
     start = time.perf_counter()
     try:
-        meta = decode_headers(record.headers, max_side)
-        image = decode_image(record.value or b"", meta, max_side)
+        meta = policy.headers(record)
+        image = decode_image(record.value or b"", meta, policy.max_side, policy.max_pixels)
+        policy.check(record, meta)
     except WireFormatError as exc:
         return Rejected(record, exc.reason, str(exc))
     except Exception as exc:
@@ -82,22 +123,24 @@ def _decode_cpu(record: Record, max_side: int) -> Outcome:
     return DecodedFrame(record, meta, image, (time.perf_counter() - start) * 1000)
 
 
-def _check_headers_gpu(record: Record, max_side: int) -> Outcome:
+def _check_headers_gpu(record: Record, policy: RecordPolicy) -> Outcome:
     """Headers and the stream's own dimensions, checked on CPU before nvJPEG sees the bytes."""
     start = time.perf_counter()
+    max_side = policy.max_side
     try:
-        meta = decode_headers(record.headers, max_side)
+        meta = policy.headers(record)
         if meta.encoding != "jpeg":
-            return _decode_cpu(record, max_side)
+            return _decode_cpu(record, policy)
         value = record.value or b""
         if not value:
             raise WireFormatError("empty", "the record has no image bytes")
         width, height = probe_dimensions(value, "jpeg")
-        if width > max_side or height > max_side or width * height > MAX_PIXELS:
+        if width > max_side or height > max_side or width * height > policy.max_pixels:
             raise WireFormatError("oversized", f"the jpeg stream is {width}x{height}; refusing to decode")
         if (width, height) != (meta.width, meta.height):
             raise WireFormatError("dimension_mismatch",
                                   f"stream is {width}x{height}, headers say {meta.width}x{meta.height}")
+        policy.check(record, meta)
     except WireFormatError as exc:
         return Rejected(record, exc.reason, str(exc))
     return DecodedFrame(record, meta, None, (time.perf_counter() - start) * 1000)
@@ -153,16 +196,16 @@ class Decoder:
     """Thread pool that decodes batches; one instance per service."""
 
     def __init__(self, workers: int, backend: DecodeBackend = "cpu", device: Any = None,
-                 max_side: int = 8192) -> None:
+                 policy: RecordPolicy | None = None) -> None:
         self.backend = backend
         self._device = device
-        self._max_side = max_side
+        self._policy = policy or RecordPolicy()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detector-decode")
 
     def submit(self, records: Sequence[Record]) -> PendingBatch:
         """Start decoding ``records``; returns at once."""
         work = _check_headers_gpu if self.backend == "gpu" else _decode_cpu
-        futures = [self._pool.submit(work, record, self._max_side) for record in records]
+        futures = [self._pool.submit(work, record, self._policy) for record in records]
         return PendingBatch(futures, self.backend, self._device)
 
     def close(self) -> None:

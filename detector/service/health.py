@@ -1,4 +1,9 @@
-"""HTTP endpoint of a detector: ``/metrics`` (Prometheus), ``/healthz`` (loop alive), ``/readyz``."""
+"""HTTP endpoint of a detector: ``/metrics`` (Prometheus), ``/healthz`` (loop alive), ``/readyz``.
+
+Readiness follows health: a detector that is not healthy (stalled loop, dead worker) is never
+ready, so it leaves the Service's endpoints at the same time as its liveness probe starts failing.
+The endpoint has no authentication: it listens on 127.0.0.1 unless configured otherwise.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +22,31 @@ class HealthState:
         self.assigned = False
         self.stopping = False
         self.stall_after_s = stall_after_s
+        self.failure: str | None = None
         self._beat = time.monotonic()
 
     def beat(self) -> None:
         """The loop is alive (called every iteration)."""
         self._beat = time.monotonic()
 
+    def fail(self, reason: str) -> None:
+        """The process cannot serve any more (e.g. its worker died); it is about to exit."""
+        self.failure = self.failure or reason
+
     def healthy(self) -> tuple[bool, str]:
-        """Alive unless the loop has not turned for ``stall_after_s``."""
+        """Alive unless something failed or the loop has not turned for ``stall_after_s``."""
+        if self.failure is not None:
+            return False, self.failure
         idle = time.monotonic() - self._beat
         if idle > self.stall_after_s:
             return False, f"consumer loop stalled for {idle:.0f}s"
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
-        """Ready once the model is loaded and the group gave us partitions."""
+        """Ready once the model is loaded and the group gave us partitions, and only while healthy."""
+        ok, why = self.healthy()
+        if not ok:
+            return False, why
         if self.stopping:
             return False, "stopping"
         if not self.model_loaded:

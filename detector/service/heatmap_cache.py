@@ -1,10 +1,17 @@
 """Redis heatmap cache (key schema in :mod:`detector.cache_keys`), written off the result path.
 
 Batches of heatmaps go through a bounded queue to one writer thread that renders the PNGs and
-writes each batch in one pipeline. Results never wait for Redis: when the queue is full or Redis
-is down the batch is skipped and counted, and the writer retries with exponential backoff.
+writes each batch in one pipeline. Results never wait for Redis. A result carries a
+``heatmap_key`` only when its batch was queued to a healthy writer; a queued batch is written
+even across a Redis outage (the writer retries it with exponential backoff and full jitter, so
+detectors do not reconnect in lockstep). While Redis is down, the writer is stuck on one write
+for ``stall_after_s``, or the queue is full, new batches are skipped and counted, and their keys
+are reported by :meth:`HeatmapCache.take_skipped` so their results go out without a key. Only
+frames downscaled to the overlay size wait in the queue, never full-resolution ones.
 Memory stays bounded: the latest N heatmaps per camera (older non-breach heatmaps are deleted
-when they fall off the list), a TTL on every heatmap, a longer TTL for breaches.
+when they fall off the list), a TTL on every heatmap, a longer TTL for breaches, and a TTL on
+every per-camera key (``latest``, ``recent``) and the cameras set, refreshed on each write, so
+the keys of a camera that stops sending go away.
 """
 
 from __future__ import annotations
@@ -12,13 +19,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
 import numpy as np
+import redis
 
 from linewatch.common import cache_keys
 from linewatch.common.redis_settings import RedisSettings
@@ -61,12 +70,20 @@ def render_map_png(anomaly_map: np.ndarray, size: int) -> tuple[bytes, float]:
     return bytes(buf.tobytes()), scale
 
 
-def render_overlay_png(image: np.ndarray, anomaly_map: np.ndarray, colour_scale: float, max_side: int) -> bytes:
-    """PNG of the frame with the map in JET colours blended on top (map / colour_scale clipped to [0, 1])."""
+def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` with its longer side at most ``max_side`` (area interpolation, aspect kept)."""
     height, width = image.shape[:2]
     factor = min(1.0, max_side / max(height, width))
+    if factor >= 1:
+        return image
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    frame = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if factor < 1 else image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def render_overlay_png(image: np.ndarray, anomaly_map: np.ndarray, colour_scale: float, max_side: int) -> bytes:
+    """PNG of the frame with the map in JET colours blended on top (map / colour_scale clipped to [0, 1])."""
+    frame = downscale(image, max_side)
+    size = (frame.shape[1], frame.shape[0])
     heat = cv2.resize(anomaly_map.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
     heat_u8 = np.clip(heat / max(colour_scale, 1e-12) * 255, 0, 255).astype(np.uint8)
     colour = cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET)  # BGR
@@ -82,8 +99,14 @@ class HeatmapCache:
 
     def __init__(self, settings: RedisSettings, metrics: DetectorMetrics, *, per_camera: int, ttl_s: int,
                  breach_ttl_s: int, map_size: int = 64, overlay_max_side: int = 256, colour_scale: float = 1.0,
-                 queue_batches: int = 8, backoff_initial_s: float = 0.25, backoff_max_s: float = 5.0) -> None:
+                 queue_batches: int = 8, backoff_initial_s: float = 0.25, backoff_max_s: float = 5.0,
+                 camera_ttl_s: int = 86_400, stall_after_s: float = 1.0) -> None:
         self.prefix = settings.key_prefix
+        self._camera_ttl_s = camera_ttl_s
+        self._stall_after_s = stall_after_s
+        self._writing_since: float | None = None
+        self._skipped: set[str] = set()
+        self._skipped_lock = threading.Lock()
         self._client: Any = settings.client()
         self._metrics = metrics
         self._per_camera = per_camera
@@ -93,7 +116,7 @@ class HeatmapCache:
         self._queue: queue.Queue[list[HeatmapEntry] | None] = queue.Queue(maxsize=queue_batches)
         self._backoff_initial_s, self._backoff_max_s = backoff_initial_s, backoff_max_s
         self._backoff_s = backoff_initial_s
-        self._down_until = 0.0
+        self._closing = threading.Event()
         self.available = True
         self._evict = self._client.register_script(_EVICT_LUA)
         self._thread = threading.Thread(target=self._run, name="detector-heatmaps", daemon=True)
@@ -104,23 +127,45 @@ class HeatmapCache:
         return self
 
     def key_for(self, camera_id: str, sequence: int) -> str | None:
-        """The heatmap key a result should carry: None while Redis is known to be down."""
-        return cache_keys.heatmap_key(self.prefix, camera_id, sequence) if self.available else None
+        """The heatmap key a result should carry: None while Redis is down (probing) or the writer stalled."""
+        return cache_keys.heatmap_key(self.prefix, camera_id, sequence) if self._accepting() else None
+
+    def _accepting(self) -> bool:
+        """Whether a submitted batch would be queued: Redis answering and the writer not stuck on a batch."""
+        since = self._writing_since
+        return self.available and (since is None or time.monotonic() - since <= self._stall_after_s)
 
     def submit(self, entries: list[HeatmapEntry]) -> None:
-        """Queue a batch; never blocks (a full queue or a down Redis skips and counts it)."""
+        """Queue a batch (frames downscaled first); never blocks.
+
+        A full queue, a down Redis or a stalled writer skips the batch: counted, and its keys
+        reported by :meth:`take_skipped`.
+        """
         if not entries:
             return
-        if not self.available and time.monotonic() < self._down_until:
-            self._metrics.heatmap_writes_skipped.inc(len(entries))
-            return
-        try:
-            self._queue.put_nowait(entries)
-        except queue.Full:
-            self._metrics.heatmap_writes_skipped.inc(len(entries))
+        if self._accepting():
+            small = [replace(e, image=downscale(e.image, self._overlay_max_side)) for e in entries]
+            try:
+                self._queue.put_nowait(small)
+                return
+            except queue.Full:
+                pass
+        self._skip(entries)
+
+    def _skip(self, entries: list[HeatmapEntry]) -> None:
+        self._metrics.heatmap_writes_skipped.inc(len(entries))
+        with self._skipped_lock:
+            self._skipped.update(cache_keys.heatmap_key(self.prefix, e.camera_id, e.sequence) for e in entries)
+
+    def take_skipped(self) -> set[str]:
+        """Heatmap keys skipped since the last call (their results must not announce them)."""
+        with self._skipped_lock:
+            skipped, self._skipped = self._skipped, set()
+        return skipped
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Write what is queued (within ``timeout_s``) and stop the thread."""
+        self._closing.set()
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout_s)
         self._thread.join(timeout_s)
@@ -130,24 +175,45 @@ class HeatmapCache:
             entries = self._queue.get()
             if entries is None:
                 return
-            if not self.available and time.monotonic() < self._down_until:
-                self._metrics.heatmap_writes_skipped.inc(len(entries))
-                continue
-            try:
-                self.write(entries)
-            except Exception as exc:  # redis errors, OSError, a render bug: skip the batch, never stop
-                self._metrics.redis_errors.inc()
-                self._metrics.heatmap_writes_skipped.inc(len(entries))
-                if self.available:
-                    log.warning("heatmap cache unavailable (%s); results continue without heatmaps", exc)
-                self.available = False
-                self._down_until = time.monotonic() + self._backoff_s
-                self._backoff_s = min(self._backoff_max_s, self._backoff_s * 2)
-            else:
+            self._write_until_done(entries)
+
+    def _write_until_done(self, entries: list[HeatmapEntry]) -> None:
+        """Write a queued batch, retrying while Redis fails: its keys were announced in results.
+
+        Meanwhile (writer stalled or Redis down) :meth:`submit` skips new batches, so only the
+        batches already queued wait; they are written once Redis answers again. Only a bug in
+        rendering, or stopping the detector, drops a queued batch (its keys are then reported).
+        """
+        self._writing_since = time.monotonic()
+        try:
+            while True:
+                try:
+                    self.write(entries)
+                except (redis.RedisError, OSError) as exc:
+                    self._metrics.redis_errors.inc()
+                    if self.available:
+                        log.warning("heatmap cache unavailable (%s); results continue without heatmaps", exc)
+                    self.available = False
+                    # Full jitter (AWS architecture blog): wait uniformly in [0, backoff] so a fleet
+                    # of detectors does not retry in lockstep once Redis is back.
+                    delay = random.uniform(0, self._backoff_s)
+                    self._backoff_s = min(self._backoff_max_s, self._backoff_s * 2)
+                    if self._closing.wait(delay):
+                        self._skip(entries)
+                        return
+                    continue
+                except Exception:  # a render bug: skip the batch, never stop the writer
+                    log.exception("could not render %d heatmaps; skipped", len(entries))
+                    self._metrics.redis_errors.inc()
+                    self._skip(entries)
+                    return
                 if not self.available:
                     log.info("heatmap cache reachable again")
                 self.available = True
                 self._backoff_s = self._backoff_initial_s
+                return
+        finally:
+            self._writing_since = None
 
     def write(self, entries: list[HeatmapEntry]) -> None:
         """Render and write one batch in one pipeline (plus one eviction call when lists overflow)."""
@@ -169,20 +235,23 @@ class HeatmapCache:
         for camera, cam_entries in by_camera.items():
             cam_entries.sort(key=lambda e: e.sequence)
             newest = cam_entries[-1]
-            recent = cache_keys.recent_key(self.prefix, camera)
+            recent, latest = cache_keys.recent_key(self.prefix, camera), cache_keys.latest_key(self.prefix, camera)
             pipe.lpush(recent, *(cache_keys.heatmap_key(self.prefix, camera, e.sequence) for e in cam_entries))
             pipe.lrange(recent, self._per_camera, -1)
             pipe.ltrim(recent, 0, self._per_camera - 1)
-            pipe.hset(cache_keys.latest_key(self.prefix, camera), mapping={
+            pipe.expire(recent, self._camera_ttl_s)
+            pipe.hset(latest, mapping={
                 "line_id": newest.line_id, "sequence": newest.sequence, "capture_ns": newest.capture_ns,
                 "image_score": repr(newest.image_score), "normalised_score": repr(newest.normalised_score),
                 "anomalous": int(newest.anomalous),
                 "heatmap_key": cache_keys.heatmap_key(self.prefix, camera, newest.sequence), "updated_ns": now_ns,
             })
+            pipe.expire(latest, self._camera_ttl_s)
             pipe.sadd(cache_keys.cameras_key(self.prefix), camera)
+        pipe.expire(cache_keys.cameras_key(self.prefix), self._camera_ttl_s)
         replies = pipe.execute()
-        # Each camera block is 5 replies; its LRANGE (the evicted keys) is the 2nd.
-        tail = replies[2 * len(entries):]
-        evicted = [key for i in range(0, len(tail), 5) for key in tail[i + 1]]
+        # Each camera block is 7 replies; its LRANGE (the evicted keys) is the 2nd.
+        tail = replies[2 * len(entries):-1]
+        evicted = [key for i in range(0, len(tail), 7) for key in tail[i + 1]]
         if evicted:
             self._evict(keys=evicted)

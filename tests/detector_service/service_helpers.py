@@ -37,6 +37,8 @@ def settings_for(bootstrap: str, redis_url: str, topics: dict[str, str], unique:
         "model": model, "device": "cpu", "group_id": f"det-{unique}", "session_timeout_ms": 6000,
         "metrics_port": 0, "metrics_host": "127.0.0.1", "max_batch_size": 8, "max_wait_ms": 30,
         "statistics_interval_ms": 1000, "torch_threads": 1,
+        # Short lifetimes: a test run must not leave week-long keys in the machine's Redis.
+        "heatmap_ttl_s": 60, "breach_ttl_s": 300, "camera_key_ttl_s": 300,
     }
     values.update(overrides)
     return DetectorSettings(**values)  # type: ignore[arg-type]

@@ -103,9 +103,9 @@ def test_every_frame_yields_one_result_bad_frames_are_dead_lettered(bootstrap: s
         key = cache_keys.heatmap_key(prefix, "cam-0", seq)
         ttl = client.ttl(key)
         if anomalous:
-            assert 600 < ttl <= 7 * 24 * 3600, (seq, ttl)
+            assert 60 < ttl <= 300, (seq, ttl)  # breach_ttl_s of settings_for
         elif seq >= 6:
-            assert 0 < ttl <= 600, (seq, ttl)
+            assert 0 < ttl <= 60, (seq, ttl)
         else:
             assert ttl == -2, f"evicted ordinary heatmap {key} still exists"
     assert json.loads(results[0].value())["heatmap_key"] is not None

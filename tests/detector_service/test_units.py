@@ -87,20 +87,20 @@ def test_batch_drop_removes_revoked_items_and_resets_the_clock_when_empty() -> N
 def test_offsets_advance_only_over_a_fully_acknowledged_prefix() -> None:
     tracker = OffsetTracker()
     tp = ("frames", 0)
-    for offset in (5, 6, 7):
-        tracker.track(tp, offset)
-    tracker.add_output(tp, 6)
-    tracker.release(tp, 6)  # guard released but its output not yet acknowledged
-    tracker.release(tp, 7)
+    g = tracker.track(tp, 5)
+    assert tracker.track(tp, 6) == tracker.track(tp, 7) == g
+    tracker.add_output(tp, 6, g)
+    tracker.release(tp, 6, g)  # guard released but its output not yet acknowledged
+    tracker.release(tp, 7, g)
     assert tracker.take_ready() == {}
-    tracker.add_output(tp, 5)
-    tracker.add_output(tp, 5)  # result + breach
-    tracker.release(tp, 5)
-    tracker.ack(tp, 5)
+    tracker.add_output(tp, 5, g)
+    tracker.add_output(tp, 5, g)  # result + breach
+    tracker.release(tp, 5, g)
+    tracker.ack(tp, 5, g)
     assert tracker.take_ready() == {}  # the breach of 5 is still in flight
-    tracker.ack(tp, 5)
+    tracker.ack(tp, 5, g)
     assert tracker.take_ready() == {tp: 6}  # 6 waits for its output, 7 waits behind it
-    tracker.ack(tp, 6)
+    tracker.ack(tp, 6, g)
     assert tracker.take_ready() == {tp: 8}
     assert tracker.in_flight() == 0
 
@@ -108,14 +108,14 @@ def test_offsets_advance_only_over_a_fully_acknowledged_prefix() -> None:
 def test_offsets_are_independent_per_partition_and_failure_blocks_the_partition() -> None:
     tracker = OffsetTracker()
     a, b = ("frames", 0), ("frames", 1)
-    tracker.track(a, 0)
-    tracker.track(b, 10)
-    tracker.release(b, 10)
+    ga = tracker.track(a, 0)
+    gb = tracker.track(b, 10)
+    tracker.release(b, 10, gb)
     assert tracker.take_ready() == {b: 11}
-    tracker.add_output(a, 0)
-    tracker.release(a, 0)
+    tracker.add_output(a, 0, ga)
+    tracker.release(a, 0, ga)
     tracker.fail(a)
-    tracker.ack(a, 0)
+    tracker.ack(a, 0, ga)
     assert tracker.take_ready() == {}
     assert tracker.failed == {a}
     with pytest.raises(ValueError):
@@ -132,20 +132,23 @@ def test_offset_tracker_stays_bounded_after_many_acknowledged_frames() -> None:
     tps = [("frames", p) for p in range(4)]
     for start in range(0, 20_000, 16):  # batches of 16 frames, two outputs each
         batch = [(tps[i % 4], i) for i in range(start, start + 16)]
+        generations = {}
         for tp, offset in batch:
-            tracker.track(tp, offset)
-            tracker.add_output(tp, offset)
-            tracker.add_output(tp, offset)
-            tracker.release(tp, offset)
+            generations[tp] = g = tracker.track(tp, offset)
+            tracker.add_output(tp, offset, g)
+            tracker.add_output(tp, offset, g)
+            tracker.release(tp, offset, g)
         acks = [item for item in batch for _ in range(2)]
         for k in rng.permutation(len(acks)):
-            tracker.ack(*acks[k])
+            tp, offset = acks[k]
+            tracker.ack(tp, offset, generations[tp])
         assert tracker.in_flight() == 0
         tracker.take_ready()
     assert all(not frames for frames in tracker._pending.values())
-    assert len(tracker._pending) == len(tracker._last) == 4 and not tracker._ready and not tracker._failed
+    assert len(tracker._pending) == len(tracker._last) == len(tracker._generation) == 4
+    assert not tracker._ready and not tracker._failed
     tracker.forget(tps)
-    assert not (tracker._pending or tracker._last or tracker._ready)
+    assert not (tracker._pending or tracker._last or tracker._ready or tracker._generation)
 
 
 def test_region_summary_scales_to_the_image_and_finds_the_peak() -> None:
@@ -173,7 +176,7 @@ def test_decode_backend_selection() -> None:
 
 
 def _record(value: bytes | None, headers: list[tuple[str, bytes | None]] | None, offset: int = 0) -> Record:
-    return Record("frames", 0, offset, b"cam", value, headers, 0, 0)
+    return Record("frames", 0, offset, b"cam", value, headers, 0, 10**18)
 
 
 def test_cpu_decoder_rejects_each_bad_frame_with_its_reason_and_decodes_the_rest() -> None:
