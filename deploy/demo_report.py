@@ -51,6 +51,7 @@ def accuracy(results: list[FrameResult]) -> dict[str, Any]:
             caught[1] += 1
     labelled = [r for r in results if r.label in ("good", "defect")]
     return {
+        "operating_point_1pct": operating_point(labelled, 0.01),
         "labelled_frames": tp + fn + fp + tn,
         # Threshold-free: how well the line's scores rank defective above good frames.
         "image_auroc": _round(_auroc(labelled)), "true_positives": tp, "false_negatives": fn,
@@ -59,6 +60,29 @@ def accuracy(results: list[FrameResult]) -> dict[str, Any]:
         "recall_by_defect_type": {t: {"caught": c, "of": n, "recall": _rate(c, n)}
                                   for t, (c, n) in sorted(by_type.items())},
     }
+
+
+def operating_point(labelled: list[FrameResult], rate: float) -> dict[str, Any] | None:
+    """Recall per defect type and false alarms at the threshold that passes ``rate`` of the line's good frames.
+
+    The plant's view: set the threshold where the good parts on this line raise ``rate`` false alarms
+    (measured afterwards from the replay's truth, so it is an upper bound of what calibration can reach).
+    """
+    good = np.array([r.image_score for r in labelled if r.label == "good"], dtype=float)
+    if good.size == 0 or not any(r.label == "defect" for r in labelled):
+        return None
+    threshold = float(np.quantile(good, 1.0 - rate, method="higher"))
+    by_type: dict[str, list[int]] = {}
+    for r in labelled:
+        if r.label == "defect":
+            counts = by_type.setdefault(r.defect_type or "unknown", [0, 0])
+            counts[0] += int(r.image_score > threshold)
+            counts[1] += 1
+    caught = sum(c for c, _ in by_type.values())
+    return {"false_alarm_rate": _rate(int((good > threshold).sum()), good.size),
+            "recall": _rate(caught, sum(n for _, n in by_type.values())),
+            "recall_by_defect_type": {t: {"caught": c, "of": n, "recall": _rate(c, n)}
+                                      for t, (c, n) in sorted(by_type.items())}}
 
 
 def _round(value: float | None) -> float | None:
@@ -201,7 +225,16 @@ def format_text(summary: dict[str, Any]) -> str:
         f"(at the model's calibrated threshold); image AUROC of the line's scores {_fmt(acc.get('image_auroc'))}",
         "recall by defect type: " + (", ".join(f"{k} {v['caught']}/{v['of']}"
                                                for k, v in acc["recall_by_defect_type"].items()) or "-"),
+        _operating_point_line(acc.get("operating_point_1pct")),
         f"throughput: offered {t['offered_frames_per_s']} frames/s, processed {_fmt(t['processed_frames_per_s'])} "
         f"frames/s; end-to-end latency p50 {_fmt(lat['p50'])} ms, p99 {_fmt(lat['p99'])} ms",
     ]
     return "\n".join(lines)
+
+
+def _operating_point_line(point: dict[str, Any] | None) -> str:
+    if point is None:
+        return "at 1% false alarms on the line's good frames: - (needs good and defective frames)"
+    types = ", ".join(f"{k} {v['caught']}/{v['of']}" for k, v in point["recall_by_defect_type"].items())
+    return (f"at 1% false alarms on the line's good frames (false-alarm rate {_fmt(point['false_alarm_rate'])}): "
+            f"recall {_fmt(point['recall'])}; by defect type: {types or '-'}")

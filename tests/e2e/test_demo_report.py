@@ -58,3 +58,21 @@ def test_summary_without_ground_truth_or_results_reports_none_not_a_crash() -> N
     assert summary["accuracy"]["recall"] is None and summary["accuracy"]["false_alarm_rate"] is None
     assert summary["latency_ms"]["p50"] is None and summary["throughput"]["processed_frames_per_s"] is None
     assert "recall -" in format_text(summary)
+
+
+def _scored(seq: int, label: str, score: float, defect_type: str) -> FrameResult:
+    return _result(seq, label, False, defect_type=defect_type).model_copy(update={"image_score": score})
+
+
+def test_operating_point_sets_the_threshold_on_the_lines_good_frames() -> None:
+    # 200 good frames scoring 0..199: at 1% false alarms the threshold is 198 (2 goods above it would be 1%).
+    results = [_scored(i, "good", float(i), "good") for i in range(200)]
+    results += [_scored(1000 + i, "defect", s, t) for i, (s, t) in
+                enumerate([(250.0, "crack"), (198.0, "crack"), (199.5, "blob"), (10.0, "blob")])]
+    summary = summarise(Collected(results=results), sent=204, captured=204, dropped=0, started_ns=0,
+                        stopped_ns=1_000_000_000, extra={})
+    point = summary["accuracy"]["operating_point_1pct"]
+    assert point["false_alarm_rate"] == 0.005  # only 199 is above 198
+    assert point["recall_by_defect_type"] == {"blob": {"caught": 1, "of": 2, "recall": 0.5},
+                                              "crack": {"caught": 1, "of": 2, "recall": 0.5}}
+    assert "at 1% false alarms" in format_text(summary) and "blob 1/2" in format_text(summary)
