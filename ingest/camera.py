@@ -2,7 +2,7 @@
 
 Capture and publishing run in separate threads so a slow broker never stalls a live camera: the
 bounded queue between them either drops its oldest frame (counted as ``queue_full``) or blocks the
-capture, as configured. Source faults are retried with exponential backoff; the loop never exits on
+capture, as configured. Source faults are retried with exponential backoff (full jitter); the loop never exits on
 one. ``run_camera`` is the public, blocking entry point.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class Camera:
         self._producer = producer
         self._max_frames: int | None = None
         self._labels = {"camera": settings.camera_id}
+        self._rng = random.Random()
 
     def _drop(self, reason: str) -> None:
         self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
@@ -90,7 +92,9 @@ class Camera:
             self._abort.wait(min(left, 0.05))
 
     def _wait_backoff(self, delay: float) -> float:
-        self._sleep(delay)
+        """Wait a full-jitter time in [0, delay] (cameras that lost the same server do not retry in lockstep);
+        returns the next ceiling, doubled up to ``reopen_max_s``."""
+        self._sleep(self._rng.uniform(0.0, delay))
         return min(delay * 2, self.settings.reopen_max_s)
 
     def _enqueue(self, frame: CapturedFrame) -> None:
@@ -221,9 +225,11 @@ class Camera:
             except TopicError as exc:
                 log.warning("camera %s: %s; publishing anyway (delivery errors will show if it is missing)",
                             s.camera_id, exc)
-        producer = self._producer or FrameProducer(s.kafka, s.topics.frames, self.metrics,
-                                                   client_id=f"linewatch-camera-{s.camera_id}",
-                                                   max_message_bytes=s.max_message_bytes)
+        # "is None", not "or": a FrameProducer with nothing in flight has len() 0 and is falsy, which silently
+        # replaced a caller's producer with a new one (and made the back-pressure test flaky).
+        producer = self._producer if self._producer is not None else FrameProducer(
+            s.kafka, s.topics.frames, self.metrics, client_id=f"linewatch-camera-{s.camera_id}",
+            max_message_bytes=s.max_message_bytes)
         sequences = SequenceStore(s.state_dir, s.camera_id, s.sequence_block)
         acked0, bytes0, failed0 = producer.acked, producer.acked_bytes, producer.failed
         self._max_frames = max_frames

@@ -7,6 +7,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -14,7 +15,7 @@ from confluent_kafka import Message
 
 from linewatch.common.topics import ensure_topics
 from linewatch.deploy.local import free_port
-from linewatch.ingest.camera import run_camera
+from linewatch.ingest.camera import Camera, run_camera
 from linewatch.ingest.metrics import CameraMetrics, serve_metrics
 from linewatch.ingest.producer import FrameProducer
 from linewatch.ingest.settings import CameraSettings
@@ -147,35 +148,94 @@ def test_flaky_source_is_reopened_without_losing_frames(camera_settings: Setting
         [str(i) for i in range(1, 13)]
 
 
-class SlowProducer(FrameProducer):
-    """The real producer, deliberately slow: each send takes 30 ms."""
+class GatedProducer(FrameProducer):
+    """The real producer, whose first send blocks until the capture thread has captured ``release_after``
+    frames: the queue is then certainly full, whatever the machine's speed (no sleeps, no timing)."""
+
+    def __init__(self, *args: Any, metrics: CameraMetrics, camera: str, release_after: int, **kwargs: Any) -> None:
+        super().__init__(*args, metrics, **kwargs)
+        self.watched, self.camera, self.release_after = metrics, camera, release_after
+        self.released = threading.Event()
+
+    def captured(self) -> float:
+        return self.watched.value("linewatch_camera_frames_captured_total", camera=self.camera)
 
     def send(self, frame: EncodedFrame, stop_event: threading.Event | None = None,
              give_up_after_stop_s: float = 30.0) -> bool:
-        time.sleep(0.03)
+        if not self.released.is_set():
+            deadline = time.monotonic() + 60
+            while self.captured() < self.release_after:
+                assert time.monotonic() < deadline, "the capture thread never filled the queue"
+                time.sleep(0.01)  # polling a condition with a deadline, not a timing assumption
+            self.released.set()
         return super().send(frame, stop_event, give_up_after_stop_s)
 
 
 def test_back_pressure_policy_is_visible_in_metrics(camera_settings: Settings, read_topic: ReadTopic) -> None:
     dropping = camera_settings(camera_id="fast-cam", queue_size=2, queue_policy="drop-oldest", partitions=1)
     metrics = CameraMetrics()
-    producer = SlowProducer(dropping.kafka, dropping.topics.frames, metrics)
+    producer = GatedProducer(dropping.kafka, dropping.topics.frames, metrics=metrics, camera="fast-cam",
+                             release_after=30)
     stats = run_camera(dropping, SyntheticSource(size=24, count=30), metrics=metrics, producer=producer)
     dropped = metrics.value("linewatch_camera_frames_dropped_total", camera="fast-cam", reason="queue_full")
-    assert stats.captured == 30 and dropped == stats.dropped["queue_full"] > 0
-    assert stats.sent + dropped == 30
+    # The send blocked until all 30 were captured, so the queue (2) kept only the two newest, plus the frame
+    # in the blocked send if the publisher took one before the capture thread finished: 27 or 28 dropped.
+    assert stats.captured == 30 and dropped == stats.dropped["queue_full"] == 30 - stats.sent
+    assert stats.sent in (2, 3)
     assert metrics.value("linewatch_camera_frames_captured_total", camera="fast-cam") == 30
     assert metrics.value("linewatch_camera_frames_sent_total", camera="fast-cam") == stats.sent
     sent = read_topic(dropping.topics.frames, stats.sent)
     assert [int(headers_of(r)["lw-seq"]) for r in sent] == list(range(stats.sent))
     ids = [int(headers_of(r)["lw-source-id"].split("-")[1]) for r in sent]
-    assert ids == sorted(ids) and ids[-1] == 29  # the newest frame survives, the oldest were dropped
+    assert ids == sorted(ids) and ids[-2:] == [28, 29]  # the newest frames survive, the oldest were dropped
 
     blocking = camera_settings(camera_id="blocking-cam", queue_size=2, queue_policy="block")
-    producer = SlowProducer(blocking.kafka, blocking.topics.frames, metrics)
+    producer = GatedProducer(blocking.kafka, blocking.topics.frames, metrics=metrics, camera="blocking-cam",
+                             release_after=3)  # 1 in the send, 2 in the queue: the capture now blocks
     stats = run_camera(blocking, SyntheticSource(size=24, count=20), metrics=metrics, producer=producer)
     assert stats.sent == 20 and stats.dropped == {}
     assert metrics.value("linewatch_camera_frames_dropped_total", camera="blocking-cam", reason="queue_full") == 0
+
+
+class NeverOpens(Source):
+    """A source whose server is down: every open fails."""
+
+    @property
+    def description(self) -> str:
+        return "unreachable test source"
+
+    def open(self) -> None:
+        raise SourceError("connection refused")
+
+    def read(self) -> CapturedFrame | None:
+        return None
+
+
+class RecordingCamera(Camera):
+    """A camera that records how long each reopen backoff would wait, and stops after ``waits`` of them."""
+
+    def __init__(self, *args: Any, waits: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waited: list[float] = []
+        self.waits = waits
+
+    def _sleep(self, seconds: float) -> None:
+        self.waited.append(seconds)
+        if len(self.waited) >= self.waits:
+            self.stop_event.set()
+
+
+def test_reopen_backoff_has_full_jitter(camera_settings: Settings) -> None:
+    """After an outage every camera retried at 0.5, 1, 2, ... s in lockstep; now each waits in [0, ceiling]."""
+    settings = camera_settings(camera_id="jitter-cam", reopen_initial_s=1.0, reopen_max_s=4.0)
+    camera = RecordingCamera(settings, NeverOpens(), waits=200)
+    stats = camera.run()
+    ceilings = [min(1.0 * 2**i, 4.0) for i in range(len(camera.waited))]
+    assert stats.open_failures == len(camera.waited) == 200
+    assert all(0 <= w <= c for w, c in zip(camera.waited, ceilings, strict=True))
+    assert len(set(camera.waited)) == 200  # not the same schedule on every camera
+    tail = camera.waited[2:]  # ceiling 4 s from the third failure on
+    assert sum(tail) / len(tail) < 3.0 and min(tail) < 1.0
 
 
 def test_size_guard_in_the_camera_loop(camera_settings: Settings, read_topic: ReadTopic) -> None:
