@@ -72,6 +72,10 @@ def register_models(subparsers: Any) -> None:
     p.add_argument("--line", default="")
     _common(p, _history)
 
+    from linewatch.detector.registry.shadow_cli import register_shadow
+
+    register_shadow(actions)
+
 
 def _common(parser: argparse.ArgumentParser, handler: Handler) -> None:
     add_database_option(parser)
