@@ -161,6 +161,7 @@ def render_html(result: Evaluation, worst: int = 6) -> str:
 {m['counts']['defective_empty_mask']} with an empty mask) from <code>{html.escape(m['settings']['data_dir'])}</code>.
 Pixel metrics at image resolution; AUPRO to FPR 0.3 over 8-connected regions.</p>
 <table><tr><th>metric</th><th>value</th></tr>{rows}</table>
+{_operating_points(m)}
 <div class="charts">{roc}{pro}{hist}</div>
 <h2>Per defect type (each against the good images)</h2>
 <table><tr><th>type</th><th>images</th><th>image AUROC</th><th>pixel AUROC</th><th>AUPRO</th><th>regions</th></tr>
@@ -171,6 +172,21 @@ Pixel metrics at image resolution; AUPRO to FPR 0.3 over 8-connected regions.</p
 <h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre>
 </body></html>
 """
+
+
+def _operating_points(m: dict[str, Any]) -> str:
+    """Recall where plants run, and how firmly the calibrated threshold is known."""
+    recall = m.get("image_recall_at_fpr") or {}
+    cal = m.get("calibration") or {}
+    interval = cal.get("threshold_interval_90")
+    spread = (f"90% bootstrap interval of the calibrated threshold over its {_fmt(cal.get('n_good'))} held-out good "
+              f"images: {_fmt(interval[0])} .. {_fmt(interval[1])} (a wide interval: recalibrate on more good frames "
+              "with <code>linewatch calibrate</code>)" if interval else "no bootstrap interval in this checkpoint")
+    cells = m.get("map_cells") or ["?", "?"]
+    return (f"<p>Recall at 1% false alarms {_fmt(recall.get('0.01'))}, at 0.1% {_fmt(recall.get('0.001'))}; "
+            f"the calibrated threshold raised false alarms on {_fmt(m.get('calibrated_false_alarm_rate'))} of the "
+            f"good test images (target {_fmt(cal.get('target_false_alarm_rate'))}). {spread}. "
+            f"Anomaly map: {cells[0]}x{cells[1]} cells.</p>")
 
 
 def write_report(result: Evaluation, path: str | Path, worst: int = 6) -> Path:

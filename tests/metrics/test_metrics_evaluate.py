@@ -59,6 +59,9 @@ def test_oracle_model_gives_the_known_metrics_and_a_self_contained_report(tmp_pa
     assert metrics["counts"] == {**metrics["counts"], "images": 11, "good": 4, "defective": 7,
                                  "defective_empty_mask": 1, "defective_missing_mask": 0}
     assert metrics["exactness"]["pixel_auroc_max_binning_error"] == 0.0
+    # operating points: the good scores are all 0, so any defect scoring above 0 is caught at 1% and 0.1%
+    assert metrics["image_recall_at_fpr"] == {"0.01": pytest.approx(6 / 7), "0.001": pytest.approx(6 / 7)}
+    assert metrics["calibrated_false_alarm_rate"] == 0.0
     assert set(metrics["per_type"]) == {"blob", "crack", "scratch"}
     assert metrics["per_type"]["crack"]["count"] == 3
     assert metrics["per_type"]["crack"]["image_auroc"] == pytest.approx((2 * 4 + 0.5 * 4) / 12)
