@@ -67,6 +67,11 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
     app = FastAPI(title="linewatch alerts", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tokens = tokens
 
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        """Liveness: the process answers. Redis is readiness (/health), so a Redis outage never restarts us."""
+        return {"status": "alive"}
+
     @app.get("/health")
     def health() -> JSONResponse:
         try:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -40,6 +40,15 @@ class KafkaSettings(BaseModel):
     ssl_key_password: SecretStr | None = None
     client_options: dict[str, str] = Field(
         default_factory=dict, description="Extra librdkafka options, passed through as given.")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap_servers_listed(cls, value: str) -> str:
+        # Empty, librdkafka would retry "no brokers" forever while the service looks healthy.
+        servers = [server.strip() for server in value.split(",")]
+        if not all(servers):
+            raise ValueError("must list at least one broker as host:port (comma-separated, none empty)")
+        return ",".join(servers)
 
     def client_config(self) -> dict[str, Any]:
         """The librdkafka configuration these settings describe (secrets revealed)."""
@@ -89,10 +98,19 @@ def describe_validation_error(exc: ValidationError, prefix: str = ENV_PREFIX) ->
     return "invalid configuration: " + "; ".join(parts)
 
 
+def describe_settings_error(exc: SettingsError) -> str:
+    """One line for a value pydantic-settings could not parse (malformed JSON in a complex variable)."""
+    cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+    return f"invalid configuration: {exc}{cause} (a complex {ENV_PREFIX}... variable must hold valid JSON)"
+
+
 def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
     """Build ``cls`` from the environment plus ``overrides``, or exit with one clear line."""
     try:
         return cls(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as exc:
         print(f"linewatch: {describe_validation_error(exc)}", file=sys.stderr)
+        raise ConfigError(2) from None
+    except SettingsError as exc:
+        print(f"linewatch: {describe_settings_error(exc)}", file=sys.stderr)
         raise ConfigError(2) from None

@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from linewatch.alerts import cli as alerts_cli
 from linewatch.alerts.health import cli as health_cli
@@ -20,10 +21,19 @@ from linewatch.detector import cli as detector_cli
 from linewatch.ingest import cli as ingest_cli
 
 
+def installed_version() -> str:
+    """The installed distribution's version (what the image and the wheel were built as)."""
+    try:
+        return metadata.version("linewatch")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests that check deploy files against the CLI)."""
     parser = argparse.ArgumentParser(prog="linewatch", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--version", action="version", version=f"linewatch {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (ingest_cli, detector_cli, alerts_cli, verdicts_cli, health_cli, stack_cli, dashboards):
         module.register(subparsers)

@@ -2,6 +2,8 @@
 
 Idempotent: each dashboard is saved by its ``uid`` with ``overwrite=True`` into a folder
 created once (also by uid), so pushing twice leaves one copy of each, at the newest version.
+Panels query the ``${datasource}`` template variable, never a fixed datasource uid, so the
+dashboards work in any Grafana; ``--datasource-uid`` preselects that Grafana's Prometheus.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 DASHBOARD_DIR = Path(__file__).resolve().parent / "grafana" / "dashboards"
 FOLDER_UID = "linewatch"
 FOLDER_TITLE = "linewatch"
+DATASOURCE_VARIABLE = "datasource"
 
 
 class DashboardError(RuntimeError):
@@ -48,6 +51,22 @@ def load_dashboards(directory: Path = DASHBOARD_DIR) -> list[dict[str, Any]]:
     if not dashboards:
         raise DashboardError(f"no dashboards (*.json) in {directory}")
     return dashboards
+
+
+def with_datasource(dashboard: dict[str, Any], uid: str) -> dict[str, Any]:
+    """A copy of ``dashboard`` whose ``${datasource}`` variable starts on the datasource ``uid``.
+
+    Raises:
+        DashboardError: the dashboard has no ``datasource`` template variable to set.
+    """
+    copy = json.loads(json.dumps(dashboard))
+    variables = copy.get("templating", {}).get("list", [])
+    found = [v for v in variables if v.get("name") == DATASOURCE_VARIABLE and v.get("type") == "datasource"]
+    if not found:
+        raise DashboardError(f"{dashboard.get('uid')}: no '{DATASOURCE_VARIABLE}' template variable to set")
+    for variable in found:
+        variable["current"] = {"selected": True, "text": uid, "value": uid}
+    return copy
 
 
 def _ensure_folder(api: Any) -> str:
@@ -97,6 +116,8 @@ def _push(args: argparse.Namespace) -> int:
         return 2
     try:
         dashboards = load_dashboards(Path(args.dir))
+        if args.datasource_uid:
+            dashboards = [with_datasource(dashboard, args.datasource_uid) for dashboard in dashboards]
         results = push_dashboards(args.grafana_url, token, dashboards)
     except DashboardError as exc:
         print(f"linewatch dashboards push: {exc}", file=sys.stderr)
@@ -116,5 +137,7 @@ def register(subparsers: Any) -> None:
     push.add_argument("--grafana-url", required=True, help="e.g. http://grafana:3000")
     push.add_argument("--token", help="service-account token (Editor); default: env GRAFANA_TOKEN")
     push.add_argument("--dir", default=str(DASHBOARD_DIR), help="folder of dashboard JSON files")
+    push.add_argument("--datasource-uid", help="uid of the Prometheus datasource the dashboards open on "
+                                               "(default: Grafana's default Prometheus datasource)")
     push.set_defaults(func=_push)
     settings_doc.register(subparsers)

@@ -39,17 +39,29 @@ class DetectorMetrics:
                                     registry=reg)
         self.heatmap_writes_skipped = Counter("linewatch_detector_heatmap_writes_skipped",
                                               "Heatmaps not cached (Redis down or behind).", registry=reg)
+        self._lag_series: set[tuple[str, str]] = set()  # (topic, partition) this detector exports lag for
 
     def observe_statistics(self, stats_json: str) -> None:
-        """librdkafka ``stats_cb``: set consumer lag per assigned partition."""
+        """librdkafka ``stats_cb``: set consumer lag per assigned partition, drop partitions no longer ours.
+
+        After a rebalance a revoked partition is exported by its new owner; keeping our old series
+        would make ``sum`` count its lag twice, so partitions without a known lag are removed.
+        """
         try:
             stats = json.loads(stats_json)
         except ValueError:
             log.warning("unparseable librdkafka statistics")
             return
+        owned: set[tuple[str, str]] = set()
         for topic, tstats in (stats.get("topics") or {}).items():
             for part, pstats in (tstats.get("partitions") or {}).items():
                 lag = pstats.get("consumer_lag")
-                if part == "-1" or lag is None or lag < 0:
-                    continue  # -1 is librdkafka's internal UA partition; -1 lag means unknown
+                # -1 is librdkafka's internal UA partition; "desired" false: no longer assigned (revoked);
+                # lag -1: unknown (not fetching yet or not ours).
+                if part == "-1" or pstats.get("desired") is False or lag is None or lag < 0:
+                    continue
                 self.consumer_lag.labels(topic=topic, partition=part).set(lag)
+                owned.add((topic, part))
+        for topic, part in self._lag_series - owned:
+            self.consumer_lag.remove(topic, part)
+        self._lag_series = owned

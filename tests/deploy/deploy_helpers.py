@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -50,26 +51,25 @@ def interpolate(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(replace, text.replace("$$", "\0")).replace("\0", "$")
 
 
+# .env.example ships no secret values; tests fill them in as an operator would (strong random values).
+TEST_SECRETS = {"REDIS_PASSWORD": secrets.token_hex(24), "LINEWATCH_API_TOKEN": secrets.token_urlsafe(32),
+                "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(24)}
+
+
+def compose_env() -> dict[str, str]:
+    """.env.example with the secrets filled in."""
+    return {**env_example(), **TEST_SECRETS}
+
+
 def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The compose file with variables resolved from ``env`` (default: .env.example)."""
-    return yaml.safe_load(interpolate(COMPOSE.read_text(), env if env is not None else env_example()))
+    """The compose file with variables resolved from ``env`` (default: .env.example plus test secrets)."""
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), env if env is not None else compose_env()))
 
 
 def linewatch_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Services that run the linewatch image (its entrypoint is the ``linewatch`` command)."""
     services = compose["services"].items()
     return {name: svc for name, svc in services if str(svc.get("image", "")).startswith("linewatch:")}
-
-
-def load_k8s() -> list[dict[str, Any]]:
-    """Every document of every YAML file under deploy/k8s (kustomize overlays included)."""
-    docs = []
-    for path in sorted(K8S.rglob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                doc["__file__"] = str(path.relative_to(K8S))
-                docs.append(doc)
-    return docs
 
 
 def image_is_pinned(image: str) -> bool:

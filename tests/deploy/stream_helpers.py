@@ -6,6 +6,7 @@ own metrics registry and HTTP endpoint), Alertmanager and Prometheus as child pr
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import threading
@@ -24,7 +25,7 @@ from linewatch.deploy.local import free_port
 
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
-API_TOKEN = "deploy-test-token-123"
+API_TOKEN = secrets.token_urlsafe(32)  # strong: the alerts service refuses weak or placeholder tokens
 
 
 @dataclass

@@ -9,7 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from deploy_helpers import COMPOSE, DEPLOY, IMAGE_ENV, env_example, image_is_pinned, linewatch_services, load_compose
+from deploy_helpers import (
+    COMPOSE,
+    DEPLOY,
+    IMAGE_ENV,
+    TEST_SECRETS,
+    compose_env,
+    env_example,
+    image_is_pinned,
+    linewatch_services,
+    load_compose,
+)
+from deploy_tools import load_compose_model
 
 from linewatch.common.settings import TopicSettings
 from linewatch.common.topics import all_topic_names
@@ -84,12 +95,16 @@ def test_gpu_detector_reserves_a_gpu_and_joins_the_same_group() -> None:
 
 
 def test_every_required_variable_is_in_env_example() -> None:
-    env = env_example()
+    env = compose_env()
     load_compose(env)  # raises on a ${VAR:?} missing from .env.example
     missing = {name: None for name in re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()) if name not in env}
     assert not missing, f"document these in .env.example: {sorted(missing)}"
     with pytest.raises(AssertionError, match="REDIS_PASSWORD"):
         load_compose({k: v for k, v in env.items() if k != "REDIS_PASSWORD"})
+    # No secret value is shipped: with .env.example as is, compose refuses to start.
+    assert all(env_example()[name] == "" for name in TEST_SECRETS)
+    with pytest.raises(AssertionError, match="compose requires"):
+        load_compose(env_example())
 
 
 def _topic_configs() -> dict[str, dict[str, str]]:
@@ -151,3 +166,31 @@ def test_healthcheck_script_reports_the_detector_probe() -> None:
         server.stop()
     closed = subprocess.run([*script, url], capture_output=True, text=True, timeout=20)
     assert closed.returncode == 1
+
+
+# --- finding 11: nothing reachable from outside by default, no password in argv, bounded logs/memory ---
+
+@pytest.mark.integration
+@pytest.mark.parametrize("service", ["redis", "grafana", "prometheus", "alertmanager", "alerts", "kafka",
+                                     "detector", "detector-gpu", "camera-sim", "topics"])
+def test_compose_service_is_bounded_and_keeps_secrets_out_of_argv(service: str, deploy_checks: Path) -> None:
+    model = load_compose_model(deploy_checks)  # `docker-compose ... config --format json`, gpu profile on
+    svc = model["services"][service]
+    for port in svc.get("ports", []):
+        assert port.get("host_ip") == "127.0.0.1", f"{service} publishes {port} on every interface"
+    assert svc["logging"]["driver"] == "json-file" and svc["logging"]["options"]["max-size"], service
+    assert int(svc["logging"]["options"]["max-file"]) >= 1
+    assert int(svc["mem_limit"]) > 0, f"{service} has no memory limit"
+    argv = " ".join(str(part) for key in ("command", "entrypoint") for part in (svc.get(key) or []))
+    health = " ".join(svc.get("healthcheck", {}).get("test", []))
+    readme_values = dict(re.findall(r"(\w+)=(ci-only-[\w-]+)", (DEPLOY / "README.md").read_text()))
+    assert readme_values, "README's check block exports the CI secrets"
+    for value in readme_values.values():  # the values the check block ran compose with
+        assert value not in argv and value not in health, f"{service}: a secret is on the command line"
+    assert "--web.enable-lifecycle" not in argv
+    if service == "redis":
+        assert "REDISCLI_AUTH" not in (svc.get("environment") or {}) and "/run/secrets/redis_password" in argv
+        assert [s["source"] for s in svc["secrets"]] == ["redis_password"]
+    if service == "grafana":
+        assert "GF_SECURITY_ADMIN_PASSWORD" not in svc["environment"]
+        assert svc["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"

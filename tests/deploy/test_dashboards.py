@@ -42,12 +42,16 @@ def test_dashboards_have_unique_uids_panel_ids_and_resolving_datasources() -> No
     dashboards = load_dashboards()
     uids = [d["uid"] for d in dashboards]
     assert len(uids) == len(set(uids))
-    known = provisioned_datasource_uids() | {"-- Grafana --"}
+    # Only the ${datasource} variable: a fixed uid breaks the dashboards in any other Grafana.
+    known = {"${datasource}", "-- Grafana --"}
     for dashboard in dashboards:
         ids = [p["id"] for p in dashboard["panels"]]
         assert len(ids) == len(set(ids)), f"{dashboard['uid']}: duplicate panel ids"
         refs = list(datasource_refs(dashboard))
         assert refs and all(ref["uid"] in known for ref in refs), {r["uid"] for r in refs} - known
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+        assert not provisioned_datasource_uids() & set(json.dumps(dashboard).split('"')), "a hard-coded uid"
         for panel in dashboard["panels"]:
             assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"]), panel["title"]
             ref_ids = [t["refId"] for t in panel["targets"]]
@@ -160,3 +164,15 @@ def test_push_reports_a_bad_token_and_an_unreachable_grafana(grafana: FakeGrafan
     closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(Exception, match="cannot reach Grafana"):
         push_dashboards(closed, TOKEN, timeout_s=2)
+
+
+def test_push_with_datasource_uid_preselects_that_datasource(grafana: FakeGrafana) -> None:
+    assert main(["dashboards", "push", "--grafana-url", grafana.url, "--token", TOKEN,
+                 "--datasource-uid", "plant-prom"]) == 0
+    for stored in grafana.dashboards.values():
+        variables = {v["name"]: v for v in stored["dashboard"]["templating"]["list"]}
+        assert variables["datasource"]["current"]["value"] == "plant-prom"
+        refs = {ref["uid"] for ref in datasource_refs(stored["dashboard"]["panels"])}
+        assert refs == {"${datasource}"}
+    assert all(v["name"] != "datasource" or not v["current"] for d in load_dashboards()
+               for v in d["templating"]["list"]), "the files themselves stay datasource-neutral"
