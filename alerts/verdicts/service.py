@@ -64,7 +64,8 @@ class VerdictsService:
         self.loop = LoopThread("linewatch-verdicts-opcua")
         self.sinks = sinks if sinks is not None else build_sinks(settings, self.loop)
         self.order = OrderGuard()
-        self.consumer = Consumer({**settings.kafka.client_config(), "group.id": settings.group_id,
+        self.consumer = Consumer({"fetch.wait.max.ms": settings.fetch_wait_max_ms,
+                                  **settings.kafka.client_config(), "group.id": settings.group_id,
                                   "enable.auto.commit": False, "auto.offset.reset": settings.start_from,
                                   "session.timeout.ms": settings.session_timeout_ms})
 
