@@ -268,3 +268,66 @@ def test_batched_nvjpeg_path_decodes_and_isolates_a_corrupt_stream() -> None:
     assert first.image.shape == (40, 56, 3)
     assert np.abs(first.image.numpy().astype(int) - expected.astype(int)).max() <= 2
     assert isinstance(outcomes[2], DecodedFrame) and isinstance(outcomes[2].image, np.ndarray)  # PNG: CPU path
+
+
+def test_batch_closes_before_its_pixel_budget_and_a_huge_item_runs_alone() -> None:
+    batcher: Batcher[str] = Batcher(16, 1.0, FakeClock(), max_weight=100)
+    batcher.add("a", 60)
+    assert batcher.fits(40) and not batcher.fits(41)
+    batcher.add("b", 40)
+    assert batcher.ready()  # the budget is used up: close now, whatever max_size says
+    batcher.take()
+    assert batcher.fits(500)  # an empty batch takes any item; it then closes at once
+    batcher.add("huge", 500)
+    assert batcher.ready() and batcher.take() == ["huge"]
+
+
+def test_preprocess_resizes_large_frames_in_strips_to_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 5: the bounded-memory path gives the direct path's values (the filter is separable)."""
+    from linewatch.detector.stfpm import torch_model
+
+    frames = torch.randint(0, 256, (2, 3, 301, 517), dtype=torch.uint8)
+    direct = torch_model._resize_bounded(frames, (64, 64))
+    monkeypatch.setattr(torch_model, "PREPROCESS_FLOAT_BYTES", 3 * 517 * 4 * 7)  # 7-row strips, frame by frame
+    strips = torch_model._resize_bounded(frames, (64, 64))
+    assert (strips - direct).abs().max().item() < 1e-3
+
+
+def test_readiness_follows_health() -> None:
+    from linewatch.detector.service.health import HealthState
+
+    state = HealthState()
+    state.model_loaded = state.assigned = True
+    assert state.ready() == (True, "ok")
+    state.fail("detector worker failed")
+    assert state.healthy() == (False, "detector worker failed") and state.ready() == (False, "detector worker failed")
+
+
+def test_dead_letter_headers_of_a_hostile_record_are_bounded() -> None:
+    from linewatch.detector.events import dead_letter_headers
+
+    headers = dead_letter_headers(topic="frames", partition=0, offset=1, error_class="bad_camera_id",
+                                  message="x" * 9000, original=[("lw-camera", b"\x01" * 200_000)] * 30)
+    assert sum(len(n) + len(v) for n, v in headers) < 20_000
+    assert dict(headers)["dl-headers-truncated"] == str(30 * (200_000 + 9)).encode()
+
+
+def test_one_camera_id_rule_for_encode_decode_and_settings() -> None:
+    from pydantic import ValidationError
+
+    from linewatch.ingest.settings import CameraSettings
+    from linewatch.ingest.wire import WireFormatError, check_record, decode_headers, is_valid_camera_id
+
+    for bad in ("plant1/cam2", "cam 2", "", "-cam", "c" * 65, "cam\n", "cam-\u00e9", "\x01" * 1000):
+        assert not is_valid_camera_id(bad)
+        with pytest.raises(ValueError):
+            encode_frame(np.zeros((8, 8, 3), np.uint8), camera_id=bad, line_id="L", sequence=0, capture_ns=0)
+        with pytest.raises(ValidationError):
+            CameraSettings(camera_id=bad)
+    good = encode_frame(np.zeros((8, 8, 3), np.uint8), camera_id="plant1.cam_2-a", line_id="L", sequence=0,
+                        capture_ns=10**18)
+    meta = decode_headers(good.headers)
+    check_record(meta, b"plant1.cam_2-a", now_ns=10**18)
+    for key, now in ((b"other", 10**18), (None, 10**18), (b"plant1.cam_2-a", 10**18 - 301 * 10**9)):
+        with pytest.raises(WireFormatError):
+            check_record(meta, key, now_ns=now)
