@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,38 @@ def _val_loss(model: STFPM, inputs: torch.Tensor, feats: list[torch.Tensor], bat
     return total / len(inputs)
 
 
+@dataclass
+class _Split:
+    """Pre-processed train/validation inputs and their cached teacher features."""
+
+    train_x: torch.Tensor
+    val_x: torch.Tensor
+    train_t: list[torch.Tensor]
+    val_t: list[torch.Tensor]
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: the next epoch, the best epoch so far and its student weights."""
+
+    start_epoch: int = 0
+    best_epoch: int = -1
+    best_val: float = float("inf")
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def record(self, model: STFPM, epoch: int, entry: dict[str, float]) -> None:
+        """Append the epoch; keep the student if its validation loss is the best so far."""
+        self.history.append(entry)
+        if entry["val_loss"] < self.best_val:
+            self.best_val, self.best_epoch = entry["val_loss"], epoch
+            self.best_state = {k: v.detach().clone() for k, v in model.student.state_dict().items()}
+
+    def should_stop(self, epoch: int, patience: int) -> bool:
+        """Early stopping: no better validation loss for ``patience`` epochs (0: never)."""
+        return bool(patience) and epoch - self.best_epoch >= patience
+
+
 def train(config: TrainConfig, train_records: Sequence[ImageRecord] | Sequence[np.ndarray], out: Path,
           progress: bool = True, resume: bool = False,
           defect_images: Sequence[np.ndarray] | None = None) -> TrainResult:
@@ -126,96 +158,130 @@ def train(config: TrainConfig, train_records: Sequence[ImageRecord] | Sequence[n
 
     ``defect_images`` (optional) are only used to report an F1-optimal threshold next to the calibrated one.
     """
-    from tqdm import tqdm
-
     out = Path(out)
     state_path = out.with_name(out.name + ".state.pt")
     device = select_device(config.device)
-    bf16 = native_bf16(device) if config.bf16 is None else config.bf16
     images, data_hash = _load_images(train_records)
     if len(images) < 2:
         raise ValueError(f"training needs at least 2 good images, got {len(images)}")
     torch.manual_seed(config.seed)
+    model = _build_model(config, device)
+    split = _split_and_cache(model, images, config, device)
+    optimizer = torch.optim.SGD(model.student.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    state = _Progress(best_state={k: v.clone() for k, v in model.student.state_dict().items()})
+    if resume and state_path.is_file():
+        state = _resume(state_path, model, optimizer, config, data_hash, device)
+    started = time.perf_counter()
+    seen = _epochs(model, optimizer, split, config, state, device, progress,
+                   lambda epoch: _save_state(state_path, epoch, model, optimizer, state, config, data_hash))
+    seconds = time.perf_counter() - started
+
+    model.student.load_state_dict(state.best_state)
+    model.eval()
+    calibration = _calibrate(model, split.val_x, config, defect_images)
+    training = {"config": config.to_dict(), "best_epoch": state.best_epoch, "best_val_loss": state.best_val,
+                "epochs_run": len(state.history), "n_train": len(split.train_x), "n_val": len(split.val_x),
+                "data_sha256": data_hash}
+    save_checkpoint(out, model.state_dict(), _metadata(model, config, calibration, training).to_dict())
+    state_path.unlink(missing_ok=True)
+    return TrainResult(path=out, best_epoch=state.best_epoch, best_val_loss=state.best_val, calibration=calibration,
+                       seconds=seconds, images_per_second=seen / max(seconds, 1e-9), history=state.history)
+
+
+def _build_model(config: TrainConfig, device: torch.device) -> STFPM:
+    """The network with its pretrained teacher, on ``device``."""
     model = STFPM(config.backbone, config.image_size, config.taps, config.sigma, config.resize_mode,
                   config.score_top_k)
     load_pretrained(model.teacher, get_spec(config.backbone).pretrained(config.teacher_weights), config.backbone)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    return model
 
+
+def _split_and_cache(model: STFPM, images: list[np.ndarray], config: TrainConfig, device: torch.device) -> _Split:
+    """Seeded held-out split (for best-epoch choice and calibration) and the teacher feature caches."""
     order = np.random.default_rng(config.seed).permutation(len(images))
     n_val = min(len(images) - 1, max(1, round(len(images) * config.val_fraction)))
-    val_idx, train_idx = order[:n_val], order[n_val:]
     inputs = _inputs(model, images, device)
-    train_x, val_x = inputs[torch.from_numpy(train_idx)], inputs[torch.from_numpy(val_idx)]
-    train_t = _teacher_cache(model, train_x, config.batch_size)
-    val_t = _teacher_cache(model, val_x, config.batch_size)
+    train_x, val_x = inputs[torch.from_numpy(order[n_val:])], inputs[torch.from_numpy(order[:n_val])]
+    return _Split(train_x, val_x, _teacher_cache(model, train_x, config.batch_size),
+                  _teacher_cache(model, val_x, config.batch_size))
 
-    optimizer = torch.optim.SGD(model.student.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    start_epoch, best_epoch, best_val = 0, -1, float("inf")
-    best_state = {k: v.clone() for k, v in model.student.state_dict().items()}
-    history: list[dict[str, float]] = []
-    if resume and state_path.is_file():
-        saved = torch.load(state_path, map_location=device, weights_only=True)
-        if saved["config"] != config.to_dict() or saved["data_sha256"] != data_hash:
-            raise ValueError(f"{state_path} belongs to a run with other settings or data; delete it or drop --resume")
-        model.student.load_state_dict(saved["student"])
-        optimizer.load_state_dict(saved["optimizer"])
-        best_state, best_epoch, best_val = saved["best_student"], int(saved["best_epoch"]), float(saved["best_val"])
-        start_epoch, history = int(saved["epoch"]) + 1, list(saved["history"])
 
-    started = time.perf_counter()
+def _resume(path: Path, model: STFPM, optimizer: torch.optim.Optimizer, config: TrainConfig, data_hash: str,
+            device: torch.device) -> _Progress:
+    """The state of an interrupted run with the same settings and data."""
+    saved = torch.load(path, map_location=device, weights_only=True)
+    if saved["config"] != config.to_dict() or saved["data_sha256"] != data_hash:
+        raise ValueError(f"{path} belongs to a run with other settings or data; delete it or drop --resume")
+    model.student.load_state_dict(saved["student"])
+    optimizer.load_state_dict(saved["optimizer"])
+    return _Progress(start_epoch=int(saved["epoch"]) + 1, best_epoch=int(saved["best_epoch"]),
+                     best_val=float(saved["best_val"]), best_state=saved["best_student"],
+                     history=list(saved["history"]))
+
+
+def _save_state(path: Path, epoch: int, model: STFPM, optimizer: torch.optim.Optimizer, state: _Progress,
+                config: TrainConfig, data_hash: str) -> None:
+    torch.save({"epoch": epoch, "student": model.student.state_dict(), "optimizer": optimizer.state_dict(),
+                "best_student": state.best_state, "best_epoch": state.best_epoch, "best_val": state.best_val,
+                "history": state.history, "config": config.to_dict(), "data_sha256": data_hash}, path)
+
+
+def _epochs(model: STFPM, optimizer: torch.optim.Optimizer, split: _Split, config: TrainConfig, state: _Progress,
+            device: torch.device, progress: bool, save: Callable[[int], None]) -> int:
+    """Run the remaining epochs (early stopping by validation loss); returns the training images seen."""
+    from tqdm import tqdm
+
+    bf16 = native_bf16(device) if config.bf16 is None else config.bf16
     seen = 0
-    bar = tqdm(range(start_epoch, config.epochs), disable=not progress, unit="epoch", desc="train",
-               initial=start_epoch, total=config.epochs)
+    bar = tqdm(range(state.start_epoch, config.epochs), disable=not progress, unit="epoch", desc="train",
+               initial=state.start_epoch, total=config.epochs)
     for epoch in bar:
-        model.train()
-        epoch_start, total = time.perf_counter(), 0.0
-        perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
-        for start in range(0, len(perm), config.batch_size):
-            idx = perm[start:start + config.batch_size].to(device)
-            x = train_x[idx].float()
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                student = model.student(x)
-            loss = stfpm_loss([f[idx] for f in train_t], student)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        seen += len(perm)
-        val = _val_loss(model, val_x, val_t, config.batch_size, bf16)
-        rate = len(perm) / max(time.perf_counter() - epoch_start, 1e-9)
-        history.append({"epoch": float(epoch), "train_loss": total / len(perm), "val_loss": val,
-                        "images_per_second": rate})
-        if val < best_val:
-            best_val, best_epoch = val, epoch
-            best_state = {k: v.detach().clone() for k, v in model.student.state_dict().items()}
-        bar.set_postfix(loss=f"{total / len(perm):.4f}", val=f"{val:.4f}", img_s=f"{rate:.1f}")
-        torch.save({"epoch": epoch, "student": model.student.state_dict(), "optimizer": optimizer.state_dict(),
-                    "best_student": best_state, "best_epoch": best_epoch, "best_val": best_val,
-                    "history": history, "config": config.to_dict(), "data_sha256": data_hash}, state_path)
-        if config.patience and epoch - best_epoch >= config.patience:
+        epoch_start = time.perf_counter()
+        train_loss = _train_epoch(model, optimizer, split, config, epoch, bf16, device)
+        seen += len(split.train_x)
+        val = _val_loss(model, split.val_x, split.val_t, config.batch_size, bf16)
+        rate = len(split.train_x) / max(time.perf_counter() - epoch_start, 1e-9)
+        state.record(model, epoch, {"epoch": float(epoch), "train_loss": train_loss, "val_loss": val,
+                                    "images_per_second": rate})
+        bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val:.4f}", img_s=f"{rate:.1f}")
+        save(epoch)
+        if state.should_stop(epoch, config.patience):
             break
-    seconds = time.perf_counter() - started
+    return seen
 
-    model.student.load_state_dict(best_state)
-    model.eval()
-    calibration = _calibrate(model, val_x, config, defect_images)
+
+def _train_epoch(model: STFPM, optimizer: torch.optim.Optimizer, split: _Split, config: TrainConfig, epoch: int,
+                 bf16: bool, device: torch.device) -> float:
+    """One pass over the training inputs in a seeded order; returns the mean training loss."""
+    model.train()
+    total = 0.0
+    perm = torch.randperm(len(split.train_x), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+    for start in range(0, len(perm), config.batch_size):
+        idx = perm[start:start + config.batch_size].to(device)
+        x = split.train_x[idx].float()
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            student = model.student(x)
+        loss = stfpm_loss([f[idx] for f in split.train_t], student)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(idx)
+    return total / len(perm)
+
+
+def _metadata(model: STFPM, config: TrainConfig, calibration: Calibration, training: dict[str, Any]) -> ModelMetadata:
     spec = get_spec(config.backbone)
-    metadata = ModelMetadata(
+    return ModelMetadata(
         backbone=config.backbone, taps=tuple(model.taps), image_size=config.image_size, calibration=calibration,
         sigma=config.sigma, resize_mode=config.resize_mode, score_top_k=config.score_top_k,
-        input_mean=tuple(spec.mean), input_std=tuple(spec.std), map_cells=model.map_cells(),
-        training={"config": config.to_dict(), "best_epoch": best_epoch, "best_val_loss": best_val,
-                  "epochs_run": len(history), "n_train": len(train_idx), "n_val": n_val, "data_sha256": data_hash},
+        input_mean=tuple(spec.mean), input_std=tuple(spec.std), map_cells=model.map_cells(), training=training,
         versions={"linewatch": _package_version(), "torch": torch.__version__})
-    save_checkpoint(out, model.state_dict(), metadata.to_dict())
-    state_path.unlink(missing_ok=True)
-    return TrainResult(path=out, best_epoch=best_epoch, best_val_loss=best_val, calibration=calibration,
-                       seconds=seconds, images_per_second=seen / max(seconds, 1e-9), history=history)
 
 
 def native_bf16(device: torch.device) -> bool:
