@@ -14,8 +14,10 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from pydantic import ValidationError
 
@@ -23,6 +25,7 @@ from linewatch.alerts.health.alertmanager import HealthAlertmanager
 from linewatch.alerts.health.checks import CameraMonitor, HealthEvent
 from linewatch.alerts.health.metrics import HealthMetrics
 from linewatch.alerts.health.settings import HealthSettings, ScoreReference
+from linewatch.alerts.health.state import record, refresh
 from linewatch.alerts.health.stats import decode_grey, frame_stats
 from linewatch.common.topics import ensure_topics
 from linewatch.detector.events import EVENT_SCHEMA_VERSION, FrameResult
@@ -59,8 +62,9 @@ class HealthService:
         self.producer = Producer({**kafka, "acks": "all"})
         self.alertmanager = (HealthAlertmanager(settings.alertmanager_url, settings.alertname)
                              if settings.alertmanager_url else None)
+        self.redis = settings.redis.client() if settings.redis_state else None
         self.monitors: dict[str, CameraMonitor] = {}
-        self.last_resend = time.monotonic()
+        self.last_resend = self.last_refresh = time.monotonic()
 
     def run(self) -> None:
         """Consume until stopped."""
@@ -147,6 +151,10 @@ class HealthService:
             if monitor.last_frame_s is not None:
                 self.metrics.silence.labels(monitor.line_id, monitor.camera_id).set(now_s - monitor.last_frame_s)
             self.emit(monitor.tick(now_s, now_ns))
+        if self.redis is not None and now_s - self.last_refresh > self.settings.redis_ttl_s / 4:
+            self.last_refresh = now_s
+            self._redis(refresh, [m.camera_id for m in self.monitors.values() if m.unhealthy()],
+                        self.settings.redis_ttl_s)
         if self.alertmanager is not None and now_s - self.last_resend > 60:
             self.last_resend = now_s
             try:
@@ -166,6 +174,8 @@ class HealthService:
                                   value=event.model_dump_json().encode())
             (log.warning if firing else log.info)("camera health %s %s on %s: %s", event.check, event.status,
                                                   event.camera_id, event.detail)
+            if self.redis is not None:
+                self._redis(record, event, self.settings.redis_ttl_s)
             if self.alertmanager is not None:
                 try:
                     self.alertmanager.send(event)
@@ -173,6 +183,14 @@ class HealthService:
                     log.warning("camera-health alert to Alertmanager failed: %s", exc)
         if events:
             self.producer.poll(0)
+
+
+    def _redis(self, action: Any, *args: Any) -> None:
+        """Run one Redis write; Redis down must not stop the checks (the topic and metrics carry the state)."""
+        try:
+            action(self.redis, self.settings.redis.key_prefix, *args)
+        except redis.RedisError as exc:
+            log.warning("camera-health state to Redis failed: %s", exc)
 
 
 def _header_list(msg: Message) -> list[tuple[str, bytes | None]]:

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings
 
+from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
 
 
@@ -97,6 +98,9 @@ class HealthSettings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings.model_validate({}))
     topics: TopicSettings = Field(default_factory=lambda: TopicSettings.model_validate({}))
+    redis: RedisSettings = Field(default_factory=lambda: RedisSettings.model_validate({}))
+    redis_state: bool = Field(default=True, description="Keep p:cam:{camera}:health in Redis (suspect marking).")
+    redis_ttl_s: int = Field(default=120, ge=10, description="The health hash expires this long after a refresh.")
     checks: ChecksSettings = Field(default_factory=lambda: ChecksSettings.model_validate({}))
     baselines: dict[str, Baseline] = Field(default_factory=dict, description="Camera id -> pinned pixel baseline.")
     score_references: dict[str, ScoreReference] = Field(

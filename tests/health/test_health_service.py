@@ -18,7 +18,9 @@ from confluent_kafka import Consumer, Producer
 from linewatch.alerts.health.metrics import HealthMetrics
 from linewatch.alerts.health.service import HealthService
 from linewatch.alerts.health.settings import CheckConfig, ChecksSettings, HealthSettings, ScoreReference
+from linewatch.alerts.health.state import unhealthy_checks
 from linewatch.common.images import list_train_good
+from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.common.topics import ensure_topics
 from linewatch.deploy.local import LocalStack
@@ -48,6 +50,7 @@ def health(stack: LocalStack) -> Iterator[tuple[HealthSettings, HealthMetrics, l
     settings = HealthSettings(
         kafka=KafkaSettings(bootstrap_servers=stack.bootstrap_servers),
         topics=TopicSettings(frames=f"frames-{unique}", results=f"results-{unique}", partitions=2),
+        redis=RedisSettings(url=stack.redis_url, key_prefix=f"lw-{unique}"), redis_ttl_s=60,
         checks=ChecksSettings(default=CHECKS), score_references={"m-1": REFERENCE},
         health_topic=f"health-{unique}", group_id=f"health-{unique}", start_from="earliest", metrics_port=None)
     ensure_topics(settings.kafka, [settings.topics.frames, settings.topics.results, settings.health_topic], 2)
@@ -64,6 +67,9 @@ def health(stack: LocalStack) -> Iterator[tuple[HealthSettings, HealthMetrics, l
     stop.set()
     runner.join(30)
     reader.join(30)
+    client = settings.redis.client()
+    for key in client.scan_iter(f"{settings.redis.key_prefix}:*"):
+        client.delete(key)
 
 
 def _read_topic(settings: HealthSettings, events: list[dict[str, Any]], stop: threading.Event) -> None:
@@ -114,6 +120,9 @@ def test_healthy_replay_raises_nothing_and_a_blurred_one_raises_a_focus_alert(he
     assert checks_fired(events, "healthy") == []
     assert metrics.value("linewatch_camera_health_unhealthy", line="line-1", camera="blurred", check="focus") == 1
     assert metrics.value("linewatch_camera_focus_ratio", line="line-1", camera="blurred") < CHECKS.focus_ratio
+    client = settings.redis.client()
+    assert list(unhealthy_checks(client, settings.redis.key_prefix, "blurred")) == ["focus"]
+    assert unhealthy_checks(client, settings.redis.key_prefix, "healthy") == {}
 
 
 def test_darkened_replay_raises_an_exposure_alert(health: Any) -> None:
@@ -134,6 +143,7 @@ def test_frozen_stream_then_silence_then_recovery(health: Any) -> None:
     wait_until(lambda: {(e["check"], e["status"]) for e in events if e["camera_id"] == "stuck"} >=
                {("silence", "resolved"), ("frozen", "resolved")}, 60, "both alerts to resolve")
     assert metrics.value("linewatch_camera_health_unhealthy", line="line-1", camera="stuck", check="frozen") == 0
+    assert unhealthy_checks(settings.redis.client(), settings.redis.key_prefix, "stuck") == {}
 
 
 def test_score_drift_against_the_calibration_raises_a_drift_alert(health: Any) -> None:
