@@ -1,9 +1,13 @@
 """Operator HTTP API and web page of ``linewatch alerts``.
 
 ``/health`` is open; every ``/api/*`` route and ``/metrics`` (unless ``http.metrics_public``)
-need ``Authorization: Bearer <token>``, compared in constant time with every configured token.
+need ``Authorization: Bearer <token>``, compared in constant time with every configured token
+(tokens are checked for strength at start-up, :func:`alerts.settings.token_problem`). An
+acknowledgement records the identity of the token that made it, never a name from the request body.
 The page itself (``/`` and ``/static/*``) holds no data: it asks for the token in a login field,
-keeps it in ``sessionStorage`` and sends it with every API call.
+keeps it in ``sessionStorage`` and sends it with every API call. Every response carries a strict
+Content-Security-Policy (own scripts, styles and images only; no framing), ``X-Frame-Options: DENY``,
+``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``. Ids in URLs are percent-encoded.
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ from __future__ import annotations
 import hmac
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from linewatch.alerts.history import AlertHistory, HistoryEntry
 from linewatch.alerts.metrics import AlertsMetrics
@@ -30,19 +36,32 @@ WEB_DIR = Path(__file__).parent / "web"
 FRAMES_AROUND = 4
 
 
-class AckRequest(BaseModel):
-    """Body of an acknowledgement; ``who`` defaults to the token's identity."""
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 
-    who: str | None = Field(default=None, max_length=100)
+
+class AckRequest(BaseModel):
+    """Body of an acknowledgement. Who acknowledged is the token's identity; a ``who`` field is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
     note: str = Field(default="", max_length=2000)
 
 
 def identity(request: Request) -> str:
-    """The identity of the request's bearer token; 401 when it is missing or wrong."""
+    """The identity of the request's bearer token; 401 when it is missing, empty or wrong."""
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    presented = presented.strip()
     found = None
     for name, token in request.app.state.tokens.items():  # no early exit: timing tells nothing
-        if hmac.compare_digest(presented.encode(), token.encode()) and scheme.lower() == "bearer":
+        if hmac.compare_digest(presented.encode(), token.encode()) and scheme.lower() == "bearer" and presented:
             found = name
     if found is None:
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -56,16 +75,35 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = None) -> FastAPI:
-    """The FastAPI application (``client``: a redis client, by default one from the settings)."""
+def overlay_url(camera_id: str, sequence: int) -> str:
+    """API path of one frame's overlay, the camera id percent-encoded (``/`` included)."""
+    return f"/api/cameras/{quote(camera_id, safe='')}/frames/{sequence}/overlay.png"
+
+
+def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = None,
+               state_client: Any = None) -> FastAPI:
+    """The FastAPI application. ``client``: the heatmap cache's redis client, ``state_client`` the alert
+    state's (by default both from the settings; ``state_client`` falls back to ``client``)."""
     redis = client if client is not None else settings.redis.client()
+    if state_client is None:
+        state_client = client if client is not None else settings.state_store_redis().client()
     prefix = settings.redis.key_prefix
-    history = AlertHistory(redis, prefix, maxlen=settings.history_maxlen, retention_s=settings.alert_retention_s,
-                           recent=settings.recent_alerts)
+    history = AlertHistory(state_client, prefix, maxlen=settings.history_maxlen,
+                           retention_s=settings.alert_retention_s, recent=settings.recent_alerts,
+                           open_ttl_s=settings.state_ttl_s)
     tokens = {"operator": settings.api_token.get_secret_value()}
     tokens.update({name: token.get_secret_value() for name, token in settings.api_users.items()})
     app = FastAPI(title="linewatch alerts", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tokens = tokens
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
 
     @app.get("/livez")
     def livez() -> dict[str, str]:
@@ -75,7 +113,7 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
     @app.get("/health")
     def health() -> JSONResponse:
         try:
-            ok = bool(redis.ping())
+            ok = bool(redis.ping()) and bool(state_client.ping())
         except Exception:
             ok = False
         return JSONResponse({"status": "ok" if ok else "degraded", "redis": ok}, status_code=200 if ok else 503)
@@ -104,7 +142,7 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
         for camera, latest in zip(ids, pipe.execute(), strict=True):
             row = {_text(k): _text(v) for k, v in latest.items()}
             sequence = int(row.get("sequence", -1))
-            url = f"/api/cameras/{camera}/frames/{sequence}/overlay.png" if row.get("heatmap_key") else None
+            url = overlay_url(camera, sequence) if row.get("heatmap_key") else None
             found.append({
                 "camera_id": camera, "line_id": row.get("line_id", ""), "sequence": sequence,
                 "normalised_score": float(row.get("normalised_score", 0.0)),
@@ -147,11 +185,12 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
                        ["normalised_score", "anomalous", "capture_ns"])
         frames = [{"sequence": seq, "normalised_score": float(score), "anomalous": _text(anomalous or b"0") == "1",
                    "capture_ns": int(capture or 0), "worst": seq == alert.worst_sequence,
-                   "overlay_url": f"/api/cameras/{alert.camera_id}/frames/{seq}/overlay.png"}
+                   "overlay_url": overlay_url(alert.camera_id, seq)}
                   for seq, (score, anomalous, capture) in zip(sequences, pipe.execute(), strict=True)
                   if score is not None]
         return {"alert": alert.model_dump(mode="json"), "frames": frames,
-                "heatmap_url": f"/api/alerts/{alert_id}/heatmap.png" if alert.worst_heatmap_key else None}
+                "heatmap_url": f"/api/alerts/{quote(alert_id, safe='')}/heatmap.png" if alert.worst_heatmap_key
+                else None}
 
     @app.get("/api/alerts/{alert_id}/heatmap.png")
     def alert_heatmap(alert_id: str, _who: User) -> Response:
@@ -163,7 +202,7 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
     @app.post("/api/alerts/{alert_id}/ack")
     def acknowledge(alert_id: str, body: AckRequest, who: User) -> Alert:
         known(alert_id)
-        acked = history.acknowledge(alert_id, by=(body.who or "").strip() or who, note=body.note)
+        acked = history.acknowledge(alert_id, by=who, note=body.note)
         if acked is None:
             raise HTTPException(404, f"no alert {alert_id}")
         return acked

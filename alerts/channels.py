@@ -16,7 +16,7 @@ class KafkaChannel:
     """Writes alert transitions (JSON, key = camera) to the ``alerts`` topic."""
 
     name = "kafka"
-    kinds: tuple[str, ...] = ("firing", "resolved")
+    kinds: tuple[str, ...] = ("firing", "resolved", "silent")
 
     def __init__(self, producer: Any, topic: str, timeout_s: float = 10.0) -> None:
         self.producer, self.topic, self.timeout_s = producer, topic, timeout_s
@@ -53,7 +53,8 @@ def build_channels(settings: AlertsSettings, producer: Any) -> list[Channel]:
         channels.append(AlertmanagerChannel(settings.alertmanager_url, alertname=settings.alertname,
                                             public_base_url=base, timeout_s=settings.webhook_timeout_s))
     if settings.webhook_url and settings.webhook_secret:
-        channels.append(WebhookChannel(settings.webhook_url, settings.webhook_secret.get_secret_value(),
+        channels.append(WebhookChannel(settings.webhook_url.get_secret_value(),
+                                       settings.webhook_secret.get_secret_value(),
                                        public_base_url=base, timeout_s=settings.webhook_timeout_s))
     if settings.grafana_url and settings.grafana_token:
         channels.append(GrafanaChannel(settings.grafana_url, settings.grafana_token.get_secret_value(),

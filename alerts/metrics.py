@@ -19,5 +19,16 @@ class AlertsMetrics:
         self.deliveries = Counter("linewatch_alerts_deliveries_total",
                                   "Delivery attempts that ended: success, failure (retried) or dead_letter.",
                                   ["channel", "outcome"], registry=self.registry)
+        self.rejected = Counter("linewatch_alerts_records_rejected_total",
+                                "Result records not applied: dead-lettered (too_large, bad_camera_id, key_mismatch, "
+                                "...) or refused by the frame guard (future, sequence_jump).", ["reason"],
+                                registry=self.registry)
+        self.poison = Counter("linewatch_alerts_outbox_poison_total",
+                              "Outbox entries moved aside because they could be neither delivered nor dead-lettered.",
+                              registry=self.registry)
+        self.fenced = Counter("linewatch_alerts_fenced_total",
+                              "Writes refused because the partition moved to a newer owner.", registry=self.registry)
+        self.silent = Counter("linewatch_alerts_silent_total", "Open alerts closed because their camera went silent.",
+                              ["line", "camera"], registry=self.registry)
         self.retries = Counter("linewatch_alerts_delivery_retries_total", "Delivery retries.", ["channel"],
                                registry=self.registry)

@@ -6,6 +6,10 @@ puts that channel (not the others) into backoff until a later pass, so a webhook
 stalls Alertmanager nor stops the loop from polling Kafka (``max.poll.interval.ms``). A pass also
 ends after ``budget_s`` so a long backlog is spread over several iterations.
 
+Poison: an entry that does not parse, or whose dead-lettering fails (e.g. the broker refuses it),
+is moved out of the outbox to a capped poison list (:meth:`StateStore.quarantine`) and counted, so
+one bad entry can never stop every delivery behind it or crash the service on every restart.
+
 Offsets: a consumed batch's offset may be committed only once every outbox entry that existed when
 the batch was persisted is delivered or dead-lettered (:class:`CommitGate`). Entries are in Redis
 before the commit, so a crash in between redelivers the batch, whose frames the rules recognise.
@@ -14,6 +18,7 @@ before the commit, so a crash in between redelivers the batch, whose frames the 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +32,10 @@ from linewatch.alerts.state import OutboxEntry, StateStore
 log = logging.getLogger(__name__)
 
 DeadLetter = Callable[[OutboxEntry, bytes, str], None]
+
+
+class DeadLetterError(RuntimeError):
+    """The dead-letter topic did not take a record (refused, too large, or not acknowledged in time)."""
 
 
 @dataclass
@@ -45,8 +54,9 @@ class _EntryState:
 class RetryPolicy:
     """Backoff per channel and give-up per entry; pure logic with an injectable clock."""
 
-    def __init__(self, retry: RetrySettings, clock: Callable[[], float] = time.monotonic) -> None:
-        self.retry, self.clock = retry, clock
+    def __init__(self, retry: RetrySettings, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.retry, self.clock, self.rng = retry, clock, rng
         self._channels: dict[str, _ChannelState] = {}
         self._entries: dict[str, _EntryState] = {}
 
@@ -79,7 +89,7 @@ class RetryPolicy:
         state = self._channel(channel)
         state.failures += 1
         state.last_error = error
-        state.next_try = self.clock() + self.retry.delay(state.failures)
+        state.next_try = self.clock() + self.retry.delay(state.failures, self.rng)
 
     def succeeded(self, channel: str, entry_id: str) -> None:
         """The channel works again: no more backoff."""
@@ -142,7 +152,11 @@ class OutboxDrainer:
 
     def drain(self, partitions: list[int], gate: CommitGate, stop_event: threading.Event) -> dict[int, int]:
         """Try what is due; returns the offsets (per partition) that may be committed now."""
-        pending = {p: self.store.pending(self.topic, p) for p in partitions}
+        pending = {}
+        for partition in partitions:
+            pending[partition], unparsable = self.store.pending(self.topic, partition)
+            for raw in unparsable:
+                self._quarantine(partition, raw, "outbox entry does not parse")
         ids = {p: {entry.entry_id for _, entry in entries} for p, entries in pending.items()}
         for partition, entry_ids in ids.items():
             gate.observe(partition, entry_ids)
@@ -166,7 +180,7 @@ class OutboxDrainer:
         """Deliver, dead-letter or leave one entry; True when it left the outbox."""
         channel = self.channels.get(entry.channel)
         if channel is None:
-            log.warning("dropping %s: channel %s is no longer configured", entry.entry_id, entry.channel)
+            log.warning("dropping %s: channel %s is no longer configured", entry.entry_id[:200], entry.channel[:100])
             return self._finish(partition, raw, entry)
         name = channel.name
         if name in blocked or self.policy.waiting(name):
@@ -177,7 +191,11 @@ class OutboxDrainer:
             return self._dead(partition, raw, entry, f"gave up while the channel kept failing: {error}")
         if self.policy.tries(entry.entry_id):
             self.metrics.retries.labels(name).inc()
-        outcome, error = attempt(channel, entry.event, self.metrics)
+        try:
+            outcome, error = attempt(channel, entry.event, self.metrics)
+        except Exception as exc:  # a bug or a library error on this entry: it must not stop the others
+            log.exception("delivery of %s to %s raised", entry.entry_id[:200], name)
+            outcome, error = "permanent", f"{type(exc).__name__}: {str(exc)[:300]}"
         if outcome == "delivered":
             self.policy.succeeded(name, entry.entry_id)
             return self._finish(partition, raw, entry)
@@ -190,10 +208,20 @@ class OutboxDrainer:
         return False
 
     def _dead(self, partition: int, raw: bytes, entry: OutboxEntry, error: str) -> bool:
-        log.error("dead-lettering %s to %s: %s", entry.entry_id, entry.channel, error)
-        self.dead_letter(entry, raw, error)
+        log.error("dead-lettering %s to %s: %s", entry.entry_id[:200], entry.channel, error[:500])
+        try:
+            self.dead_letter(entry, raw, error)
+        except DeadLetterError as exc:
+            self._quarantine(partition, raw, f"dead-lettering failed: {exc}")
+            self.policy.finished(entry.entry_id)
+            return True
         self.metrics.deliveries.labels(entry.channel, "dead_letter").inc()
         return self._finish(partition, raw, entry)
+
+    def _quarantine(self, partition: int, raw: bytes, reason: str) -> None:
+        log.error("moving a poison outbox entry of partition %d (%d bytes) aside: %s", partition, len(raw), reason)
+        self.store.quarantine(self.topic, partition, raw, reason)
+        self.metrics.poison.inc()
 
     def _finish(self, partition: int, raw: bytes, entry: OutboxEntry) -> bool:
         self.store.done(self.topic, partition, raw)

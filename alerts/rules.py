@@ -1,21 +1,30 @@
-"""The alert rule as a pure state machine per camera: ok -> firing -> resolved (back to ok).
+"""The alert rule as a pure state machine per camera: ok -> firing -> resolved or silent (back to ok).
 
 A frame *breaches* when the detector called it anomalous and its normalised score reaches the
 rule's ``min_score``. An alert fires when ``k`` of the last ``n`` frames breach (outside the
 cooldown after the previous alert), and resolves after ``resolve_after`` clean frames in a row.
-Time is the frames' capture time, never the wall clock, so replaying a topic gives the same alerts.
+Rule time is the frames' capture time, never the wall clock, so replaying a topic gives the same
+alerts. Two checks use the wall clock, passed in as ``now_ns``: capture times too far in the future
+are refused (:func:`admit`), and an open alert whose camera stopped sending goes ``silent``
+(:func:`go_silent`) instead of firing forever.
+
+Which frames count (:func:`admit`): duplicates are recognised by (camera, sequence) in a bitmap of
+recent sequences, not by "not newer than the last", so frames arriving out of order still count,
+and a forged sequence or capture time far ahead is rejected instead of hiding every later real frame.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from linewatch.alerts.settings import RuleConfig
+from linewatch.alerts.settings import GuardSettings, RuleConfig
 from linewatch.detector.events import FrameResult
 
-AlertState = Literal["firing", "resolved"]
+AlertState = Literal["firing", "resolved", "silent"]
+Admission = Literal["new", "duplicate", "future", "sequence_jump"]
 
 
 class Acknowledgement(BaseModel):
@@ -43,7 +52,8 @@ class Alert(BaseModel):
     worst_sequence: int
     worst_heatmap_key: str | None
     rule: RuleConfig
-    ack: Acknowledgement | None = None
+    ack: Acknowledgement | None = Field(default=None, description="The first acknowledgement.")
+    acks: list[Acknowledgement] = Field(default_factory=list, description="Every acknowledgement, oldest first.")
 
 
 class AlertEvent(BaseModel):
@@ -73,12 +83,18 @@ class CameraState(BaseModel):
 
     camera_id: str
     line_id: str = ""
-    last_sequence: int = -1
-    last_capture_ns: int = -1
+    last_sequence: int = Field(default=-1, description="Highest sequence accepted.")
+    last_capture_ns: int = Field(default=-1, description="Latest capture time accepted.")
+    seen: str = Field(default="0", description="Hex bitmap: bit i set = sequence last_sequence - i was seen.")
+    jump_sequence: int | None = Field(default=None, description="Last rejected jump, and how many frames in a "
+                                                                "row continued it.")
+    jump_count: int = 0
     window: list[WindowFrame] = Field(default_factory=list)
     clean_streak: int = 0
     alert: Alert | None = None
     last_resolved_ns: int | None = None
+    partition: int = Field(default=-1, description="Input partition of the camera's frames (who owns it).")
+    last_seen_ns: int = Field(default=0, description="Wall clock of the last frame taken (for the silence rule).")
 
 
 def is_breach(result: FrameResult, rule: RuleConfig) -> bool:
@@ -86,21 +102,82 @@ def is_breach(result: FrameResult, rule: RuleConfig) -> bool:
     return result.anomalous and result.normalised_score >= rule.min_score
 
 
-def is_redelivery(state: CameraState, result: FrameResult) -> bool:
-    """A frame already seen: its sequence and capture time are not newer than the last one.
+def admit(state: CameraState, result: FrameResult, guard: GuardSettings, now_ns: int) -> Admission:
+    """Whether a frame counts: ``new``, or why not. Pure: the caller applies :func:`mark_seen`."""
+    seq, high = result.sequence, state.last_sequence
+    if result.capture_ns > now_ns + guard.max_capture_ahead_s * 1e9:
+        return "future"
+    if high < 0 or _restarts(state, result, guard):
+        return "new"
+    if seq > high + guard.max_sequence_jump:
+        return "new" if _jump_confirmed(state, seq, guard) else "sequence_jump"
+    if seq <= high - guard.dedup_window or _was_seen(state, seq):
+        return "duplicate"
+    return "new"
 
-    A camera that restarts its sequence at 0 still gets through, its capture time being newer.
+
+def _was_seen(state: CameraState, seq: int) -> bool:
+    high = state.last_sequence
+    return seq <= high and bool((int(state.seen, 16) >> (high - seq)) & 1)
+
+
+def _restarts(state: CameraState, result: FrameResult, guard: GuardSettings) -> bool:
+    """A camera that restarted its numbering: a sequence below the window or already seen, captured later
+    than anything seen (a redelivery carries its original, older capture time)."""
+    seq, high = result.sequence, state.last_sequence
+    old = seq <= high - guard.dedup_window or _was_seen(state, seq)
+    return high >= 0 and old and result.capture_ns > state.last_capture_ns
+
+
+def _jump_confirmed(state: CameraState, seq: int, guard: GuardSettings) -> bool:
+    """True when this jump continues ``reanchor_after - 1`` rejected ones: the camera really moved on."""
+    prior = state.jump_sequence
+    return prior is not None and 0 < seq - prior <= guard.dedup_window \
+        and state.jump_count + 1 >= guard.reanchor_after
+
+
+def note_rejected(state: CameraState, result: FrameResult, admission: Admission) -> CameraState:
+    """The state after refusing a frame: a jump is remembered so that a real one is followed later."""
+    if admission != "sequence_jump":
+        return state
+    new = state.model_copy()
+    prior = state.jump_sequence
+    continues = prior is not None and result.sequence > prior
+    new.jump_sequence, new.jump_count = result.sequence, (state.jump_count + 1) if continues else 1
+    return new
+
+
+def mark_seen(state: CameraState, result: FrameResult, guard: GuardSettings) -> None:
+    """Record an admitted frame in ``state`` (changed in place) so that its redelivery is recognised."""
+    seq, high = result.sequence, state.last_sequence
+    mask = (1 << guard.dedup_window) - 1
+    restarted = high >= 0 and (_restarts(state, result, guard) or seq > high + guard.max_sequence_jump)
+    if high < 0 or restarted:
+        bits, high = 1, seq
+    elif seq > high:
+        bits, high = ((int(state.seen, 16) << (seq - high)) | 1) & mask, seq
+    else:
+        bits = int(state.seen, 16) | (1 << (high - seq))
+    state.last_sequence, state.seen = high, format(bits, "x")
+    state.last_capture_ns = max(state.last_capture_ns, result.capture_ns) if not restarted else result.capture_ns
+    state.jump_sequence, state.jump_count = None, 0
+
+
+def step(state: CameraState, result: FrameResult, rule: RuleConfig, guard: GuardSettings | None = None,
+         now_ns: int | None = None) -> tuple[CameraState, list[AlertEvent]]:
+    """Apply one frame; returns the new state (``state`` is not changed) and the transitions.
+
+    A frame that :func:`admit` refuses returns ``state`` itself when nothing needs saving.
     """
-    return result.sequence <= state.last_sequence and result.capture_ns <= state.last_capture_ns
-
-
-def step(state: CameraState, result: FrameResult, rule: RuleConfig) -> tuple[CameraState, list[AlertEvent]]:
-    """Apply one frame; returns the new state (``state`` is not changed) and the transitions."""
-    if is_redelivery(state, result):
-        return state, []
+    guard = guard or GuardSettings()
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    admission = admit(state, result, guard, now_ns)
+    if admission != "new":
+        return note_rejected(state, result, admission), []
     new = state.model_copy(deep=True)
     new.line_id = result.line_id
-    new.last_sequence, new.last_capture_ns = result.sequence, result.capture_ns
+    mark_seen(new, result, guard)
+    new.last_seen_ns = now_ns
     breach = is_breach(result, rule)
     frame = WindowFrame(sequence=result.sequence, capture_ns=result.capture_ns, breach=breach,
                         score=result.normalised_score, heatmap_key=result.heatmap_key)
@@ -148,3 +225,21 @@ def _update_firing(state: CameraState, frame: WindowFrame, rule: RuleConfig) -> 
     state.alert, state.window, state.clean_streak = None, [], 0
     state.last_resolved_ns = frame.capture_ns
     return [AlertEvent(kind="resolved", alert=alert)]
+
+
+def go_silent(state: CameraState, now_ns: int, silent_after_s: float) -> tuple[CameraState, list[AlertEvent]]:
+    """Close an open alert whose camera sent nothing for ``silent_after_s`` (wall clock) as ``silent``.
+
+    An alert that cannot resolve (no frames) must not look like a live defect forever; "silent" tells
+    the operator to look at the camera instead. A new alert fires when breaching frames come back.
+    """
+    if state.alert is None or now_ns - state.last_seen_ns < silent_after_s * 1e9:
+        return state, []
+    new = state.model_copy(deep=True)
+    alert = new.alert
+    assert alert is not None
+    alert.state, alert.end_ns, alert.end_sequence = "silent", max(new.last_capture_ns, alert.start_ns), \
+        new.last_sequence
+    new.alert, new.window, new.clean_streak = None, [], 0
+    new.last_resolved_ns = alert.end_ns
+    return new, [AlertEvent(kind="silent", alert=alert)]

@@ -5,6 +5,13 @@ history and the outbox are written in one Redis transaction. Every loop iteratio
 non-blocking delivery pass over the outbox (:mod:`alerts.outbox`: a failing channel backs off on
 its own while polling and the other channels go on), and a batch's offsets are committed only once
 every outbox entry that existed when it was persisted is delivered or dead-lettered.
+
+Hostile or broken records (:mod:`alerts.intake`, :func:`alerts.rules.admit`) are dead-lettered or
+refused and counted, never retried forever; dead-letter records are bounded in size; a poison outbox
+entry is moved aside (:mod:`alerts.outbox`). Writes are fenced by partition epoch (:mod:`alerts.state`).
+Every ``housekeeping_s`` the open alerts of the owned partitions are read from Redis: silent cameras'
+alerts become ``silent``, and the rest are re-sent to Alertmanager every ``alertmanager_resend_s`` and
+at once after an assignment (a restart or rebalance), so Alertmanager never times out a live alert.
 """
 
 from __future__ import annotations
@@ -16,18 +23,18 @@ from typing import Any
 
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from pydantic import ValidationError
 
 from linewatch.alerts.channels import build_channels
 from linewatch.alerts.deliveries import Channel
 from linewatch.alerts.deliveries.alertmanager import AlertmanagerChannel
 from linewatch.alerts.history import AlertHistory
+from linewatch.alerts.intake import RejectedRecordError, bounded_dead_letter, decode_result
 from linewatch.alerts.metrics import AlertsMetrics
-from linewatch.alerts.outbox import CommitGate, OutboxDrainer, RetryPolicy
-from linewatch.alerts.rules import AlertEvent, CameraState, step
+from linewatch.alerts.outbox import CommitGate, DeadLetterError, OutboxDrainer, RetryPolicy
+from linewatch.alerts.rules import Alert, AlertEvent, CameraState, admit, go_silent, step
 from linewatch.alerts.settings import AlertsSettings
-from linewatch.alerts.state import OutboxEntry, StateStore
-from linewatch.detector.events import EVENT_SCHEMA_VERSION, FrameResult, dead_letter_headers
+from linewatch.alerts.state import FencedError, OutboxEntry, StateStore
+from linewatch.detector.events import FrameResult, dead_letter_headers
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +54,10 @@ class AlertsService:
         self.settings, self.metrics = settings, metrics or AlertsMetrics()
         self.stop_event = stop_event or threading.Event()
         self.topic = settings.topics.results
-        self.redis = settings.redis.client()
+        self.redis = settings.state_store_redis().client()
         self.history = history_for(settings, self.redis)
-        self.store = StateStore(self.redis, settings.redis.key_prefix, self.history)
+        self.store = StateStore(self.redis, settings.redis.key_prefix, self.history,
+                                state_ttl_s=settings.state_ttl_s)
         kafka = settings.kafka.client_config()
         self.producer = Producer({**kafka, "acks": "all", "enable.idempotence": True})
         self.consumer = Consumer({**kafka, "group.id": settings.group_id, "enable.auto.commit": False,
@@ -57,7 +65,10 @@ class AlertsService:
         self.channels: dict[str, Channel] = {c.name: c for c in build_channels(settings, self.producer)}
         self.states: dict[str, CameraState] = {}
         self.assigned: set[int] = set()
+        self.epochs: dict[int, int] = {}  # partition -> our owner epoch (see alerts.state)
         self.last_resend = time.monotonic()
+        self.resend_due = False  # set by an assignment: re-send the stored open alerts at once
+        self.last_housekeeping = 0.0
         self.policy = RetryPolicy(settings.retry)
         self.gate = CommitGate()
         self.drainer = OutboxDrainer(self.store, self.topic, self.channels, self.policy, self.metrics,
@@ -72,15 +83,31 @@ class AlertsService:
             while not self.stop_event.is_set():
                 messages = self.consumer.consume(self.settings.batch_size, timeout=0.5)
                 try:
+                    self._acquire_missing()
                     self.process(messages)
-                except (redis.RedisError, RuntimeError) as exc:
-                    log.error("batch failed, will retry it: %s", exc)
+                    self.housekeeping()
+                except FencedError as exc:
+                    self._fenced(exc, messages)
+                except (redis.RedisError, RuntimeError, KafkaException) as exc:
+                    log.error("batch failed, will retry it: %s", str(exc)[:500])
                     self._rewind(messages)
                     self.stop_event.wait(1.0)
-                self._resend_open_alerts()
         finally:
             self.consumer.close()
             self.producer.flush(10)
+
+    def _fenced(self, exc: FencedError, messages: list[Message]) -> None:
+        """Another instance owns some of our partitions now: stop writing for them, keep the rest going."""
+        self.metrics.fenced.inc()
+        owned = self.store.owns(self.topic, self.epochs)
+        lost = set(self.epochs) - owned
+        log.warning("fenced out of partitions %s: %s", sorted(lost), exc)
+        for partition in lost:
+            self.epochs.pop(partition, None)
+        # Not re-acquired until Kafka assigns them to us again: their records are skipped meanwhile.
+        self.assigned.difference_update(lost)
+        self.gate.forget(lost)
+        self._rewind(messages)
 
     def _rewind(self, messages: list[Message]) -> None:
         """Seek back to the batch's first records so that it is consumed again."""
@@ -96,12 +123,27 @@ class AlertsService:
                 log.warning("cannot rewind partition %d: %s", partition, exc)
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        self.assigned.update(p.partition for p in partitions)
-        log.info("assigned partitions %s of %s", sorted(self.assigned), self.topic)
+        new = sorted(p.partition for p in partitions)
+        self.assigned.update(new)
+        self.states.clear()
+        try:
+            self.epochs.update(self.store.acquire(self.topic, new))
+        except redis.RedisError as exc:  # retried by the loop; until then nothing is written for them
+            log.warning("cannot take the owner epoch of partitions %s yet: %s", new, exc)
+        self.resend_due = True
+        log.info("assigned partitions %s of %s (epochs %s)", sorted(self.assigned), self.topic, self.epochs)
+
+    def _acquire_missing(self) -> None:
+        """Owner epochs of assigned partitions that the assignment callback could not get."""
+        missing = sorted(p for p in self.assigned if p not in self.epochs)
+        if missing:
+            self.epochs.update(self.store.acquire(self.topic, missing))
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         revoked = {p.partition for p in partitions}
         self.assigned.difference_update(revoked)
+        for partition in revoked:
+            self.epochs.pop(partition, None)
         self.gate.forget(revoked)
         self.states.clear()  # another instance may own these cameras now; Redis has the truth
 
@@ -111,6 +153,7 @@ class AlertsService:
         events: list[AlertEvent] = []
         partitions: dict[str, int] = {}
         offsets: dict[int, int] = {}
+        now_ns = time.time_ns()
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -118,40 +161,53 @@ class AlertsService:
                     log.warning("consumer error: %s", error)
                 continue
             partition = msg.partition() or 0
+            if partition not in self.epochs:
+                continue  # fenced out, or no epoch yet: not ours to write (nor to commit)
             offsets[partition] = (msg.offset() or 0) + 1
             result = self._decode(msg)
             if result is None:
                 continue
             state = changed.get(result.camera_id) or self._state(result.camera_id)
-            rule = self.settings.rules.for_camera(result.line_id, result.camera_id)
-            new, transitions = step(state, result, rule)
+            new, transitions = self._apply(state, result, now_ns)
             if new is state:
                 continue  # redelivered frame
+            new.partition = partition
             changed[result.camera_id] = new
             partitions[result.camera_id] = partition
             events.extend(transitions)
         if changed:
-            entries = [OutboxEntry(channel=c.name, event=e) for e in events for c in self.channels.values()
-                       if e.kind in c.kinds]
-            self.store.commit(list(changed.values()), events, entries, topic=self.topic, partitions=partitions)
-            self.states.update(changed)
-            for event in events:
-                self._count(event)
+            self._persist(list(changed.values()), events, partitions)
         for partition, offset in offsets.items():
             self.gate.hold(partition, offset)
         self.drain()
 
+    def _apply(self, state: CameraState, result: FrameResult, now_ns: int) -> tuple[CameraState, list[AlertEvent]]:
+        """The rule step, counting the frames the guard refuses."""
+        admission = admit(state, result, self.settings.guard, now_ns)
+        if admission in ("future", "sequence_jump"):
+            self.metrics.rejected.labels(admission).inc()
+            log.warning("camera %s: frame %d refused (%s; highest sequence %d)", result.camera_id, result.sequence,
+                        admission, state.last_sequence)
+        rule = self.settings.rules.for_camera(result.line_id, result.camera_id)
+        return step(state, result, rule, self.settings.guard, now_ns)
+
+    def _persist(self, states: list[CameraState], events: list[AlertEvent], partitions: dict[str, int]) -> None:
+        entries = [OutboxEntry(channel=c.name, event=e) for e in events for c in self.channels.values()
+                   if e.kind in c.kinds]
+        self.store.commit(states, events, entries, topic=self.topic, partitions=partitions, epochs=self.epochs)
+        self.states.update({s.camera_id: s for s in states})
+        for event in events:
+            self._count(event)
+
     def _decode(self, msg: Message) -> FrameResult | None:
         try:
-            result = FrameResult.model_validate_json(msg.value() or b"")
-            if result.schema_version != EVENT_SCHEMA_VERSION:
-                raise ValueError(f"unknown schema_version {result.schema_version}")
-            return result
-        except (ValidationError, ValueError) as exc:
+            return decode_result(msg.value(), msg.key(), self.settings.guard)
+        except RejectedRecordError as exc:
+            self.metrics.rejected.labels(exc.reason).inc()
             log.warning("bad record at %s[%d]@%d goes to %s: %s", msg.topic(), msg.partition(), msg.offset(),
-                        self.settings.topics.alert_dead_letters, str(exc).splitlines()[0])
+                        self.settings.topics.alert_dead_letters, str(exc)[:300])
             headers = dead_letter_headers(topic=msg.topic() or "", partition=msg.partition() or 0,
-                                          offset=msg.offset() or 0, error_class=type(exc).__name__,
+                                          offset=msg.offset() or 0, error_class=exc.reason,
                                           message=str(exc), original=_header_list(msg))
             self._dead_letter(msg.key(), msg.value() or b"", headers)
             return None
@@ -169,27 +225,45 @@ class AlertsService:
         if event.kind == "firing":
             self.metrics.fired.labels(alert.line_id, alert.camera_id, alert.severity).inc()
             self.metrics.firing.labels(alert.line_id, alert.camera_id).set(1)
+        elif event.kind == "silent":
+            self.metrics.silent.labels(alert.line_id, alert.camera_id).inc()
+            self.metrics.firing.labels(alert.line_id, alert.camera_id).set(0)
         else:
             self.metrics.resolved.labels(alert.line_id, alert.camera_id).inc()
             self.metrics.firing.labels(alert.line_id, alert.camera_id).set(0)
         log.info("alert %s %s (%s, peak %.2f)", alert.alert_id, event.kind, alert.severity, alert.peak_score)
 
     def drain(self) -> None:
-        """One delivery pass over the assigned partitions' outboxes, then commit what became committable."""
-        committable = self.drainer.drain(sorted(self.assigned), self.gate, self.stop_event)
+        """One delivery pass over the owned partitions' outboxes, then commit what became committable."""
+        owned = sorted(self.store.owns(self.topic, self.epochs))
+        committable = self.drainer.drain(owned, self.gate, self.stop_event)
         if committable:
             self._commit(committable)
 
     def _dead_letter_entry(self, entry: OutboxEntry, raw: bytes, error: str) -> None:
         headers = [("dl-channel", entry.channel.encode()), ("dl-event-id", entry.entry_id.encode()),
-                   ("dl-error-class", b"DeliveryError"), ("dl-error", error.encode()[:2000])]
+                   ("dl-error-class", b"DeliveryError"), ("dl-error", error.encode(errors="replace")[:2000])]
         self._dead_letter(entry.event.alert.camera_id.encode(), raw, headers)
 
     def _dead_letter(self, key: bytes | str | None, value: bytes, headers: list[tuple[str, Any]]) -> None:
-        """Write to the alert dead-letter topic and wait; raises when the broker does not take it."""
-        self.producer.produce(self.settings.topics.alert_dead_letters, key=key, value=value, headers=headers)
+        """Write a bounded record to the alert dead-letter topic and wait; :class:`DeadLetterError` when the
+        broker does not take it."""
+        topic = self.settings.topics.alert_dead_letters
+        key, value, bounded = bounded_dead_letter(key, value, headers)
+        errors: list[str] = []
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        try:
+            self.producer.produce(topic, key=key, value=value, headers=bounded, on_delivery=on_delivery)
+        except (BufferError, KafkaException) as exc:
+            raise DeadLetterError(f"dead-letter topic {topic} refused the record: {exc}") from exc
         if self.producer.flush(30) > 0:
-            raise RuntimeError(f"dead-letter topic {self.settings.topics.alert_dead_letters} did not acknowledge")
+            raise DeadLetterError(f"dead-letter topic {topic} did not acknowledge")
+        if errors:
+            raise DeadLetterError(f"dead-letter topic {topic}: {errors[0]}")
 
     def _commit(self, offsets: dict[int, int]) -> None:
         try:
@@ -198,15 +272,49 @@ class AlertsService:
         except KafkaException as exc:  # e.g. a rebalance: the records come back and are recognised
             log.warning("offset commit failed: %s", exc)
 
-    def _resend_open_alerts(self) -> None:
+    def housekeeping(self) -> None:
+        """Every ``housekeeping_s`` (and at once after an assignment): silence, re-send, keep open alerts alive."""
+        now = time.monotonic()
+        if not self.resend_due and now - self.last_housekeeping < self.settings.housekeeping_s:
+            return
+        self.last_housekeeping = now
+        open_alerts = self._owned_open_alerts()
+        still_open = self._silence(open_alerts)
+        self.history.refresh_open([a.alert_id for a in still_open])
+        if self.resend_due or now - self.last_resend >= self.settings.alertmanager_resend_s:
+            self.resend_due, self.last_resend = False, now
+            self._resend(still_open)
+
+    def _owned_open_alerts(self) -> list[tuple[Alert, CameraState]]:
+        """Open alerts (as stored in Redis) of cameras whose partition this instance owns, with their state."""
+        alerts = self.history.open_alerts()
+        states = self.store.load_many(sorted({a.camera_id for a in alerts}))
+        owned = set(self.epochs)
+        return [(a, states[a.camera_id]) for a in alerts if a.camera_id in states
+                and states[a.camera_id].partition in owned and states[a.camera_id].alert is not None
+                and states[a.camera_id].alert.alert_id == a.alert_id]  # type: ignore[union-attr]
+
+    def _silence(self, open_alerts: list[tuple[Alert, CameraState]]) -> list[Alert]:
+        """Close the alerts of cameras silent for ``silent_after_s`` as ``silent``; returns those still open."""
+        now_ns, still_open = time.time_ns(), []
+        changed: list[CameraState] = []
+        events: list[AlertEvent] = []
+        for alert, state in open_alerts:
+            new, transitions = go_silent(state, now_ns, self.settings.silent_after_s)
+            if transitions:
+                changed.append(new)
+                events.extend(transitions)
+            else:
+                still_open.append(alert)
+        if changed:
+            self._persist(changed, events, {s.camera_id: s.partition for s in changed})
+        return still_open
+
+    def _resend(self, open_alerts: list[Alert]) -> None:
         """Re-send open alerts to Alertmanager so that it does not time them out."""
         channel = self.channels.get("alertmanager")
-        if not isinstance(channel, AlertmanagerChannel):
+        if not isinstance(channel, AlertmanagerChannel) or not open_alerts:
             return
-        if time.monotonic() - self.last_resend < self.settings.alertmanager_resend_s:
-            return
-        self.last_resend = time.monotonic()
-        open_alerts = [s.alert for s in self.states.values() if s.alert is not None]
         try:
             channel.resend(open_alerts)
         except Exception as exc:  # best effort: the next period tries again
@@ -222,7 +330,8 @@ def _header_list(msg: Message) -> list[tuple[str, bytes | None]]:
 def history_for(settings: AlertsSettings, client: Any) -> AlertHistory:
     """The alert history store these settings describe."""
     return AlertHistory(client, settings.redis.key_prefix, maxlen=settings.history_maxlen,
-                        retention_s=settings.alert_retention_s, recent=settings.recent_alerts)
+                        retention_s=settings.alert_retention_s, recent=settings.recent_alerts,
+                        open_ttl_s=settings.state_ttl_s)
 
 
 def run_alerts(settings: AlertsSettings, stop_event: threading.Event | None = None,

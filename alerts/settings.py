@@ -6,11 +6,37 @@ Rules have a default plus partial overrides per line and per camera, e.g.
 
 from __future__ import annotations
 
+import math
+import random
+import re
+
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
+
+_RNG = random.SystemRandom()
+MIN_TOKEN_BITS = 256  # 32 random bytes' worth
+# Values copied from examples or left as defaults, refused whatever their length.
+PLACEHOLDER = re.compile(r"change-?me|changeit|example|placeholder|replace-?me|secret|password|token",
+                         re.IGNORECASE)
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot guard the API, or None. Strength is estimated as length x log2(alphabet of the
+    character classes used), so ``secrets.token_urlsafe(32)`` (43 chars) and ``openssl rand -hex 32`` pass."""
+    if not token.strip():
+        return "is empty"
+    if PLACEHOLDER.search(token):
+        return "looks like a placeholder (change-me, example, token, ...)"
+    classes = [(r"[a-z]", 26), (r"[A-Z]", 26), (r"[0-9]", 10), (r"[^A-Za-z0-9]", 33)]
+    alphabet = sum(size for pattern, size in classes if re.search(pattern, token))
+    bits = len(token) * math.log2(alphabet)
+    if bits < MIN_TOKEN_BITS or len(set(token)) < 12:
+        return (f"is too weak (about {bits:.0f} bits, {len(set(token))} distinct characters; need "
+                f"{MIN_TOKEN_BITS} bits: e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return None
 
 
 class RuleConfig(BaseModel):
@@ -84,9 +110,38 @@ class RetrySettings(BaseModel):
                                    description="A delivery still failing this long after it was due is "
                                                "dead-lettered (rides out a 10-minute outage).")
 
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after ``failures`` (>= 1) transient failures in a row."""
+    def ceiling(self, failures: int) -> float:
+        """The longest wait after ``failures`` (>= 1) transient failures in a row (exponential, capped)."""
         return float(min(self.backoff_s * 2 ** min(failures - 1, 62), self.max_backoff_s))
+
+    def delay(self, failures: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait: full jitter, uniform in [0, ceiling], so clients that failed together do not
+        retry in lockstep after an outage."""
+        return (rng or _RNG).uniform(0.0, self.ceiling(failures))
+
+
+class GuardSettings(BaseModel):
+    """What a frame result must satisfy before it reaches a camera's rule (hostile or broken producers).
+
+    Duplicates are recognised by (camera, sequence) in a bitmap of the last ``dedup_window``
+    sequences, so out-of-order frames still count. A sequence more than ``max_sequence_jump`` ahead of
+    the highest one seen, or a capture time more than ``max_capture_ahead_s`` ahead of this host's clock,
+    is rejected: one forged frame can neither push every real frame out of the window nor start a
+    cooldown that never ends. A camera that really jumped is followed again after ``reanchor_after``
+    consecutive frames continuing the jump; one that restarted its sequence below the window is followed
+    when its capture time is newer than the last one seen.
+    """
+
+    dedup_window: int = Field(default=1024, ge=64, le=65536, description="Recent sequences remembered per camera.")
+    max_sequence_jump: int = Field(default=10_000, ge=1, description="Largest accepted step past the highest "
+                                                                     "sequence seen.")
+    max_capture_ahead_s: float = Field(default=300.0, ge=0.0, description="Largest accepted capture time ahead "
+                                                                          "of this host's clock (clock skew).")
+    reanchor_after: int = Field(default=3, ge=1, description="Consecutive frames continuing a rejected jump "
+                                                             "that make it the camera's new position.")
+    max_result_bytes: int = Field(default=65_536, ge=1024, description="Larger result records are dead-lettered.")
+    max_text_chars: int = Field(default=256, ge=16, description="Longest line id, model version, label, ... in a "
+                                                                "result; heatmap keys may be 4 times this.")
 
 
 class HttpSettings(BaseModel):
@@ -97,7 +152,8 @@ class HttpSettings(BaseModel):
     port: int = Field(default=8081, ge=0, le=65535)
     public_base_url: str = Field(default="http://127.0.0.1:8081",
                                  description="How operators reach this service; used in links.")
-    metrics_public: bool = Field(default=False, description="Serve /metrics without the bearer token.")
+    metrics_public: bool = Field(default=False, description="Serve /metrics without the bearer token (only for "
+                                                            "a port that is not published; see alerts/README.md).")
 
 
 class AlertsSettings(BaseSettings):
@@ -108,6 +164,11 @@ class AlertsSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings.model_validate({}))
     topics: TopicSettings = Field(default_factory=lambda: TopicSettings.model_validate({}))
     redis: RedisSettings = Field(default_factory=lambda: RedisSettings.model_validate({}))
+    state_redis: RedisSettings | None = Field(
+        default=None, description="Where alert state, outboxes and history live; None = same as redis. Point it at "
+                                  "its own instance with maxmemory-policy noeviction so heatmap memory pressure "
+                                  "cannot evict alert state.")
+    guard: GuardSettings = Field(default_factory=lambda: GuardSettings.model_validate({}))
     rules: RulesSettings = Field(default_factory=lambda: RulesSettings.model_validate({}))
     http: HttpSettings = Field(default_factory=lambda: HttpSettings.model_validate({}))
     retry: RetrySettings = Field(default_factory=lambda: RetrySettings.model_validate({}))
@@ -119,8 +180,11 @@ class AlertsSettings(BaseSettings):
     alertmanager_url: str | None = Field(default=None, description="e.g. http://alertmanager:9093; None disables.")
     alertmanager_resend_s: float = Field(default=60.0, gt=0, description="Open alerts are re-sent this often.")
     alertname: str = "LinewatchDefect"
-    webhook_url: str | None = None
-    webhook_secret: SecretStr | None = Field(default=None, validate_default=True)
+    webhook_url: SecretStr | None = Field(default=None, description="May hold credentials; never logged.")
+    webhook_secret: SecretStr | None = Field(
+        default=None, validate_default=True,
+        description="Standard Webhooks signing secret: whsec_ + base64 of 32 random bytes (or any string of 32+ "
+                    "characters, used as raw bytes).")
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     grafana_url: str | None = None
     grafana_token: SecretStr | None = None
@@ -134,6 +198,13 @@ class AlertsSettings(BaseSettings):
     alert_retention_s: int = Field(default=30 * 86400, ge=60,
                                    description="Alert records expire this long after resolving.")
     recent_alerts: int = Field(default=200, ge=1, description="Alerts the index keeps (open ones are always kept).")
+    state_ttl_s: int = Field(default=7 * 86400, ge=60,
+                             description="A camera's rule state, and an open alert's record, expire this long "
+                                         "after their last write (refreshed while the camera sends frames).")
+    silent_after_s: float = Field(default=900.0, gt=0,
+                                  description="An open alert whose camera sent no frame for this long (wall clock) "
+                                              "becomes 'silent' instead of staying firing.")
+    housekeeping_s: float = Field(default=5.0, gt=0, description="How often open alerts are checked for silence.")
 
     @field_validator("webhook_secret")
     @classmethod
@@ -144,7 +215,32 @@ class AlertsSettings(BaseSettings):
 
     @field_validator("api_token")
     @classmethod
-    def _token_long_enough(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value()) < 8:
-            raise ValueError("api_token must be at least 8 characters")
+    def _token_strong(cls, value: SecretStr) -> SecretStr:
+        problem = token_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(f"api_token {problem}")
         return value
+
+    @field_validator("api_users")
+    @classmethod
+    def _user_tokens_strong(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, token in value.items():
+            problem = token_problem(token.get_secret_value())
+            if problem:
+                raise ValueError(f"api_users[{name!r}]: token {problem}")
+            if not name.strip() or len(name) > 64:
+                raise ValueError(f"api_users: identity {name[:64]!r} must be 1-64 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _ttl_outlives_silence(self) -> AlertsSettings:
+        if self.state_ttl_s <= self.silent_after_s:
+            raise ValueError("state_ttl_s must exceed silent_after_s, or an open alert could expire unseen")
+        tokens = [self.api_token.get_secret_value(), *(t.get_secret_value() for t in self.api_users.values())]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("every API identity needs its own token")
+        return self
+
+    def state_store_redis(self) -> RedisSettings:
+        """Connection of the alert state (its own instance when ``state_redis`` is set)."""
+        return self.state_redis or self.redis

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from typing import Literal, Protocol
+from urllib.parse import quote
 
 from linewatch.alerts.metrics import AlertsMetrics
 from linewatch.alerts.rules import Alert, AlertEvent
@@ -43,9 +44,8 @@ class Channel(Protocol):
 
 def alert_links(public_base_url: str, alert: Alert) -> dict[str, str]:
     """Links an operator follows from a notification (the API ones need the bearer token)."""
-    base = public_base_url.rstrip("/")
-    return {"alert_url": f"{base}/#/alert/{alert.alert_id}",
-            "heatmap_url": f"{base}/api/alerts/{alert.alert_id}/heatmap.png"}
+    base, alert_id = public_base_url.rstrip("/"), quote(alert.alert_id, safe="")
+    return {"alert_url": f"{base}/#/alert/{alert_id}", "heatmap_url": f"{base}/api/alerts/{alert_id}/heatmap.png"}
 
 
 def attempt(channel: Channel, event: AlertEvent, metrics: AlertsMetrics) -> tuple[Attempt, str]:
@@ -54,8 +54,8 @@ def attempt(channel: Channel, event: AlertEvent, metrics: AlertsMetrics) -> tupl
         channel.send(event)
     except DeliveryError as exc:
         metrics.deliveries.labels(channel.name, "failure").inc()
-        log.warning("delivery to %s of %s failed (%s): %s", channel.name, event.event_id,
-                    "permanent" if exc.permanent else "will retry", exc)
+        log.warning("delivery to %s of %s failed (%s): %s", channel.name, event.event_id[:200],
+                    "permanent" if exc.permanent else "will retry", str(exc)[:500])
         return ("permanent" if exc.permanent else "transient"), str(exc)
     metrics.deliveries.labels(channel.name, "success").inc()
     return "delivered", ""

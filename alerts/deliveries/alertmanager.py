@@ -1,7 +1,8 @@
 """Prometheus Alertmanager, API v2: ``POST /api/v2/alerts``.
 
 Alerts are told apart by their labels (alertname, line, camera, severity, alert_id); a
-resolved alert is the same labels sent again with ``endsAt``. Alertmanager resolves a firing
+resolved alert is the same labels sent again with ``endsAt``; so is an alert whose camera went silent, with
+annotation ``state: silent`` (its webhook/topic event is the distinct kind ``silent``). Alertmanager resolves a firing
 alert by itself after its ``resolve_timeout`` unless it is re-sent, so the service calls
 :meth:`AlertmanagerChannel.resend` for open alerts periodically.
 """
@@ -37,7 +38,10 @@ def payload(alert: Alert, *, alertname: str, public_base_url: str) -> dict[str, 
         "startsAt": _iso(alert.start_ns),
         "generatorURL": links["alert_url"],
     }
-    if alert.state == "resolved" and alert.end_ns is not None:
+    if alert.state == "silent":
+        item["annotations"]["state"] = "silent"
+        item["annotations"]["summary"] += "; the camera went silent, the alert cannot resolve by itself"
+    if alert.state in ("resolved", "silent") and alert.end_ns is not None:
         item["endsAt"] = _iso(max(alert.end_ns, alert.start_ns + 1_000_000))
     return item
 
@@ -46,10 +50,10 @@ class AlertmanagerChannel:
     """Sends alert transitions to one Alertmanager."""
 
     name = "alertmanager"
-    kinds: tuple[str, ...] = ("firing", "resolved")
+    kinds: tuple[str, ...] = ("firing", "resolved", "silent")
 
     def __init__(self, url: str, *, alertname: str, public_base_url: str, timeout_s: float = 5.0) -> None:
-        self.url = url.rstrip("/") + "/api/v2/alerts"
+        self._url = url.rstrip("/") + "/api/v2/alerts"
         self.alertname, self.public_base_url = alertname, public_base_url
         self.client = httpx.Client(timeout=timeout_s)
 
@@ -61,4 +65,4 @@ class AlertmanagerChannel:
         """POST several alerts at once (the periodic re-send of open ones)."""
         if alerts:
             body = [payload(a, alertname=self.alertname, public_base_url=self.public_base_url) for a in alerts]
-            post(self.client, self.url, json=body)
+            post(self.client, self._url, json=body)

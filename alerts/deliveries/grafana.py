@@ -1,13 +1,14 @@
-"""Grafana annotations through grafana-client: one region annotation per resolved alert.
+"""Grafana annotations through grafana-client: one region annotation per resolved (or silent) alert.
 
 The region spans the alert from start to end and is tagged ``linewatch``, ``line:<id>``,
 ``camera:<id>`` and ``severity:<name>``, so a dashboard's annotation query can filter by tag.
 Firing alerts are not annotated (a region needs its end); the ``linewatch_alerts_firing``
-gauge shows them.
+gauge shows them. Grafana renders the text as HTML, so every id in it is escaped.
 """
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from linewatch.alerts.deliveries import DeliveryError, alert_links
@@ -17,9 +18,11 @@ from linewatch.alerts.rules import Alert, AlertEvent
 def annotation(alert: Alert, public_base_url: str) -> dict[str, Any]:
     """Keyword arguments of ``GrafanaApi.annotations.add_annotation`` for one resolved alert."""
     end_ns = alert.end_ns if alert.end_ns is not None else alert.start_ns
-    text = (f"Defect alert {alert.alert_id} on {alert.line_id}/{alert.camera_id}: {alert.severity}, "
-            f"peak score {alert.peak_score:.2f}, {alert.frame_count} breaching frames. "
-            f"<a href=\"{alert_links(public_base_url, alert)['alert_url']}\">Open alert</a>")
+    e = html.escape
+    ended = " (camera went silent)" if alert.state == "silent" else ""
+    text = (f"Defect alert {e(alert.alert_id)} on {e(alert.line_id)}/{e(alert.camera_id)}: {e(alert.severity)}, "
+            f"peak score {alert.peak_score:.2f}, {alert.frame_count} breaching frames{ended}. "
+            f"<a href=\"{e(alert_links(public_base_url, alert)['alert_url'])}\">Open alert</a>")
     return {"time_from": alert.start_ns // 1_000_000, "time_to": end_ns // 1_000_000, "text": text,
             "tags": ["linewatch", f"line:{alert.line_id}", f"camera:{alert.camera_id}", f"severity:{alert.severity}"]}
 
@@ -28,7 +31,7 @@ class GrafanaChannel:
     """Writes region annotations to one Grafana (service account token)."""
 
     name = "grafana"
-    kinds: tuple[str, ...] = ("resolved",)
+    kinds: tuple[str, ...] = ("resolved", "silent")
 
     def __init__(self, url: str, token: str, *, public_base_url: str, dashboard_uid: str | None = None,
                  timeout_s: float = 5.0) -> None:

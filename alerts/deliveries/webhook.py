@@ -1,15 +1,25 @@
-"""Generic webhook: a JSON body signed with HMAC-SHA256 of a shared secret.
+"""Generic webhook: a JSON body signed per the Standard Webhooks scheme (https://www.standardwebhooks.com).
 
-Headers: ``X-Linewatch-Signature: sha256=<hex digest of the exact body bytes>``,
-``X-Linewatch-Event`` (firing or resolved) and ``X-Linewatch-Event-Id`` (stable across
-redeliveries, so a receiver can drop the rare duplicate of at-least-once delivery).
+Headers: ``webhook-id`` (the event id: stable across redeliveries, so a receiver drops the rare
+duplicate of at-least-once delivery), ``webhook-timestamp`` (seconds, this attempt) and
+``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``. Because the id and the
+time are signed with the body, a receiver can refuse a captured request replayed later (the
+``standardwebhooks`` library refuses timestamps more than 5 minutes off) or twice (same id).
+Receivers verify with e.g. ``standardwebhooks.Webhook(secret).verify(body, headers)``, given the same
+secret string: ``whsec_`` + base64 of the key bytes (a secret without that prefix is used as its UTF-8
+bytes; hand receivers :func:`receiver_secret` of it). ``X-Linewatch-Event`` says firing, resolved or silent;
+``X-Linewatch-Event-Id`` repeats the id for older receivers.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
+import time
+from collections.abc import Mapping
 
 import httpx
 
@@ -17,17 +27,48 @@ from linewatch.alerts.deliveries import alert_links
 from linewatch.alerts.deliveries.http import post
 from linewatch.alerts.rules import AlertEvent
 
-SIGNATURE_HEADER = "X-Linewatch-Signature"
+SECRET_PREFIX = "whsec_"
+TOLERANCE_S = 300
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The signature header value of ``body``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def secret_bytes(secret: str) -> bytes:
+    """The HMAC key: base64-decoded after ``whsec_``, else the string's UTF-8 bytes."""
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            return base64.b64decode(secret[len(SECRET_PREFIX):] + "==")
+        except binascii.Error as exc:
+            raise ValueError("webhook secret: whsec_ must be followed by base64") from exc
+    return secret.encode()
 
 
-def verify(secret: str, body: bytes, header: str | None) -> bool:
-    """True when ``header`` is the signature of ``body`` (constant-time compare)."""
-    return header is not None and hmac.compare_digest(sign(secret, body), header)
+def receiver_secret(secret: str) -> str:
+    """The ``whsec_`` form of ``secret`` that receivers give to a Standard Webhooks library."""
+    return SECRET_PREFIX + base64.b64encode(secret_bytes(secret)).decode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value of one message."""
+    digest = hmac.new(secret_bytes(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: str, msg_id: str, body: bytes, now_s: int | None = None) -> dict[str, str]:
+    """The three Standard Webhooks headers for ``body`` sent now."""
+    timestamp = int(time.time()) if now_s is None else now_s
+    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret, msg_id, timestamp, body)}
+
+
+def verify(secret: str, body: bytes, headers: Mapping[str, str], now_s: float | None = None) -> bool:
+    """True when the headers sign ``body`` with ``secret`` and the timestamp is within 5 minutes."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    msg_id, stamp, signatures = (lower.get(h) for h in ("webhook-id", "webhook-timestamp", "webhook-signature"))
+    if not (msg_id and stamp and signatures and stamp.isdigit()):
+        return False
+    if abs((time.time() if now_s is None else now_s) - int(stamp)) > TOLERANCE_S:
+        return False
+    expected = sign(secret, msg_id, int(stamp), body)
+    return any(hmac.compare_digest(expected, candidate) for candidate in signatures.split(" "))
 
 
 def body(event: AlertEvent, public_base_url: str) -> bytes:
@@ -38,18 +79,22 @@ def body(event: AlertEvent, public_base_url: str) -> bytes:
 
 
 class WebhookChannel:
-    """POSTs signed alert transitions to one URL."""
+    """POSTs signed alert transitions to one URL (which may hold credentials: never printed)."""
 
     name = "webhook"
-    kinds: tuple[str, ...] = ("firing", "resolved")
+    kinds: tuple[str, ...] = ("firing", "resolved", "silent")
 
     def __init__(self, url: str, secret: str, *, public_base_url: str, timeout_s: float = 5.0) -> None:
-        self.url, self.secret, self.public_base_url = url, secret, public_base_url
+        secret_bytes(secret)  # fail at start-up, not at the first alert
+        self._url, self._secret, self.public_base_url = url, secret, public_base_url
         self.client = httpx.Client(timeout=timeout_s)
+
+    def __repr__(self) -> str:
+        return "WebhookChannel(url=***)"
 
     def send(self, event: AlertEvent) -> None:
         """POST one signed transition."""
         content = body(event, self.public_base_url)
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.secret, content),
-                   "X-Linewatch-Event": event.kind, "X-Linewatch-Event-Id": event.event_id}
-        post(self.client, self.url, content=content, headers=headers)
+        headers = {"Content-Type": "application/json", "X-Linewatch-Event": event.kind,
+                   "X-Linewatch-Event-Id": event.event_id, **signed_headers(self._secret, event.event_id, content)}
+        post(self.client, self._url, content=content, headers=headers)

@@ -8,8 +8,9 @@ from typing import Any
 
 from linewatch.detector.events import FrameResult, Latency
 
-WEBHOOK_SECRET = "test-webhook-secret"
-API_TOKEN = "test-api-token-123"
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # Standard Webhooks form (base64 key)
+API_TOKEN = "Vq3-Rk8sWm2_Lp9xTz4bNc7yHd1fJg6aQe5uKo0iZr2"  # 43 chars, like secrets.token_urlsafe(32)
+DANA_TOKEN = "Xb7_Nq2wEr5tYu8iOp1aSd4fGh6jKl9zXc3vBn0mQw5"
 
 T0 = 1_700_000_000_000_000_000
 FRAME_NS = 100_000_000  # 10 frames per second

@@ -16,7 +16,7 @@ import pytest
 import redis
 from alerts_helpers import API_TOKEN, WEBHOOK_SECRET, Webhook
 
-from linewatch.alerts.deliveries.webhook import SIGNATURE_HEADER, verify
+from linewatch.alerts.deliveries.webhook import verify
 from linewatch.alerts.settings import AlertsSettings, HttpSettings, RetrySettings, RuleConfig, RulesSettings
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings
@@ -64,7 +64,7 @@ def webhook() -> Iterator[Webhook]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            signed = verify(WEBHOOK_SECRET, raw, self.headers.get(SIGNATURE_HEADER))
+            signed = verify(WEBHOOK_SECRET, raw, dict(self.headers))
             with hook.lock:
                 failing = hook.fail_next > 0
                 hook.fail_next -= 1 if failing else 0

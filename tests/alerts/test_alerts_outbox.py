@@ -7,6 +7,7 @@ failures is tested against real servers in test_alerts_deliveries.py).
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 
@@ -85,17 +86,22 @@ def enqueue(store: StateStore, partition: int, channels: list[Scripted], evs: li
 def drainer(store: StateStore, channels: list[Scripted], retry: RetrySettings,
             clock: Clock) -> tuple[OutboxDrainer, list[tuple[str, str]]]:
     dead: list[tuple[str, str]] = []
-    policy = RetryPolicy(retry, clock)
+    policy = RetryPolicy(retry, clock, random.Random(11))
     drain = OutboxDrainer(store, TOPIC, {c.name: c for c in channels}, policy, AlertsMetrics(),  # type: ignore[misc]
                           lambda entry, _raw, error: dead.append((entry.entry_id, error)))
     return drain, dead
 
 
-def test_default_backoff_doubles_to_30_s_and_gives_up_after_10_minutes() -> None:
+def test_default_backoff_doubles_to_30_s_with_full_jitter_and_gives_up_after_10_minutes() -> None:
     retry = RetrySettings()
     assert (retry.attempts, retry.give_up_after_s, retry.max_backoff_s) == (0, 600.0, 30.0)
-    assert [retry.delay(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
-    assert retry.delay(10_000) == 30.0
+    assert [retry.ceiling(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert retry.ceiling(10_000) == 30.0
+    # Full jitter: uniform in [0, ceiling], so clients that failed together spread their retries out.
+    rng = random.Random(7)
+    waits = [retry.delay(6, rng) for _ in range(1000)]
+    assert all(0 <= w <= 16 for w in waits) and len(set(waits)) == 1000
+    assert min(waits) < 1.6 and max(waits) > 14.4 and 7 < sum(waits) / len(waits) < 9
 
 
 def test_ten_minute_outage_is_ridden_out_and_other_channel_goes_on(store: StateStore) -> None:
@@ -113,8 +119,9 @@ def test_ten_minute_outage_is_ridden_out_and_other_channel_goes_on(store: StateS
         clock.now += 0.5
         assert drain.drain([0], gate, stop) == {}
         passes += 1
-    # backoff 0.5, 1, 2, ... capped at 30 s: about 25 tries in ten minutes, not one per pass
-    assert 20 <= webhook.tries <= 30 < passes
+    # backoff up to 0.5, 1, 2, ... capped at 30 s, full jitter (mean 15 s): about 45 tries in ten minutes,
+    # not one per pass
+    assert 20 <= webhook.tries <= 120 < passes
     enqueue(store, 0, [manager], events("cam-2", 1))  # a later alert to a healthy channel is not held up
     gate.hold(0, 20)
     clock.now += 0.5
@@ -124,7 +131,7 @@ def test_ten_minute_outage_is_ridden_out_and_other_channel_goes_on(store: StateS
     clock.now += 30
     assert drain.drain([0], gate, stop) == {0: 20}
     assert webhook.sent == [e.event_id for e in events("cam-1", 3)]  # in order, none lost
-    assert dead == [] and not store.pending(TOPIC, 0) and drain.policy.tracked() == 0
+    assert dead == [] and store.pending(TOPIC, 0) == ([], []) and drain.policy.tracked() == 0
 
 
 def test_permanent_refusal_is_dead_lettered_at_once(store: StateStore) -> None:
