@@ -295,6 +295,9 @@ def decode_image(value: bytes, meta: FrameMeta, max_side: int = MAX_SIDE,
         image = image[:, :, :3]
     if meta.encoding == "raw":
         return np.ascontiguousarray(image)
+    if image.flags.c_contiguous and image.flags.writeable:
+        # In place: a second full-size copy would double the memory of the largest frames.
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

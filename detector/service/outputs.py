@@ -85,18 +85,20 @@ class OutputProducer:
         self._batch_records = list(records)
         self._batch = {_record_id(record): [] for record in records}
 
-    def end_batch(self, unwritten_heatmap: Callable[[str], bool] = lambda _key: False) -> None:
+    def end_batch(self, unwritten_heatmap: Callable[[str], bool] = lambda _key: False,
+                  failure: str | None = None) -> None:
         """Produce the held outputs in record order, then release each frame's guard.
 
         ``unwritten_heatmap(key)`` says a result's heatmap will not be in Redis (its write was
         skipped): such a result goes out without a ``heatmap_key``. A record that got no output
-        at all (a processing bug) is dead-lettered rather than committed without one.
+        (processing failed with ``failure``, or a bug) is dead-lettered rather than committed
+        without one, so a record that breaks processing cannot crash-loop the detector.
         """
         batch, records = self._batch or {}, self._batch_records
         self._batch, self._batch_records = None, []
+        reason, why = ("processing_error", failure) if failure else ("no_output", "processing produced no output")
         for record in records:
-            held = batch.get(_record_id(record)) or [_Held(rejected=Rejected(record, "no_output",
-                                                                             "processing produced no output"))]
+            held = batch.get(_record_id(record)) or [_Held(rejected=Rejected(record, reason, why))]
             for item in held:
                 self._produce_held(item, record, unwritten_heatmap)
             self._tracker.release((record.topic, record.partition), record.offset, record.generation)

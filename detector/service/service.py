@@ -213,9 +213,15 @@ class DetectorService:
                 if item is None:
                     return
                 self._outputs.begin_batch(item[0])
-                processor.process(*item)
+                failure = None
+                try:
+                    processor.process(*item)
+                except Exception as exc:  # a record that breaks processing must not crash-loop the detector
+                    log.exception("processing failed on a batch of %d frames; those without outputs are "
+                                  "dead-lettered", len(item[0]))
+                    failure = f"{type(exc).__name__}: {exc}"
                 # Outputs leave in record order; results whose heatmap write was skipped say so.
-                self._outputs.end_batch(cache.take_skipped().__contains__)
+                self._outputs.end_batch(cache.take_skipped().__contains__, failure)
                 self._outputs.poll(0)
             except BaseException as exc:
                 log.exception("detector worker failed")

@@ -7,6 +7,7 @@ camera, reordered results, keys without TTL, a public /metrics, heatmap keys tha
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -210,6 +212,46 @@ def test_a_dead_worker_ends_the_detector_promptly_and_fails_both_probes(
     assert error and isinstance(error[0], RuntimeError) and "worker" in str(error[0])
     assert service.health.healthy()[0] is False and service.health.ready()[0] is False
     assert all(p == (503, 503) for p in probes)
+
+
+class _BrokenOutputModel(_DyingModel):
+    """The real model, but cam-poison's frames come back with a 1-D map: building their result raises."""
+
+    def predict(self, frames: Any, *args: Any, **kwargs: Any) -> Any:
+        prediction = self._model.predict(frames, *args, **kwargs)
+        if self.poisoned:
+            maps = np.zeros((len(prediction.maps), 7), np.float32)
+            prediction = dataclasses.replace(prediction, maps=maps, anomalous=np.ones(len(maps), bool))
+        return prediction
+
+    poisoned = False
+
+
+@pytest.mark.timeout(240)
+def test_a_record_that_breaks_processing_is_dead_lettered_not_a_crash_loop(
+        bootstrap: str, redis_url: str, unique: str, tiny_model: Path) -> None:
+    """Item 1 ("never let one record stop a partition"): an exception while building a batch's
+    outputs killed the worker, and every restart died on the same record. Now the batch's frames
+    without outputs are dead-lettered (processing_error) and the partition goes on."""
+    topics = topic_names(unique)
+    create_topics(bootstrap, topics, partitions=1)
+    model = _BrokenOutputModel(tiny_model)
+    service = DetectorService(settings_for(bootstrap, redis_url, topics, unique, tiny_model, max_batch_size=4),
+                              model=model)
+    thread = _start(service)
+    try:
+        assert service.ready_event.wait(60)
+        model.poisoned = True
+        _produce(bootstrap, topics["frames"], [_frame("cam-poison", seq) for seq in range(3)])
+        dead = read_topic(bootstrap, topics["dead_letters"], lambda m: len(m) >= 3, 90)
+        model.poisoned = False
+        _produce(bootstrap, topics["frames"], [_frame("cam-ok", seq) for seq in range(3)])
+        results = read_topic(bootstrap, topics["results"], lambda m: len(m) >= 3, 90)
+        assert thread.is_alive(), "the detector died on the poisoned batch"
+    finally:
+        _stop(service, thread)
+    assert {dict(m.headers())["dl-error-class"] for m in dead} == {b"processing_error"}
+    assert sorted((r.camera_id, r.sequence) for r in _results(results)) == [("cam-ok", s) for s in range(3)]
 
 
 @pytest.mark.timeout(120)
