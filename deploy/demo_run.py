@@ -45,6 +45,7 @@ class DemoRun:
     def _start_detector(self, model: Path) -> tuple[int, float]:
         port = free_port()
         argv = ["detect", "--model", str(model), "--device", self.args.device, "--metrics-port", str(port),
+                "--backend", getattr(self.args, "backend", "auto"),
                 "--group-id", self.detector_group, "--max-batch", "8", "--max-wait-ms", "50"]
         started = time.monotonic()
         proc, log_path = self.processes.spawn("detector", argv, {**self._env(), "LINEWATCH_METRICS_HOST": "127.0.0.1"})
@@ -97,7 +98,7 @@ class DemoRun:
         ensure_topics(self.kafka, all_topic_names(self.topics), self.topics.partitions)
         detector_port, detector_start_s = self._start_detector(model.path)
         print(f"detector ready (metrics http://127.0.0.1:{detector_port}/metrics)", flush=True)
-        token = secrets.token_urlsafe(16)
+        token = secrets.token_urlsafe(32)
         url = self._start_alerts(token)
         print(f"\nalerts web page: {url}/   token: {token}   (running {a.duration:.0f}s; Ctrl-C stops everything)\n",
               flush=True)

@@ -202,11 +202,11 @@ class Receiver:
             def do_POST(self) -> None:
                 import httpx
 
-                from linewatch.alerts.deliveries.webhook import SIGNATURE_HEADER, verify
+                from linewatch.alerts.deliveries.webhook import verify
 
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status = 500 if receiver.mode == "error" else 200
-                signed = receiver.secret is None or verify(receiver.secret, raw, self.headers.get(SIGNATURE_HEADER))
+                signed = receiver.secret is None or verify(receiver.secret, raw, dict(self.headers))
                 if not signed:
                     status = 401
                 if status == 200 and receiver.forward:

@@ -165,7 +165,8 @@ def test_alerts_sigkill_delivers_every_alert_exactly_once_in_effect(bootstrap: s
     am_proc, am_url = start_alertmanager(tmp_path)
     webhook, am = Receiver(secret=SECRET), Receiver(forward=am_url)
     prefix = f"lwr-{unique}"
-    env = {"LINEWATCH_API_TOKEN": "crash-api-token", "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+    env = {"LINEWATCH_API_TOKEN": "XYdY_Blclj8dysxkqNcYvi5D1oI4wH99DC4CNKMasSo",
+           "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
            "LINEWATCH_REDIS__URL": redis_url, "LINEWATCH_REDIS__KEY_PREFIX": prefix,
            "LINEWATCH_TOPICS__RESULTS": topics["results"], "LINEWATCH_TOPICS__ALERTS": topics["alerts"],
            "LINEWATCH_TOPICS__ALERT_DEAD_LETTERS": topics["alert_dead_letters"], "LINEWATCH_GROUP_ID": prefix,

@@ -121,7 +121,7 @@ def test_webhook_down_then_failing_alerts_arrive_after_recovery(bootstrap: str, 
         redis={"url": redis_url, "key_prefix": prefix},  # type: ignore[arg-type]
         rules=RulesSettings(default=rule), http=HttpSettings(enabled=False),
         retry=RetrySettings(),  # the defaults, on purpose
-        group_id=prefix, session_timeout_ms=6000, api_token="outage-api-token",  # type: ignore[arg-type]
+        group_id=prefix, session_timeout_ms=6000, api_token="tSc0p_Pl-XeCTIXxWlI8N-cRYvJLGmuE7gx8FLFsftY",  # type: ignore[arg-type]
         webhook_url=None, publish_alerts_topic=False)
     webhook = Receiver(secret=SECRET)
     settings = settings.model_copy(update={"webhook_url": webhook.url,
@@ -180,7 +180,7 @@ def test_broker_unreachable_clients_reconnect_without_restart(redis_url: str, un
                                                         "alerts": f"alerts-{unique}", "alert_dead_letters":
                                                         f"adl-{unique}", "partitions": 1},
         redis={"url": redis_url, "key_prefix": prefix}, http=HttpSettings(enabled=False),  # type: ignore[arg-type]
-        group_id=f"alerts-{unique}", session_timeout_ms=6000, api_token="outage-api-token")  # type: ignore[arg-type]
+        group_id=f"alerts-{unique}", session_timeout_ms=6000, api_token="tSc0p_Pl-XeCTIXxWlI8N-cRYvJLGmuE7gx8FLFsftY")  # type: ignore[arg-type]
     stop, alerts_stop = threading.Event(), threading.Event()
     threads = [threading.Thread(target=service.run, daemon=True),
                threading.Thread(target=run_alerts, args=(alerts, alerts_stop), daemon=True)]

@@ -93,7 +93,8 @@ def test_soak_at_80_percent_of_rated_throughput(bootstrap: str, redis_url: str, 
     env = {"LINEWATCH_TOPICS__RESULTS": topics["results"], "LINEWATCH_TOPICS__BREACHES": topics["breaches"],
            "LINEWATCH_TOPICS__DEAD_LETTERS": topics["dead_letters"], "LINEWATCH_REDIS__KEY_PREFIX": f"lwr-{unique}",
            "LINEWATCH_SESSION_TIMEOUT_MS": "6000", "LINEWATCH_STATISTICS_INTERVAL_MS": "1000",
-           "LINEWATCH_API_TOKEN": "soak-api-token", "LINEWATCH_GROUP_ID": f"alerts-{unique}",
+           "LINEWATCH_API_TOKEN": "y1UHbiWtlqpYVwOrbXNgaaq8XSEPQKoyyxlFnxeKuOw",
+           "LINEWATCH_GROUP_ID": f"alerts-{unique}",
            "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "LINEWATCH_REDIS__URL": redis_url}
     fleet = tmp_path / "cameras.yaml"
     fleet.write_text(yaml.safe_dump({"defaults": {
