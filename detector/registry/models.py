@@ -4,7 +4,8 @@ A version is the first 12 hex digits of the checkpoint file's sha256, the same s
 writes as ``model_version`` in every result, so audit rows join the registry without a mapping.
 Promotions are an append-only history per (product, line): ``promote`` pushes a version, ``rollback``
 pops the latest one and re-activates the one before. The active version of a (product, line) is
-the top of that stack; a line without its own history uses the product's every-line history.
+the top of that stack; a line with an empty stack (no history, or its override rolled back) uses
+the product's every-line stack.
 """
 
 from __future__ import annotations
@@ -154,13 +155,20 @@ class Registry:
         return self._append(product, line, record.version, "promote", by, note)
 
     def rollback(self, *, product: str, line: str = ALL_LINES, by: str | None = None, note: str = "") -> Promotion:
-        """Re-activate the version that was active before the latest promotion of (product, line)."""
+        """Re-activate the version that was active before the latest promotion of (product, line).
+
+        Rolling back a line's only promotion removes the line's override: the line follows the
+        product's every-line assignment again (the rollback row names that version).
+        """
         stack = _effective_stack(self.history(product, line))
         where = f"product {product!r}" + (f" line {line!r}" if line else "")
-        if len(stack) < 2:
-            raise RegistryError(f"nothing to roll back to for {where}: "
-                                f"{'no promotion yet' if not stack else 'only one version was ever active'}")
-        return self._append(product, line, stack[-2], "rollback", by, note)
+        if len(stack) >= 2:
+            return self._append(product, line, stack[-2], "rollback", by, note)
+        fallback = _effective_stack(self.history(product, ALL_LINES)) if line != ALL_LINES and stack else []
+        if fallback:
+            return self._append(product, line, fallback[-1], "rollback", by, note)
+        raise RegistryError(f"nothing to roll back to for {where}: "
+                            f"{'no promotion yet' if not stack else 'only one version was ever active'}")
 
     def _append(self, product: str, line: str, version: str, action: str, by: str | None, note: str) -> Promotion:
         entry = Promotion(product=_name(product, "product"), line=line, version=version, action=action,

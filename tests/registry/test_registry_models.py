@@ -119,3 +119,18 @@ def test_cli_round_trip_on_the_default_sqlite(tmp_path: Path, model_a: Path, mod
     assert (tmp_path / ".linewatch" / "registry.db").is_file()
     assert main(["models", "show", "ffff00"]) == 2
     assert "no registered version" in capsys.readouterr().err
+
+
+def test_rolling_back_a_line_override_returns_the_line_to_the_product_default(registry: Registry, model_a: Path,
+                                                                              model_b: Path) -> None:
+    product = _product()
+    a = registry.register(model_a, product=product).version
+    b = registry.register(model_b, product=product).version
+    with pytest.raises(RegistryError, match="no promotion yet"):
+        registry.rollback(product=product, line="line-2")
+    registry.promote(b, product=product, line="line-2")
+    with pytest.raises(RegistryError, match="only one version"):
+        registry.rollback(product=product, line="line-2")  # no product default to fall back to
+    registry.promote(a, product=product)
+    assert registry.rollback(product=product, line="line-2").version == a
+    assert registry.active(product, "line-2").version == a  # type: ignore[union-attr]
