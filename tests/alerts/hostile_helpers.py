@@ -89,6 +89,7 @@ def read_all(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) ->
 def redis_server(tmp_path: Path, *args: str) -> Iterator[str]:
     """A throwaway redis-server with extra arguments (e.g. a memory limit); yields its URL."""
     port = free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(tmp_path), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
