@@ -112,7 +112,11 @@ class HealthService:
             return
         self.metrics.decode_seconds.observe(time.perf_counter() - started)
         monitor = self._monitor(meta.camera_id, meta.line_id)
+        learning = monitor.baseline is None
         events = monitor.observe_frame(stats, time.monotonic(), time.time_ns())
+        if learning and monitor.baseline is not None:  # pin it with LINEWATCH_BASELINES to survive restarts
+            log.info("camera %s baseline learned: mean %.1f, focus %.1f", monitor.camera_id, monitor.baseline.mean,
+                     monitor.baseline.focus)
         self._gauge_frame(monitor, stats.mean, stats.saturated_fraction, stats.dark_fraction, stats.focus)
         self.emit(events)
 

@@ -9,6 +9,8 @@ fall back to rejecting parts.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import ssl
 import threading
 import time
@@ -51,8 +53,8 @@ class MqttSink:
         self.status_topic = f"{settings.topic_prefix}/status"
         self.pending: list[mqtt.MQTTMessageInfo] = []
         self.connected = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
-                                  clean_session=False)
+        client_id = settings.client_id or f"linewatch-verdicts-{socket.gethostname()}-{os.getpid()}"
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         if settings.username:
             password = settings.password.get_secret_value() if settings.password else None
             self.client.username_pw_set(settings.username, password)

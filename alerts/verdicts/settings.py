@@ -27,7 +27,8 @@ class MqttSettings(BaseModel):
     topic_prefix: str = Field(default="linewatch/verdicts",
                               description="Verdicts go to <prefix>/<line>/<camera>; status to <prefix>/status.")
     qos: Literal[0, 1, 2] = Field(default=1, description="1 = at least once (the default); 2 = exactly once.")
-    client_id: str = "linewatch-verdicts"
+    client_id: str | None = Field(default=None, description="None: linewatch-verdicts-<host>-<pid>, so replicas "
+                                                           "never take over each other's connection.")
     username: str | None = None
     password: SecretStr | None = None
     tls: bool = False
