@@ -75,3 +75,20 @@ def test_deadlines_per_camera_and_safe_topics() -> None:
     deadlines = DeadlineSettings(default_ms=500, cameras={"fast": 120})
     assert (deadlines.for_camera("fast"), deadlines.for_camera("other")) == (120, 500)
     assert verdict_topic("lw", "line/1", "cam+#") == "lw/line_1/cam__"
+
+
+def test_command_line_options_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from linewatch.alerts.verdicts import cli
+
+    monkeypatch.setenv("LINEWATCH_DEADLINES__CAMERAS", '{"cam-9": 90}')
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["verdicts", "--mqtt-port", "1999", "--deadline-ms", "250", "--late-policy", "pass",
+                              "--serve-opcua", "opc.tcp://127.0.0.1:4999/x/", "--plc-endpoint", "opc.tcp://plc:4840"])
+    settings = cli.settings_from_args(args)
+    assert (settings.mqtt.port, settings.deadlines.default_ms, settings.deadlines.late_policy) == (1999, 250, "pass")
+    assert settings.deadlines.for_camera("cam-9") == 90
+    assert settings.opcua.serve and settings.opcua.server_endpoint == "opc.tcp://127.0.0.1:4999/x/"
+    assert settings.opcua.plc_endpoint == "opc.tcp://plc:4840"
