@@ -165,9 +165,9 @@ class AlertsSettings(BaseSettings):
     topics: TopicSettings = Field(default_factory=lambda: TopicSettings.model_validate({}))
     redis: RedisSettings = Field(default_factory=lambda: RedisSettings.model_validate({}))
     state_redis: RedisSettings | None = Field(
-        default=None, description="Where alert state, outboxes and history live; None = same as redis. Point it at "
-                                  "its own instance with maxmemory-policy noeviction so heatmap memory pressure "
-                                  "cannot evict alert state.")
+        default=None, description="Where alert state, outboxes and history live; None = same as redis (key prefix: "
+                                  "always redis.key_prefix). Point it at its own instance with maxmemory-policy "
+                                  "noeviction so heatmap memory pressure cannot evict alert state.")
     guard: GuardSettings = Field(default_factory=lambda: GuardSettings.model_validate({}))
     rules: RulesSettings = Field(default_factory=lambda: RulesSettings.model_validate({}))
     http: HttpSettings = Field(default_factory=lambda: HttpSettings.model_validate({}))

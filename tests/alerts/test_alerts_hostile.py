@@ -8,6 +8,7 @@ open alerts re-sent after a restart, silent cameras' alerts closed, stale instan
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -189,3 +190,64 @@ def test_a_stale_instance_is_fenced_out_after_its_partitions_moved(
 
 def sample(service: Any, name: str, **labels: str) -> float:
     return service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_hostile_battery_figures(make_settings: Callable[..., AlertsSettings], bootstrap: str,
+                                 webhook: Webhook) -> None:
+    """Every kind of hostile record at once, then real frames of the targeted cameras: the service keeps
+    running, every victim still alerts, every per-camera key expires. Prints the figures of the
+    "hostile input" table (alerts side)."""
+    import resource
+
+    settings = make_settings(webhook_url=webhook.url, webhook_secret=WEBHOOK_SECRET)
+    victims = [f"cam-v{i}" for i in range(5)]
+    top = 2**63 - 1
+    hostile: list[tuple[Any, Any]] = []
+    hostile += [result_record(frame("c" * 330_000, i, HIT)) for i in range(3)]  # ~1 MB outbox entries before
+    hostile += [result_record(frame(f"k{i}-" + "x" * 5000, 0, HIT)) for i in range(50)]  # 5 KB ids
+    hostile += [result_record(frame(bad, 0, HIT)) for bad in ("\x01" * 200, "plant1/cam2", "", " cam", "cam\n1")]
+    hostile += [result_record(frame(v, 0, HIT), key="other") for v in victims]  # key != camera
+    hostile += [result_record(frame(v, top, CLEAN, capture_ns=top)) for v in victims]  # forged far ahead
+    hostile += [result_record(frame(v, 5_000_000, CLEAN)) for v in victims]  # sequence jump
+    future = frame("cam-v0", 1, CLEAN)
+    hostile.append(result_record(future.model_copy(update={"capture_ns": future.capture_ns + 10**18})))
+    hostile += [("cam-v1", b"{not json"), ("cam-v1", frame("cam-v1", 1, HIT).model_dump_json().replace(
+        '"schema_version":1', '"schema_version":99')), ("cam-v1", b"\xff" * 2000)]
+    for field_name, value in (("heatmap_key", "h" * 100_000), ("model_version", "m" * 5000), ("sequence", -1),
+                              ("sequence", 2**70)):
+        record = json.loads(frame("cam-v2", 1, HIT).model_dump_json())
+        record[field_name] = value
+        hostile.append(("cam-v2", json.dumps(record)))
+    real: list[tuple[Any, Any]] = []
+    now = time.time_ns()  # real cameras capture now; the forged frames above claim 2023 or the far future
+    for v in victims:  # out of order within each camera, as the detector's batching may emit them
+        real += [result_record(frame(v, n, HIT if n % 2 == 0 else CLEAN, capture_ns=now - (10 - n) * 10**8))
+                 for n in (1, 3, 5, 7, 2, 4, 6, 8)]
+    produce_raw(bootstrap, settings.topics.results, hostile + real)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with running(settings) as service:
+        wait_until(lambda: sorted(b["alert"]["camera_id"] for b in webhook.bodies()) == victims, 90,
+                   "every victim's alert")
+        # The sequence-jump frames are each victim's first frame: taken as its start, then left behind when
+        # the real frames (captured later) arrive; every other hostile record is refused.
+        expected = len(hostile) - len(victims)
+        rejected = wait_until(lambda: (n := _rejected(service)) >= expected and n, 60, "every hostile record")
+        alive = service.thread.is_alive()  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(settings.redis.url)
+    keys = [k.decode() for k in client.scan_iter(match=f"{settings.redis.key_prefix}:alerts:*")]
+    per_camera = [k for k in keys if k.split(":")[2] in ("state", "alert", "acks")]
+    no_ttl = [k for k in per_camera if client.ttl(k) < 0]
+    figures = {"records_tried": len(hostile), "records_refused": rejected, "crash_loops": int(not alive),
+               "cameras_silenced": len(victims) - len(webhook.bodies()), "per_camera_keys": len(per_camera),
+               "per_camera_keys_without_ttl": len(no_ttl), "largest_key_chars": max(len(k) for k in keys),
+               "test_process_peak_rss_mb": round(max(rss_before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+                                                 / 1024)}
+    print("hostile-input figures (alerts):", json.dumps(figures))
+    assert figures["crash_loops"] == 0 and figures["cameras_silenced"] == 0 and no_ttl == []
+    assert figures["largest_key_chars"] < 200
+
+
+def _rejected(service: Any) -> int:
+    registry = service.metrics.registry
+    return int(sum(s.value for m in registry.collect() if m.name == "linewatch_alerts_records_rejected"
+                   for s in m.samples if s.name.endswith("_total")))
