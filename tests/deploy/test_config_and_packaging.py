@@ -76,6 +76,8 @@ def run_main(args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPat
     return int(exited.value.code or 0), out, err
 
 
+# A regression would start the service and run forever: the timeout turns that into a failure.
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(("command", "env", "names"), [
     (["camera", "--source", "synthetic:", "--camera-id", "c1"], {"LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": " , "},
      "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS"),
@@ -95,7 +97,7 @@ def test_detector_with_empty_bootstrap_servers_refuses_to_start(tmp_path: Path) 
     # The case, through the installed console script: it used to log "consuming frames..." forever.
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LINEWATCH_")}
     result = subprocess.run([LINEWATCH, "detect"], env={**clean, "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS": ""},
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "LINEWATCH_KAFKA__BOOTSTRAP_SERVERS" in result.stderr
