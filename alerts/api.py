@@ -13,6 +13,7 @@ Content-Security-Policy (own scripts, styles and images only; no framing), ``X-F
 from __future__ import annotations
 
 import hmac
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from linewatch.alerts.rules import Alert
 from linewatch.alerts.settings import AlertsSettings
 from linewatch.common import cache_keys
 
+log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 FRAMES_AROUND = 4
 
@@ -238,6 +240,9 @@ def start_server(settings: AlertsSettings, metrics: AlertsMetrics, timeout_s: fl
     """Serve the API on ``settings.http`` in a daemon thread; returns once it accepts connections."""
     import uvicorn
 
+    if settings.http.metrics_public and settings.http.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("/metrics is served without the bearer token on %s: make sure port %d is reachable only from "
+                    "the monitoring network", settings.http.host, settings.http.port)
     config = uvicorn.Config(create_app(settings, metrics), host=settings.http.host, port=settings.http.port,
                             log_level="warning", access_log=False)
     server = uvicorn.Server(config)
