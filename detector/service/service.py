@@ -178,7 +178,7 @@ class DetectorService:
                             headers=cast(Any, msg.headers()), timestamp_ms=msg.timestamp()[1], received_ns=now_ns,
                             generation=generation)
             self.metrics.frames_consumed.inc()
-            weight = header_pixels(record.headers)
+            weight = min(header_pixels(record.headers), self.settings.max_pixels)  # bigger ones are refused undecoded
             if not self._batcher.fits(weight) and self._decoder is not None:
                 self._dispatch(self._decoder, self._batcher.take())  # pixel budget reached: close the batch
             self._batcher.add(record, weight)
