@@ -331,3 +331,23 @@ def test_one_camera_id_rule_for_encode_decode_and_settings() -> None:
     for key, now in ((b"other", 10**18), (None, 10**18), (b"plant1.cam_2-a", 10**18 - 301 * 10**9)):
         with pytest.raises(WireFormatError):
             check_record(meta, key, now_ns=now)
+
+
+def test_heatmap_queue_holds_only_downscaled_frames_and_reports_skipped_keys() -> None:
+    """Item 5: a full-resolution frame no longer waits in the heatmap queue; item 16: skipped keys are reported."""
+    from linewatch.common.redis_settings import RedisSettings
+    from linewatch.detector.service.heatmap_cache import HeatmapCache, HeatmapEntry
+
+    cache = HeatmapCache(RedisSettings(key_prefix="p"), DetectorMetrics(), per_camera=4, ttl_s=60, breach_ttl_s=60,
+                         overlay_max_side=64, queue_batches=1)  # writer thread not started: nothing connects
+
+    def entry(seq: int) -> HeatmapEntry:
+        return HeatmapEntry("cam", "L", seq, 0, 0.1, 0.1, False, np.zeros((8, 8), np.float32),
+                            np.zeros((1200, 1600, 3), np.uint8))
+
+    cache.submit([entry(1)])
+    queued = cache._queue.get_nowait()
+    assert queued is not None and queued[0].image.shape == (48, 64, 3)
+    cache.submit([entry(2)])
+    cache.submit([entry(3)])  # the queue (1 batch) is full: skipped
+    assert cache.take_skipped() == {"p:hm:cam:3"} and cache.take_skipped() == set()
