@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PACKAGES := -p linewatch
 
-.PHONY: demo test lint typecheck pytest install system-deps clean
+.PHONY: demo test unit lint typecheck pytest install system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ pytest: install system-deps
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The fast inner loop: tests that need no broker, Redis or other service and are not slow (under a minute).
+unit: install
+	$(BIN)/pytest -q -m 'unit and not slow'
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

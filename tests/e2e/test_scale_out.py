@@ -35,21 +35,22 @@ ALL_PARTITIONS = set(range(8))
 @pytest.mark.slow
 @pytest.mark.timeout(300 if FULL else 150)
 def test_survivor_takes_over_and_every_frame_gets_exactly_one_result_after_dedup(
-        bootstrap: str, redis_url: str, unique: str, e2e_model: Path, tmp_path: Path) -> None:
+        bootstrap: str, redis_url: str, unique: str, tiny_model: Path, tmp_path: Path) -> None:
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
     topics = topics_for(unique)
     ensure_topics(kafka, all_topic_names(topics), 8)
     env = line_env(topics, f"lwe-{unique}")
     ports = [free_port(), free_port()]
     logs = [tmp_path / "detector-a.log", tmp_path / "detector-b.log"]
-    detect = ["detect", "--model", str(e2e_model), "--bootstrap-servers", bootstrap, "--redis-url", redis_url,
+    detect = ["detect", "--model", str(tiny_model), "--bootstrap-servers", bootstrap, "--redis-url", redis_url,
               "--group-id", f"det-{unique}", "--device", "cpu", "--max-batch", "4", "--max-wait-ms", "20",
               "--torch-threads", "1"]
     detector_env = {**env, "LINEWATCH_METRICS_HOST": "127.0.0.1"}
     detectors = [spawn([*detect, "--metrics-port", str(port)], detector_env, log)
                  for port, log in zip(ports, logs, strict=True)]
     alerts = spawn(["alerts", "--no-api", "--bootstrap-servers", bootstrap, "--redis-url", redis_url],
-                   {**env, "LINEWATCH_API_TOKEN": "e2e-token-123", "LINEWATCH_GROUP_ID": f"alerts-{unique}"},
+                   {**env, "LINEWATCH_API_TOKEN": "Mg2bDirfrzxFZVRtpqtFzKsTlSq1xMX2LDOcPnJF2kM",
+                    "LINEWATCH_GROUP_ID": f"alerts-{unique}"},
                    tmp_path / "alerts.log")
     collector = TopicCollector(kafka, topics, f"reader-{unique}").start()
     stop_cameras = threading.Event()

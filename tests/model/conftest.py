@@ -1,8 +1,6 @@
-"""Fixtures of the model tests: one tiny synthetic model per session (a few seconds on 2 cores)."""
+"""Fixtures of the model tests: torch on two threads (the trained model is the session's ``tiny_model``)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +10,3 @@ import torch
 def _two_threads() -> None:
     torch.set_num_threads(2)
 
-
-@pytest.fixture(scope="session")
-def synthetic_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Path of a calibrated model trained on synthetic good parts (image size 64)."""
-    from linewatch.detector.train import train_synthetic_model
-
-    return train_synthetic_model(tmp_path_factory.mktemp("model") / "synthetic.safetensors")

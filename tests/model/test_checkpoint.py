@@ -112,8 +112,8 @@ def test_pickle_payload_is_never_executed(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_weights_of_another_architecture_are_refused(tmp_path: Path, synthetic_model: Path) -> None:
-    state, meta = load_checkpoint(synthetic_model)
+def test_weights_of_another_architecture_are_refused(tmp_path: Path, tiny_model: Path) -> None:
+    state, meta = load_checkpoint(tiny_model)
     meta = {k: v for k, v in meta.items() if k not in ("format", "format_version", "tensor_sha256")}
     dropped = {k: v for k, v in state.items() if not k.startswith("student._blocks.10.")}
     path = tmp_path / "mismatch.safetensors"

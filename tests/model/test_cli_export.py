@@ -16,6 +16,7 @@ from linewatch.detector.inference import AnomalyModel
 from linewatch.ingest.synthetic import render_sample
 
 
+@pytest.mark.slow  # trains a model through the CLI (18 s measured on 2 busy cores)
 def test_train_synthetic_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "syn.safetensors"
     assert main(["train", "--synthetic", "--out", str(out), "--epochs", "1", "--image-size", "64"]) == 0
@@ -24,7 +25,7 @@ def test_train_synthetic_and_bad_arguments(tmp_path: Path, capsys: pytest.Captur
     assert "error" in capsys.readouterr().err
 
 
-def test_predict_writes_overlays_and_json_lines(tmp_path: Path, synthetic_model: Path,
+def test_predict_writes_overlays_and_json_lines(tmp_path: Path, tiny_model: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "images"
     folder.mkdir()
@@ -33,7 +34,7 @@ def test_predict_writes_overlays_and_json_lines(tmp_path: Path, synthetic_model:
         cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
     (folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "pred"
-    code = main(["predict", "--model", str(synthetic_model), str(folder), "--out", str(out), "--device", "cpu"])
+    code = main(["predict", "--model", str(tiny_model), str(folder), "--out", str(out), "--device", "cpu"])
     assert code == 1  # one unreadable image is reported, the others are still scored
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 4 and (out / "predictions.jsonl").read_text().count("\n") == 4
@@ -46,12 +47,13 @@ def test_predict_writes_overlays_and_json_lines(tmp_path: Path, synthetic_model:
     assert main(["predict", "--model", str(folder / "broken.png"), str(folder), "--out", str(out)]) == 2
 
 
-def test_onnx_and_torchscript_match_torch(tmp_path: Path, synthetic_model: Path) -> None:
-    model = AnomalyModel.load(synthetic_model, "cpu")
+@pytest.mark.slow  # two exports (55 s measured on 2 busy cores)
+def test_onnx_and_torchscript_match_torch(tmp_path: Path, tiny_model: Path) -> None:
+    model = AnomalyModel.load(tiny_model, "cpu")
     frames = np.stack([render_sample(700 + i, size=90, defect_probability=0.5).image for i in range(3)])
     expected = model.predict(frames)
     onnx_path = tmp_path / "m.onnx"
-    assert main(["export", "--model", str(synthetic_model), "--format", "onnx", "--out", str(onnx_path)]) == 0
+    assert main(["export", "--model", str(tiny_model), "--format", "onnx", "--out", str(onnx_path)]) == 0
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     for batch in (frames, frames[:1]):  # dynamic batch axis
         scores, normalised, anomalous, maps = session.run(None, {"frames": batch})
@@ -61,7 +63,7 @@ def test_onnx_and_torchscript_match_torch(tmp_path: Path, synthetic_model: Path)
         assert (anomalous == expected.anomalous[: len(batch)]).all()
         np.testing.assert_allclose(maps, expected.maps[: len(batch)], rtol=1e-3, atol=1e-4)
     ts_path = tmp_path / "m.pt"
-    assert main(["export", "--model", str(synthetic_model), "--format", "torchscript", "--out", str(ts_path)]) == 0
+    assert main(["export", "--model", str(tiny_model), "--format", "torchscript", "--out", str(ts_path)]) == 0
     with torch.no_grad():
         scores_ts, normalised_ts, _, maps_ts = torch.jit.load(str(ts_path))(torch.from_numpy(frames))
     np.testing.assert_allclose(normalised_ts.numpy(), expected.normalised_scores, rtol=1e-4, atol=1e-5)
