@@ -20,7 +20,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,12 +214,3 @@ def _with_db(url: str, db: int | None) -> str:
     base, _, tail = url.rpartition("/")
     return f"{base}/{db}" if tail.isdigit() and base.count("/") >= 2 else f"{url.rstrip('/')}/{db}"
 
-
-@contextlib.contextmanager
-def local_stack(log_dir: Path | None = None) -> Iterator[LocalStack]:
-    """Context manager form of :func:`start_local_stack`."""
-    stack = start_local_stack(log_dir)
-    try:
-        yield stack
-    finally:
-        stack.stop()

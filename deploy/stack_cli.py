@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
+
+from linewatch.common.signals import interrupt_on_signals
 
 
 def register(subparsers: Any) -> None:
@@ -25,16 +27,14 @@ def run_stack(args: argparse.Namespace) -> int:
     """Start the stack, print its endpoints, wait for SIGINT/SIGTERM, stop it."""
     from linewatch.deploy.local import start_local_stack
 
-    stack = start_local_stack(args.log_dir)
-    print(f"KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap_servers}")
-    print(f"REDIS_URL={stack.redis_url}")
-    print(f"logs: {stack.log_dir}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stack.stop()
+    # A signal is how this command ends: stop the services (even mid-start), then exit 0.
+    with contextlib.suppress(KeyboardInterrupt), interrupt_on_signals():
+        stack = start_local_stack(args.log_dir)  # stops what it started when interrupted
+        try:
+            print(f"KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap_servers}")
+            print(f"REDIS_URL={stack.redis_url}")
+            print(f"logs: {stack.log_dir}", flush=True)
+            threading.Event().wait()
+        finally:
+            stack.stop()
     return 0

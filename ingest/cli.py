@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from typing import Any
+
+from linewatch.common.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +26,6 @@ def _size(text: str) -> tuple[int, int]:
 def _kafka_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (env LINEWATCH_KAFKA__BOOTSTRAP_SERVERS)")
     parser.add_argument("--partitions", type=int, help="partitions for topics created here (default 8)")
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """While inside, SIGINT/SIGTERM set ``stop`` so the cameras flush what they hold before exiting."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    for signum in previous:
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,8 +65,7 @@ def _camera(args: argparse.Namespace) -> int:
     metrics = CameraMetrics()
     if settings.metrics_port is not None:
         serve_metrics(settings.metrics_port, metrics.registry)
-    stop = threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals() as stop:  # the camera flushes what it holds before exiting
         stats = run_camera(settings, source, max_frames=args.max_frames, stop_event=stop, metrics=metrics)
     print(f"camera {stats.camera_id}: captured {stats.captured}, sent {stats.sent}, dropped {stats.dropped_total}, "
           f"delivery errors {stats.delivery_errors}")
@@ -104,8 +85,7 @@ def _cameras(args: argparse.Namespace) -> int:
     port = args.metrics_port if args.metrics_port is not None else port
     if port is not None:
         serve_metrics(port, metrics.registry)
-    stop = threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals() as stop:
         results = run_fleet(cameras, metrics=metrics, stop_event=stop, max_frames=args.max_frames)
     for settings, stats in zip(cameras, results, strict=True):
         if stats is None:
