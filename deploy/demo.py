@@ -19,11 +19,7 @@ from linewatch.common.signals import interrupt_on_signals
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
-# A few MB of real BSData images (CC BY-SA 4.0, deploy/demo_data/LICENSE.md): a fresh clone without
-# ../shared still replays real parts with real defect masks.
-BUNDLED_DATA = REPO_ROOT / "deploy" / "demo_data" / "bsdata_sample"
-DEFAULT_DATA = SHARED_DATA if (SHARED_DATA / "test").is_dir() else BUNDLED_DATA
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
 
 
 def register(subparsers: Any) -> None:
@@ -33,8 +29,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("demo", help="run the whole line locally for a bounded time and print a summary",
                               description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help="MVTec-layout data set (train/good, test/<type>); default: ../shared's magnetic_tile "
-                        "beside the checkout, else the bundled BSData sample; synthetic parts when it is absent")
+                   help="MVTec-layout data set (train/good, test/<type>); synthetic parts when it is absent")
     p.add_argument("--synthetic", action="store_true", help="use synthetic parts even when --data exists")
     p.add_argument("--duration", type=float, default=90.0, help="seconds the cameras run (default 90)")
     p.add_argument("--cameras", type=int, default=4, help="number of cameras (default 4)")
@@ -47,8 +42,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/models"), help="where trained models are kept")
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="summary.json, summary.html and logs")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (training and detector)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
-                   help="the detector's model runtime (auto: the fastest measured here)")
     p.add_argument("--port", type=int, default=0, help="port of the alerts web page (default: a free one)")
     p.add_argument("--drain-timeout", type=float, default=90.0, help="seconds to wait for the line to catch up")
     p.set_defaults(func=run_demo)
