@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from confluent_kafka import KafkaException
+from pydantic import SecretStr
 
 from linewatch.alerts.deliveries import Channel, DeliveryError
 from linewatch.alerts.rules import AlertEvent
@@ -41,6 +42,11 @@ class KafkaChannel:
             raise DeliveryError(f"kafka {self.topic}: {errors[0]}")
 
 
+def _reveal(value: SecretStr | str) -> str:
+    """The secret's text; also takes a plain str (``model_copy(update=...)`` skips validation)."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
 def build_channels(settings: AlertsSettings, producer: Any) -> list[Channel]:
     """Every configured channel, in delivery order."""
     from linewatch.alerts.deliveries.alertmanager import AlertmanagerChannel
@@ -53,11 +59,10 @@ def build_channels(settings: AlertsSettings, producer: Any) -> list[Channel]:
         channels.append(AlertmanagerChannel(settings.alertmanager_url, alertname=settings.alertname,
                                             public_base_url=base, timeout_s=settings.webhook_timeout_s))
     if settings.webhook_url and settings.webhook_secret:
-        channels.append(WebhookChannel(settings.webhook_url.get_secret_value(),
-                                       settings.webhook_secret.get_secret_value(),
+        channels.append(WebhookChannel(_reveal(settings.webhook_url), _reveal(settings.webhook_secret),
                                        public_base_url=base, timeout_s=settings.webhook_timeout_s))
     if settings.grafana_url and settings.grafana_token:
-        channels.append(GrafanaChannel(settings.grafana_url, settings.grafana_token.get_secret_value(),
+        channels.append(GrafanaChannel(settings.grafana_url, _reveal(settings.grafana_token),
                                        public_base_url=base, dashboard_uid=settings.grafana_dashboard_uid,
                                        timeout_s=settings.webhook_timeout_s))
     if settings.publish_alerts_topic:

@@ -12,6 +12,7 @@ import html
 from typing import Any
 
 from linewatch.alerts.deliveries import DeliveryError, alert_links
+from linewatch.alerts.deliveries.http import scrub
 from linewatch.alerts.rules import Alert, AlertEvent
 
 
@@ -38,7 +39,7 @@ class GrafanaChannel:
         from grafana_client import GrafanaApi
 
         self.api = GrafanaApi.from_url(url, credential=token, timeout=timeout_s)
-        self.public_base_url, self.dashboard_uid = public_base_url, dashboard_uid
+        self.public_base_url, self.dashboard_uid, self._url = public_base_url, dashboard_uid, url
 
     def send(self, event: AlertEvent) -> None:
         """Create the region annotation of a resolved alert."""
@@ -51,6 +52,7 @@ class GrafanaChannel:
             self.api.annotations.add_annotation(**kwargs)
         except GrafanaClientError as exc:
             permanent = exc.status_code not in (408, 429)
-            raise DeliveryError(f"grafana: HTTP {exc.status_code}: {exc.message}", permanent=permanent) from exc
+            raise DeliveryError(scrub(f"grafana: HTTP {exc.status_code}: {exc.message}", self._url),
+                                permanent=permanent) from None
         except Exception as exc:  # grafana-client raises niquests errors on network failures
-            raise DeliveryError(f"grafana: {type(exc).__name__}: {exc}") from exc
+            raise DeliveryError(scrub(f"grafana: {type(exc).__name__}: {exc}", self._url)) from None
