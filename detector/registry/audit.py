@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from linewatch.detector.events import EVENT_SCHEMA_VERSION, FrameResult
 from linewatch.detector.registry.db import AlertSpan, AuditRecord, Database, ModelVersion
+from linewatch.detector.registry.offsets import end_offsets
 from linewatch.detector.registry.settings import RegistrySettings
 from linewatch.detector.registry.times import iso
 
@@ -239,13 +240,14 @@ class AuditConsumer:
     def _assign_to_end(self) -> dict[tuple[str, int], int]:
         """Assign every partition from the group's committed offset; returns the end offset of each."""
         metadata = self.consumer.list_topics(timeout=15)
-        partitions = [TopicPartition(topic, p) for topic in self._topics() for p in metadata.topics[topic].partitions]
         ends: dict[tuple[str, int], int] = {}
         self._starts: dict[tuple[str, int], int] = {}
-        for tp in self.consumer.committed(partitions, timeout=15):
-            low, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=15)
-            ends[(tp.topic, tp.partition)] = high
-            self._starts[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else low
+        for topic in self._topics():
+            partitions = sorted(metadata.topics[topic].partitions)
+            ends.update({(topic, p): end for p, end in end_offsets(self.consumer, topic, partitions).items()})
+            for tp in self.consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15):
+                low, _high = self.consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=15)
+                self._starts[(topic, tp.partition)] = tp.offset if tp.offset >= 0 else low
         self.consumer.assign([TopicPartition(t, p, o if o >= 0 else OFFSET_BEGINNING)
                               for (t, p), o in self._starts.items()])
         return ends

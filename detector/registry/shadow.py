@@ -38,6 +38,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from linewatch.detector.inference import AnomalyModel
 from linewatch.detector.registry.models import Registry
+from linewatch.detector.registry.offsets import end_offsets
 from linewatch.detector.registry.settings import RegistrySettings
 from linewatch.detector.registry.times import iso
 from linewatch.ingest.wire import FrameMeta, WireFormatError, decode_frame
@@ -95,13 +96,13 @@ def _window(consumer: Consumer, topic: str, since_ns: int, timeout_s: float = 15
         raise ShadowError(f"topic {topic} does not exist on the broker")
     partitions = sorted(metadata.topics[topic].partitions)
     since_ms = since_ns // 1_000_000
+    highs = end_offsets(consumer, topic, partitions, timeout_s)
     found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in partitions], timeout=timeout_s)
     starts, ends = [], {}
     for tp in found:
-        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout_s)
-        if 0 <= tp.offset < high:  # -1: no frame appended since then in this partition
+        if 0 <= tp.offset < highs[tp.partition]:  # -1: no frame appended since then in this partition
             starts.append(TopicPartition(topic, tp.partition, tp.offset))
-            ends[tp.partition] = high
+            ends[tp.partition] = highs[tp.partition]
     return starts, ends
 
 

@@ -53,7 +53,7 @@ def produce_frames(bootstrap: str, topic: str, *, cameras: int, per_camera: int,
                    size: int = 64, seed: int = 0, first_sequence: int = 0,
                    extra_headers: list[tuple[str, bytes]] | None = None) -> list[SentFrame]:
     """Produce synthetic PNG frames (some defective), one per sequence; record timestamp = capture time."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 50})
     sent: list[SentFrame] = []
     pending: dict[tuple[str, int], tuple[int, np.ndarray, str]] = {}
     errors: list[str] = []
@@ -68,15 +68,18 @@ def produce_frames(bootstrap: str, topic: str, *, cameras: int, per_camera: int,
                                   image, label))
         return delivered
 
-    for i in range(per_camera):
+    encoded = []
+    for i in range(per_camera):  # render first, then produce in a burst: records share batches, as on a line
         seq = first_sequence + i
         for cam in range(cameras):
             sample = render_sample(seed * 10_000 + seq * 31 + cam, size=size)
             frame = encode_frame(sample.image, camera_id=f"cam-{cam}", line_id="line-1", sequence=seq,
                                  capture_ns=capture_ns[i], encoding="png", label=sample.label)
             pending[(f"cam-{cam}", seq)] = (capture_ns[i], sample.image, sample.label)
-            producer.produce(topic, key=frame.key, value=frame.value, headers=frame.headers + (extra_headers or []),
-                             timestamp=capture_ns[i] // 1_000_000, on_delivery=delivered_for(f"cam-{cam}", seq))
+            encoded.append((frame, f"cam-{cam}", seq, capture_ns[i] // 1_000_000))
+    for frame, camera, seq, timestamp_ms in encoded:
+        producer.produce(topic, key=frame.key, value=frame.value, headers=frame.headers + (extra_headers or []),
+                         timestamp=timestamp_ms, on_delivery=delivered_for(camera, seq))
     assert producer.flush(30) == 0 and not errors, errors
     return sorted(sent, key=lambda f: (f.camera_id, f.sequence))
 
