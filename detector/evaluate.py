@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,13 +83,47 @@ def run_evaluation(model: InferenceModel, data_dir: str | Path, out_dir: str | P
         raise ValueError("batch_size must be at least 1")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     records = list_test(data_dir)
-    metadata = model.metadata.to_dict()
-    resize_mode = str(metadata["resize_mode"])
-    to_image: Callable[[np.ndarray, tuple[int, int]], np.ndarray] = model.map_to_image
     started = time.perf_counter()
     scores, flagged, maps, shapes = _predict_all(model, records, batch_size)
     inference_s = time.perf_counter() - started
+    pixels = _pixel_groups(model, records, maps, shapes, n_bins)
+    pixel_s = time.perf_counter() - started - inference_s
+    labels = np.array([r.label == "defect" for r in records])
+    metrics = {**_image_metrics(model, scores, flagged, labels), **_pixel_metrics(model, pixels),
+               "per_type": _per_type(records, scores, labels, pixels.groups),
+               "counts": pixels.counts(records, labels),
+               "settings": {"data_dir": str(data_dir.resolve()), "resolution": "image (map resized to each test image)",
+                            "resize_mode": model.metadata.resize_mode, "aupro_fpr_limit": 0.3,
+                            "batch_size": batch_size, "image_rule": "anomalous if score >= image_threshold",
+                            "model": model.metadata.to_dict()},
+               "timing_s": {"inference": round(inference_s, 3), "pixel_metrics": round(pixel_s, 3)}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    result = _evaluation(model, metrics, records, scores, labels, maps, shapes, pixels.pooled)
+    if report:
+        write_report(result, out_dir / "report.html")
+    return result
 
+
+@dataclass
+class _Pixels:
+    """Pixel histograms per defect type (``good`` included) and pooled, plus mask bookkeeping."""
+
+    groups: dict[str, PixelAccumulator]
+    pooled: PixelAccumulator
+    empty_masks: int
+    missing_masks: int
+
+    def counts(self, records: list[ImageRecord], labels: np.ndarray) -> dict[str, int]:
+        return {"images": len(records), "good": int((~labels).sum()), "defective": int(labels.sum()),
+                "defective_empty_mask": self.empty_masks, "defective_missing_mask": self.missing_masks,
+                "pixels_good": self.pooled.n_good, "pixels_defective": self.pooled.n_defect,
+                "regions": self.pooled.regions}
+
+
+def _pixel_groups(model: InferenceModel, records: list[ImageRecord], maps: np.ndarray,
+                  shapes: list[tuple[int, int]], n_bins: int) -> _Pixels:
+    """Every map in its image's pixels against its mask, accumulated per defect type and pooled."""
     flat = maps.reshape(-1)
     edges = quantile_edges(flat[::max(1, flat.size // EDGE_SAMPLE)], n_bins, extra=[model.pixel_threshold])
     groups: dict[str, PixelAccumulator] = {}
@@ -100,16 +134,50 @@ def run_evaluation(model: InferenceModel, data_dir: str | Path, out_dir: str | P
             missing_masks += record.mask_path is None
             empty_masks += record.mask_path is not None and not mask.any()
         groups.setdefault(record.defect_type, PixelAccumulator(edges)).add(
-            np.asarray(to_image(maps[i], shapes[i]), np.float32), mask)
+            np.asarray(model.map_to_image(maps[i], shapes[i]), np.float32), mask)
     if missing_masks:
         log.warning("evaluate: %d defective images have no mask file; their pixels count as defect-free",
                     missing_masks)
     pooled = PixelAccumulator(edges)
     for acc in groups.values():
         pooled += acc
-    pixel_s = time.perf_counter() - started - inference_s
+    return _Pixels(groups, pooled, int(empty_masks), int(missing_masks))
 
-    labels = np.array([r.label == "defect" for r in records])
+
+def _image_metrics(model: InferenceModel, scores: np.ndarray, flagged: np.ndarray,
+                   labels: np.ndarray) -> dict[str, Any]:
+    """Image AUROC, F1 at the calibrated and the F1-optimal thresholds, and the plant's operating points."""
+    f1_opt, f1_threshold = best_f1(scores, labels)
+    cal = model.metadata.calibration
+    return {
+        "image_auroc": _finite(auroc(scores, labels)),
+        "image_f1": f1_score(flagged, labels),
+        "image_threshold": float(model.image_threshold),
+        "image_f1_optimal": f1_opt,
+        "image_f1_optimal_threshold": _finite(f1_threshold) if math.isfinite(f1_threshold) else None,
+        "image_recall_at_fpr": {f"{rate:g}": _finite(recall_at_false_alarm_rate(scores, labels, rate))
+                                for rate in OPERATING_POINTS},
+        "calibrated_false_alarm_rate": _finite(float(flagged[~labels].mean())) if (~labels).any() else None,
+        "calibration": {"target_false_alarm_rate": cal.target_false_alarm_rate,
+                        "threshold_interval_90": list(cal.threshold_interval) if cal.threshold_interval else None,
+                        "n_good": cal.score_stats.get("n")},
+        "model_version": str(model.model_version),
+        "map_cells": list(getattr(model, "map_cells", model.metadata.map_cells)),
+    }
+
+
+def _pixel_metrics(model: InferenceModel, pixels: _Pixels) -> dict[str, Any]:
+    return {"pixel_auroc": _finite(pixels.pooled.auroc()), "aupro": _finite(pixels.pooled.aupro()),
+            "pixel_f1": pixels.pooled.f1_at(float(model.pixel_threshold)),
+            "pixel_threshold": float(model.pixel_threshold),
+            "exactness": {"pixel_auroc_max_binning_error": pixels.pooled.auroc_error_bound(),
+                          "aupro_max_binning_error": pixels.pooled.aupro_error_bound(),
+                          "bin_edges": int(pixels.pooled.edges.size)}}
+
+
+def _per_type(records: list[ImageRecord], scores: np.ndarray, labels: np.ndarray,
+              groups: dict[str, PixelAccumulator]) -> dict[str, dict[str, Any]]:
+    """Each defect type against the good images: image AUROC, pixel AUROC, AUPRO."""
     types = np.array([r.defect_type for r in records])
     per_type: dict[str, dict[str, Any]] = {}
     for kind in sorted(set(types) - {"good"}):
@@ -117,49 +185,23 @@ def run_evaluation(model: InferenceModel, data_dir: str | Path, out_dir: str | P
         if "good" in groups:
             pair += groups["good"]
         subset = (types == kind) | (types == "good")
-        per_type[kind] = {"count": int((types == kind).sum()), "image_auroc": _finite(auroc(scores[subset],
-                          labels[subset])), "pixel_auroc": _finite(pair.auroc()), "aupro": _finite(pair.aupro()),
+        per_type[kind] = {"count": int((types == kind).sum()),
+                          "image_auroc": _finite(auroc(scores[subset], labels[subset])),
+                          "pixel_auroc": _finite(pair.auroc()), "aupro": _finite(pair.aupro()),
                           "regions": pair.regions}
-    f1_opt, f1_threshold = best_f1(scores, labels)
-    metrics: dict[str, Any] = {
-        "image_auroc": _finite(auroc(scores, labels)),
-        "pixel_auroc": _finite(pooled.auroc()),
-        "aupro": _finite(pooled.aupro()),
-        "image_f1": f1_score(flagged, labels),
-        "image_threshold": float(model.image_threshold),
-        "image_f1_optimal": f1_opt,
-        "image_f1_optimal_threshold": _finite(f1_threshold) if math.isfinite(f1_threshold) else None,
-        "pixel_f1": pooled.f1_at(float(model.pixel_threshold)),
-        "pixel_threshold": float(model.pixel_threshold),
-        "per_type": per_type,
-        "counts": {"images": len(records), "good": int((~labels).sum()), "defective": int(labels.sum()),
-                   "defective_empty_mask": int(empty_masks), "defective_missing_mask": int(missing_masks),
-                   "pixels_good": pooled.n_good, "pixels_defective": pooled.n_defect, "regions": pooled.regions},
-        "exactness": {"pixel_auroc_max_binning_error": pooled.auroc_error_bound(),
-                      "aupro_max_binning_error": pooled.aupro_error_bound(), "bin_edges": int(edges.size)},
-        "settings": {"data_dir": str(data_dir.resolve()), "resolution": "image (map resized to each test image)",
-                     "resize_mode": resize_mode, "aupro_fpr_limit": 0.3, "batch_size": batch_size,
-                     "image_rule": "anomalous if score >= image_threshold", "model": metadata},
-        "model_version": str(model.model_version),
-        "map_cells": list(getattr(model, "map_cells", metadata.get("map_cells", [0, 0]))),
-        "image_recall_at_fpr": {f"{rate:g}": _finite(recall_at_false_alarm_rate(scores, labels, rate))
-                                for rate in OPERATING_POINTS},
-        "calibrated_false_alarm_rate": _finite(float(flagged[~labels].mean())) if (~labels).any() else None,
-        "calibration": {"target_false_alarm_rate": metadata["calibration"]["target_false_alarm_rate"],
-                        "threshold_interval_90": metadata["calibration"].get("threshold_interval"),
-                        "n_good": metadata["calibration"].get("score_stats", {}).get("n")},
-        "timing_s": {"inference": round(inference_s, 3), "pixel_metrics": round(pixel_s, 3)},
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    return per_type
+
+
+def _evaluation(model: InferenceModel, metrics: dict[str, Any], records: list[ImageRecord], scores: np.ndarray,
+                labels: np.ndarray, maps: np.ndarray, shapes: list[tuple[int, int]],
+                pooled: PixelAccumulator) -> Evaluation:
+    """What the report draws: curves thinned for drawing, plus the per-image data."""
     fpr, tpr, pro, _ = pooled.curves()
     if labels.all() or not labels.any():
         image_roc = (np.array([0.0, 1.0]), np.array([0.0, 1.0]))
     else:
         image_roc = roc_curve(scores, labels)[:2]
-    result = Evaluation(metrics=metrics, records=records, image_scores=scores, labels=labels, maps=maps,
-                        shapes=shapes, image_threshold=float(model.image_threshold), resize_mode=resize_mode,
-                        to_image=to_image, image_roc=image_roc, pixel_roc=_thin(fpr, tpr), pro_curve=_thin(fpr, pro))
-    if report:
-        write_report(result, out_dir / "report.html")
-    return result
+    return Evaluation(metrics=metrics, records=records, image_scores=scores, labels=labels, maps=maps,
+                      shapes=shapes, image_threshold=float(model.image_threshold),
+                      resize_mode=model.metadata.resize_mode, to_image=model.map_to_image, image_roc=image_roc,
+                      pixel_roc=_thin(fpr, tpr), pro_curve=_thin(fpr, pro))
