@@ -21,9 +21,14 @@ TINY = ["--synthetic", "--image-size", "64", "--train-images", "16", "--epochs",
 
 
 @pytest.fixture(scope="module")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One model cache shared by the demo runs of this module (the second run reuses the model)."""
-    return tmp_path_factory.mktemp("demo-cache")
+def cached_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache that already holds the model the ``TINY`` demo asks for (trained here, in-process)."""
+    import torch
+
+    torch.set_num_threads(2)
+    cache = tmp_path_factory.mktemp("demo-cache")
+    ensure_model(None, cache, epochs=1, image_size=64, train_images=16, device="cpu")
+    return cache
 
 
 def _demo(args: list[str], bootstrap: str, redis_url: str) -> subprocess.Popen[str]:
@@ -34,11 +39,12 @@ def _demo(args: list[str], bootstrap: str, redis_url: str) -> subprocess.Popen[s
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-def test_demo_runs_the_line_and_writes_the_summary(bootstrap: str, redis_url: str, model_cache: Path,
-                                                   tmp_path: Path) -> None:
-    proc = _demo(["--duration", "10", "--out", str(tmp_path / "out"), "--cache-dir", str(model_cache)],
+def test_demo_runs_the_line_and_writes_the_summary(bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = _demo(["--duration", "10", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")],
                  bootstrap, redis_url)
     output, _ = proc.communicate(timeout=140)
+    wall_ms = (time.monotonic() - started) * 1000
     assert proc.returncode == 0, output
     assert "training the demo model" in output and "1 epochs (demo budget" in output
     assert re.search(r"alerts web page: http://127\.0\.0\.1:\d+/\s+token: \S{16,}", output), output
@@ -51,9 +57,13 @@ def test_demo_runs_the_line_and_writes_the_summary(bootstrap: str, redis_url: st
     acc = summary["accuracy"]
     assert acc["labelled_frames"] == frames["sent"]
     assert acc["true_positives"] + acc["false_negatives"] > 0, "synthetic parts at p=0.3 include defects"
-    assert acc["recall"] == round(acc["true_positives"] / (acc["true_positives"] + acc["false_negatives"]), 4)
+    # Each result is joined to its frame's ground truth: drawn defects rank far above good parts even for a
+    # 1-epoch model, while results joined to the wrong frames (or a broken model path) rank at chance (0.5,
+    # standard deviation ~0.08 at this size).
+    assert acc["image_auroc"] > 0.75, acc
     assert set(summary["alerts"]) >= {"fired", "resolved", "open_at_end"}
-    assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+    latency = summary["latency_ms"]  # each frame's result comes after its capture and within the run
+    assert latency["p50"] > 0 and latency["max"] < wall_ms, (latency, wall_ms)
     assert summary["throughput"]["processed_frames_per_s"] > 0
     html = (tmp_path / "out" / "summary.html").read_text()
     assert summary["heatmap_examples"] and html.count("data:image/png;base64,") == len(summary["heatmap_examples"])
@@ -63,8 +73,8 @@ def test_demo_runs_the_line_and_writes_the_summary(bootstrap: str, redis_url: st
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_demo_reuses_the_cached_model_and_stops_everything_on_sigterm(bootstrap: str, redis_url: str,
-                                                                     model_cache: Path, tmp_path: Path) -> None:
-    proc = _demo(["--duration", "600", "--out", str(tmp_path / "out"), "--cache-dir", str(model_cache)],
+                                                                     cached_model_dir: Path, tmp_path: Path) -> None:
+    proc = _demo(["--duration", "600", "--out", str(tmp_path / "out"), "--cache-dir", str(cached_model_dir)],
                  bootstrap, redis_url)
     lines: list[str] = []
     assert proc.stdout is not None
