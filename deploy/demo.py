@@ -42,6 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/models"), help="where trained models are kept")
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="summary.json, summary.html and logs")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (training and detector)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                   help="the detector's model runtime (auto: the fastest measured here)")
     p.add_argument("--port", type=int, default=0, help="port of the alerts web page (default: a free one)")
     p.add_argument("--drain-timeout", type=float, default=90.0, help="seconds to wait for the line to catch up")
     p.set_defaults(func=run_demo)

@@ -45,6 +45,7 @@ class DemoRun:
     def _start_detector(self, model: Path) -> tuple[int, float]:
         port = free_port()
         argv = ["detect", "--model", str(model), "--device", self.args.device, "--metrics-port", str(port),
+                "--backend", getattr(self.args, "backend", "auto"),
                 "--group-id", self.detector_group, "--max-batch", "8", "--max-wait-ms", "50"]
         started = time.monotonic()
         proc, log_path = self.processes.spawn("detector", argv, {**self._env(), "LINEWATCH_METRICS_HOST": "127.0.0.1"})

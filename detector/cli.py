@@ -15,6 +15,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add this package's subcommands to the ``linewatch`` parser."""
+    from linewatch.detector.backends.cli import register_bench
     from linewatch.detector.evaluate_cli import register_evaluate
     from linewatch.detector.registry import cli as registry_cli
     from linewatch.detector.service.cli import register_detect
@@ -25,6 +26,7 @@ def register(subparsers: Any) -> None:
     register_export(subparsers)
     register_evaluate(subparsers)
     register_detect(subparsers)
+    register_bench(subparsers)
     registry_cli.register(subparsers)
 
 
@@ -123,14 +125,16 @@ def register_predict(subparsers: Any) -> None:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="folder for overlays and predictions.jsonl")
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="torch",
+                   help="model runtime (auto: the fastest measured here); an export folder implies openvino")
     p.set_defaults(func=_guarded(_predict))
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.backends import load_model
     from linewatch.detector.predict import predict_files
 
-    model = AnomalyModel.load(args.model, args.device)
+    model = load_model(args.model, args.backend, args.device)
     lines = predict_files(model, args.inputs, args.out, stream=sys.stdout)
     return 1 if any("error" in line for line in lines) else 0
 
@@ -139,13 +143,21 @@ def register_export(subparsers: Any) -> None:
     """``linewatch export --model MODEL --format onnx|torchscript --out FILE``."""
     p = subparsers.add_parser("export", help="export a model (pre-processing and map fusion included)")
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript", "openvino"], default="onnx")
+    p.add_argument("--out", type=Path, required=True, help="file (onnx, torchscript) or folder (openvino)")
+    p.add_argument("--int8", action="store_true", help="openvino: INT8 post-training quantization (NNCF)")
+    p.add_argument("--calibration-data", type=Path, default=None, metavar="DIR",
+                   help="the model's good training images (MVTec folder or plain), for --int8")
     p.set_defaults(func=_guarded(_export))
 
 
 def _export(args: argparse.Namespace) -> int:
-    from linewatch.detector.export import export_model
+    from linewatch.detector.export import ExportError, export_model, export_openvino
 
+    if args.fmt == "openvino":
+        print(f"wrote {export_openvino(args.model, args.out, int8=args.int8, calibration_data=args.calibration_data)}")
+        return 0
+    if args.int8:
+        raise ExportError("--int8 is for --format openvino")
     print(f"wrote {export_model(args.model, args.out, args.fmt)}")
     return 0

@@ -17,15 +17,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from linewatch.common.images import DataError
+    from linewatch.detector.backends import load_model
     from linewatch.detector.checkpoint import CheckpointError
     from linewatch.detector.device import DeviceError
     from linewatch.detector.evaluate import evaluate
-    from linewatch.detector.inference import AnomalyModel
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model = AnomalyModel.load(args.model, device=args.device)
+        model = load_model(args.model, args.backend, args.device, threads=args.threads)
         metrics = evaluate(model, args.data_dir, args.report, batch_size=args.batch_size)
     except (CheckpointError, DataError, DeviceError, FileNotFoundError, ValueError) as exc:
         print(f"linewatch evaluate: {exc}", file=sys.stderr)
@@ -56,4 +56,6 @@ def register_evaluate(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=_positive, default=16, help="images per inference batch (16)")
     parser.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="torch",
+                        help="model runtime (auto: the fastest measured here); an export folder implies openvino")
     parser.set_defaults(func=_evaluate)

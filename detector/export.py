@@ -6,18 +6,42 @@ calibration (threshold, normalisation) are inside the graph (the traced module i
 :class:`~linewatch.detector.stfpm.calibrated.CalibratedSTFPM`), so a runtime only feeds decoded frames.
 The batch axis is dynamic; frame height and width are dynamic too (the graph resizes any size to the
 model size).
+
+The runtime backends (:mod:`linewatch.detector.backends`) run a second graph, :func:`export_graph`: the
+same CalibratedSTFPM from the pre-processed (N, 3, S, S) input on, with a ``thresholds`` (N,) input so
+per-camera thresholds go through the graph's own head. Their pre-processing is ``STFPM.preprocess`` in
+the one shared wrapper (:class:`~linewatch.detector.inference.AnomalyModel`), so letterboxed models and
+batches of mixed frame sizes work alike everywhere. ``--format openvino`` writes such a graph as OpenVINO
+IR into a folder with ``linewatch.json`` (the checkpoint metadata), optionally INT8-quantized with NNCF
+on the model's own good training images.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.stfpm.calibrated import CalibratedSTFPM
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "openvino")
 OUTPUT_NAMES = ("scores", "normalised_scores", "anomalous", "maps")
+GRAPH_INPUTS = ("pixels", "thresholds")
+EXPORT_INFO = "linewatch.json"  # metadata file of an export folder
+# OpenVINO op types of the map fusion and calibrated head (layer distance, product, upsampling, score,
+# normalisation, verdict); the backbones (convolutions, residual adds, activations) get INT8
+HEAD_OP_TYPES = ("Subtract", "Divide", "ReduceL2", "Power", "ReduceSum", "Multiply", "GreaterEqual", "Interpolate",
+                 "Maximum", "Minimum", "Log", "Sigmoid", "ReduceMax", "TopK", "ReduceMean", "Sqrt")
+CALIBRATION_SUBSET = 300  # NNCF's default subset size; more good images do not move the ranges
 
 
 class ExportError(ValueError):
@@ -28,6 +52,8 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", ops
     """Write ``out`` in ``fmt`` from the checkpoint at ``model_path``; returns ``out``."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "openvino":
+        return export_openvino(model_path, out)
     loaded = AnomalyModel.load(model_path, device="cpu")
     model, size, resize_mode = loaded.calibrated.eval(), loaded.image_size, loaded.metadata.resize_mode
     out = Path(out)
@@ -52,3 +78,106 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", ops
     except Exception as exc:  # exporter failures are deep; report one line
         raise ExportError(f"{fmt} export failed: {type(exc).__name__}: {exc}") from exc
     return out
+
+
+class ScoredGraph(nn.Module):
+    """CalibratedSTFPM from the pre-processed input on: (pixels, thresholds) -> scores, normalised, verdicts, maps."""
+
+    def __init__(self, calibrated: CalibratedSTFPM) -> None:
+        super().__init__()
+        self.calibrated = calibrated
+
+    def forward(self, pixels: torch.Tensor, thresholds: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same head as the torch runtime, so per-frame thresholds need no second implementation."""
+        return self.calibrated.head(self.calibrated.model.maps_from_input(pixels), thresholds)
+
+
+def export_graph(model: AnomalyModel, out: str | Path, opset: int = 18) -> Path:
+    """ONNX of :class:`ScoredGraph` (inputs ``pixels`` (N, 3, S, S) float32 and ``thresholds`` (N,)); dynamic N."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    graph = ScoredGraph(model.calibrated).to("cpu").eval()
+    size = model.image_size
+    example = (torch.randn(2, 3, size, size), torch.full((2,), model.image_threshold))
+    axes = {name: {0: "batch"} for name in (*GRAPH_INPUTS, *OUTPUT_NAMES)}
+    try:
+        # the TorchScript-based exporter: this graph has no shape branches, and it exports in a few
+        # seconds where the dynamo exporter takes half a minute (backends export at first load)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, example, str(out), dynamo=False, opset_version=min(opset, 17),
+                              input_names=list(GRAPH_INPUTS), output_names=list(OUTPUT_NAMES), dynamic_axes=axes)
+    except Exception as exc:  # exporter failures are deep; report one line
+        raise ExportError(f"graph export failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        model.calibrated.to(model.device)
+    return out
+
+
+def export_info(model: AnomalyModel, precision: str, **extra: Any) -> dict[str, Any]:
+    """What an export folder's ``linewatch.json`` holds: the checkpoint metadata and the graph's contract."""
+    return {"metadata": model.metadata.to_dict(), "model_version": model.model_version, "precision": precision,
+            "inputs": list(GRAPH_INPUTS), "outputs": list(OUTPUT_NAMES), "torch": torch.__version__, **extra}
+
+
+def export_openvino(model_path: str | Path, out_dir: str | Path, *, int8: bool = False,
+                    calibration_data: str | Path | None = None, subset: int = CALIBRATION_SUBSET) -> Path:
+    """OpenVINO IR (``model.xml``/``.bin``) + ``linewatch.json`` in ``out_dir``; INT8 via NNCF when asked.
+
+    INT8 ranges come from the model's own good training images (``calibration_data``: the folder it
+    was trained on, MVTec layout or plain). Their names and sizes are hashed as training does; a
+    different folder is used but reported (``calibration.matches_training`` false).
+    """
+    import openvino as ov
+
+    if int8 and calibration_data is None:
+        raise ExportError("--int8 needs --calibration-data DIR: the model's good training images")
+    model = AnomalyModel.load(model_path, device="cpu")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_graph(model, out_dir / "graph.onnx")
+    ov_model = ov.Core().read_model(str(onnx_path))
+    extra: dict[str, Any] = {}
+    if int8:
+        assert calibration_data is not None
+        ov_model, extra["calibration"] = _quantize(model, ov_model, Path(calibration_data), subset)
+    ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
+    onnx_path.unlink()
+    info = export_info(model, "int8" if int8 else "fp32", format="openvino", **extra)
+    (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=1))
+    return out_dir
+
+
+def _quantize(model: AnomalyModel, ov_model: Any, data_dir: Path, subset: int) -> tuple[Any, dict[str, Any]]:
+    """NNCF post-training INT8 of ``ov_model`` on the pre-processed good images of ``data_dir``."""
+    import nncf
+
+    from linewatch.common.images import list_train_good, load_rgb
+
+    records = list_train_good(data_dir)
+    digest = hashlib.sha256()
+    for record in records:  # the training set's identity, as detector/train.py computes it
+        digest.update(f"{record.path.name}|{record.path.stat().st_size}\n".encode())
+    trained_on = str(model.metadata.training.get("data_sha256", ""))
+    matches = digest.hexdigest() == trained_on
+    if not matches:
+        print(f"export: warning: {data_dir} is not the set this model was trained on (data_sha256 differs); "
+              "calibrating on it anyway", file=sys.stderr)
+    images = [load_rgb(r.path) for r in records[:subset]]
+    dataset = nncf.Dataset(list(_calibration_items(model, images)))
+    # only the backbones: the head takes small differences of normalised teacher and student features,
+    # and 8-bit inputs to it turned every map into quantization noise (tiny model: maps off by 60% of range)
+    head = nncf.IgnoredScope(types=list(HEAD_OP_TYPES), validate=False)
+    quantized = nncf.quantize(ov_model, dataset, subset_size=min(subset, len(images)),
+                              preset=nncf.QuantizationPreset.MIXED, ignored_scope=head)
+    return quantized, {"images": len(images), "folder": str(data_dir), "data_sha256": digest.hexdigest(),
+                       "matches_training": matches}
+
+
+def _calibration_items(model: AnomalyModel, images: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """One graph input per image, pre-processed by the model's own ``preprocess``."""
+    with torch.inference_mode():
+        for image in images:
+            pixels = model.model.preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])
+            yield {"pixels": pixels.numpy(), "thresholds": np.array([model.image_threshold], np.float32)}

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from linewatch.common.images import IMAGE_SUFFIXES, DataError, load_rgb
-from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.inference import InferenceModel
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:
@@ -55,7 +55,7 @@ def _batches(paths: list[Path], size: int) -> Iterator[list[Path]]:
         yield paths[start:start + size]
 
 
-def predict_files(model: AnomalyModel, inputs: Sequence[Path], out_dir: Path, stream: TextIO | None = None,
+def predict_files(model: InferenceModel, inputs: Sequence[Path], out_dir: Path, stream: TextIO | None = None,
                   batch_size: int = 16) -> list[dict[str, Any]]:
     """Score every image; write ``<stem>_overlay.png`` and ``predictions.jsonl`` into ``out_dir``.
 

@@ -21,7 +21,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.frames_topic:
         values["topics"] = {"frames": args.frames_topic}
     renames = {"max_batch": "max_batch_size"}
-    for name in ("model", "max_batch", "max_wait_ms", "device", "group_id", "metrics_port", "decode_mode",
+    for name in ("model", "max_batch", "max_wait_ms", "device", "backend", "group_id", "metrics_port", "decode_mode",
                  "decode_workers", "torch_threads"):
         value = getattr(args, name, None)
         if value is not None:
@@ -69,6 +69,8 @@ def register_detect(subparsers: Any) -> None:
     parser.add_argument("--max-batch", type=int, help="a batch closes at this many frames (default 16)")
     parser.add_argument("--max-wait-ms", type=float, help="...or this long after its first frame (default 20)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"],
+                        help="model runtime (default auto: the fastest measured on this machine)")
     parser.add_argument("--decode-mode", choices=["cpu", "gpu", "auto"], help="where JPEG decoding runs")
     parser.add_argument("--decode-workers", type=int, help="decode threads (default 2)")
     parser.add_argument("--torch-threads", type=int, help="torch CPU threads (default: torch's choice)")

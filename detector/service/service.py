@@ -78,12 +78,14 @@ class DetectorService:
     def _load_model(self) -> Any:
         import torch
 
-        from linewatch.detector.inference import AnomalyModel
+        from linewatch.detector.backends import load_model
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        model = AnomalyModel.load(self.settings.model, device=self.settings.device)
-        log.info("model %s (%s at %d px) on %s", model.model_version, model.backbone, model.image_size, model.device)
+        model = load_model(self.settings.model, self.settings.backend, self.settings.device,
+                           threads=self.settings.torch_threads or None)
+        log.info("model %s (%s at %d px) on %s, %s backend", model.model_version, model.metadata.backbone,
+                 model.image_size, model.device, getattr(model, "backend", "torch"))
         return model
 
     def run(self) -> None:

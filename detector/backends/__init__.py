@@ -1,0 +1,13 @@
+"""Runtimes behind :class:`~linewatch.detector.inference.InferenceModel`: torch, ONNX Runtime, OpenVINO.
+
+``load_model(path, backend=...)`` is the one entry point. Every backend returns the same
+:class:`~linewatch.detector.inference.Prediction`: pre-processing runs in the shared torch wrapper
+(``AnomalyModel``), the network, map fusion, score rule, normalisation and verdicts run in the graph
+exported from :class:`~linewatch.detector.stfpm.calibrated.CalibratedSTFPM` (with per-frame thresholds
+as a graph input), so no backend re-implements any of them.
+"""
+
+from linewatch.detector.backends.errors import BackendError
+from linewatch.detector.backends.loader import BACKENDS, available_backends, load_model
+
+__all__ = ["BACKENDS", "BackendError", "available_backends", "load_model"]
