@@ -9,7 +9,8 @@ module does not import the API module and the API keeps one definition of identi
 - ``POST /api/feedback``  mark a frame "false_alarm" or "real_defect" as the token's identity; the
   frame's heatmap overlay is copied from Redis into the record so it outlives the cache.
 
-The database is ``LINEWATCH_REGISTRY__DATABASE_URL`` (the same one ``linewatch audit run`` writes).
+The database is ``LINEWATCH_REGISTRY__DATABASE_URL`` (the same one ``linewatch audit run`` writes),
+opened on first use; while it is unreachable these routes answer 503 and the rest of the API works.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from linewatch.common import cache_keys
 from linewatch.detector.registry.audit import query_audit
@@ -51,10 +53,25 @@ def _time(value: str | None) -> int | None:
         raise HTTPException(422, str(exc)) from None
 
 
+class _Registry:
+    """The database, opened on first use: the operator API starts (and serves alerts) while it is down."""
+
+    def __init__(self, database: Database | None) -> None:
+        self._db = database
+
+    def get(self) -> Database:
+        if self._db is None:
+            try:
+                self._db = Database(RegistrySettings().registry.database_url)
+            except SQLAlchemyError as exc:
+                raise HTTPException(503, f"registry database unavailable: {type(exc).__name__}") from None
+        return self._db
+
+
 def router(user: Callable[..., str], *, database: Database | None = None, redis: Any = None,
            prefix: str = "lw") -> APIRouter:
     """The routes; ``user`` is the API's bearer-token dependency (returns the identity or raises 401)."""
-    db = database or Database(RegistrySettings().registry.database_url)
+    registry = _Registry(database)
     routes = APIRouter()
     who = Depends(user)  # a default value, not an annotation: string annotations cannot see this scope
 
@@ -62,8 +79,11 @@ def router(user: Callable[..., str], *, database: Database | None = None, redis:
     def audit(camera: str | None = None, since: str | None = None, until: str | None = None,
               sequence: int | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
               _who: str = who) -> list[dict[str, Any]]:
-        return query_audit(db, camera=camera, since_ns=_time(since), until_ns=_time(until), sequence=sequence,
-                           limit=limit)
+        try:
+            return query_audit(registry.get(), camera=camera, since_ns=_time(since), until_ns=_time(until),
+                               sequence=sequence, limit=limit)
+        except SQLAlchemyError as exc:
+            raise HTTPException(503, f"registry database unavailable: {type(exc).__name__}") from None
 
     @routes.post("/api/feedback", status_code=201)
     def feedback(body: FeedbackRequest, by: str = who) -> dict[str, Any]:
@@ -71,11 +91,13 @@ def router(user: Callable[..., str], *, database: Database | None = None, redis:
         if redis is not None:
             heatmap = redis.hget(cache_keys.heatmap_key(prefix, body.camera_id, body.sequence), "overlay")
         try:
-            entry = record_feedback(db, camera_id=body.camera_id, sequence=body.sequence, verdict=body.verdict,
-                                    by=by, defect_type=body.defect_type, alert_id=body.alert_id, note=body.note,
-                                    heatmap_png=heatmap)
+            entry = record_feedback(registry.get(), camera_id=body.camera_id, sequence=body.sequence,
+                                    verdict=body.verdict, by=by, defect_type=body.defect_type,
+                                    alert_id=body.alert_id, note=body.note, heatmap_png=heatmap)
         except FeedbackError as exc:
             raise HTTPException(422, str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise HTTPException(503, f"registry database unavailable: {type(exc).__name__}") from None
         return {"id": entry.id, "camera_id": entry.camera_id, "sequence": entry.sequence, "verdict": entry.verdict,
                 "product": entry.product, "model_version": entry.model_version, "by": entry.by,
                 "heatmap_saved": entry.heatmap_png is not None}

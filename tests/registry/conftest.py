@@ -1,4 +1,4 @@
-"""Fixtures of the registry tests: a throwaway PostgreSQL database per session, two tiny models.
+"""Fixtures of the registry tests: a throwaway PostgreSQL database per session, a second tiny model.
 
 PostgreSQL: ``LINEWATCH_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``,
 trust auth) is the maintenance connection; the session creates ``lw_test_<random>`` there and
@@ -51,11 +51,9 @@ def pg_database(postgres_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture(scope="session")
-def model_a(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny calibrated synthetic model (seed 0)."""
-    from linewatch.detector.train import train_synthetic_model
-
-    return train_synthetic_model(tmp_path_factory.mktemp("model_a") / "a.safetensors", epochs=1, seed=0)
+def model_a(tiny_model: Path) -> Path:
+    """The session's tiny calibrated synthetic model (seed 0): the version that is active first."""
+    return tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +62,3 @@ def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from linewatch.detector.train import train_synthetic_model
 
     return train_synthetic_model(tmp_path_factory.mktemp("model_b") / "b.safetensors", epochs=1, seed=1)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _two_threads() -> None:
-    import torch
-
-    torch.set_num_threads(2)

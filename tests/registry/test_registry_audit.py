@@ -214,3 +214,14 @@ def test_feedback_round_trips_into_a_training_folder(line: dict, pg_database: Da
     registry = Registry(pg_database, FolderStore(tmp_path / "store"))
     trained = registry.register(model_b, product="bracket", trained_on=out)
     assert sorted(trained.feedback_ids) == sorted(manifest["feedback_ids"])
+
+
+def test_routes_answer_503_while_the_registry_database_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LINEWATCH_REGISTRY__DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+    app = FastAPI()
+    app.include_router(router(_identity))  # including the routes must not need the database
+    client = TestClient(app)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/api/audit", headers=auth).status_code == 503
+    mark = {"camera_id": "cam-0", "sequence": 1, "verdict": "false_alarm"}
+    assert client.post("/api/feedback", json=mark, headers=auth).status_code == 503
