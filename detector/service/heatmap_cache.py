@@ -100,9 +100,10 @@ class HeatmapCache:
     def __init__(self, settings: RedisSettings, metrics: DetectorMetrics, *, per_camera: int, ttl_s: int,
                  breach_ttl_s: int, map_size: int = 64, overlay_max_side: int = 256, colour_scale: float = 1.0,
                  queue_batches: int = 8, backoff_initial_s: float = 0.25, backoff_max_s: float = 5.0,
-                 camera_ttl_s: int = 86_400, stall_after_s: float = 1.0) -> None:
+                 camera_ttl_s: int = 86_400, stall_after_s: float = 1.0, rng: random.Random | None = None) -> None:
         self.prefix = settings.key_prefix
         self._camera_ttl_s = camera_ttl_s
+        self._rng = rng or random.Random()
         self._stall_after_s = stall_after_s
         self._writing_since: float | None = None
         self._skipped: set[str] = set()
@@ -196,7 +197,7 @@ class HeatmapCache:
                     self.available = False
                     # Full jitter (AWS architecture blog): wait uniformly in [0, backoff] so a fleet
                     # of detectors does not retry in lockstep once Redis is back.
-                    delay = random.uniform(0, self._backoff_s)
+                    delay = self._rng.uniform(0, self._backoff_s)
                     self._backoff_s = min(self._backoff_max_s, self._backoff_s * 2)
                     if self._closing.wait(delay):
                         self._skip(entries)

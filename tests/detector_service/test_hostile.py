@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import signal
 import socket
 import threading
@@ -416,3 +417,41 @@ def test_results_announce_only_heatmaps_that_are_written_across_a_redis_stall(
         _stop(service, thread)
         server.stop()
     assert any(r.heatmap_key is None for r in parsed if r.sequence >= 4), "no write was skipped during the stall"
+
+
+class _RecordingRandom(random.Random):
+    """Records the bounds of every ``uniform`` draw and returns its lower bound (retry at once)."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.bounds: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.bounds.append((a, b))
+        return a
+
+
+@pytest.mark.timeout(60)
+def test_heatmap_writer_retries_with_full_jitter(tmp_path: Path) -> None:
+    """Full jitter: every retry waits a uniform draw in [0, backoff] (backoff doubling to its cap), not
+    the bare exponential sequence that made every detector reconnect in lockstep."""
+    from linewatch.common.redis_settings import RedisSettings
+    from linewatch.deploy.local import free_port
+    from linewatch.detector.service.heatmap_cache import HeatmapCache, HeatmapEntry
+    from linewatch.detector.service.metrics import DetectorMetrics
+
+    rng = _RecordingRandom()
+    settings = RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout_s=0.5)  # nothing listens
+    cache = HeatmapCache(settings, DetectorMetrics(), per_camera=4, ttl_s=60, breach_ttl_s=60,
+                         backoff_initial_s=0.01, backoff_max_s=0.04, rng=rng).start()
+    try:
+        cache.submit([HeatmapEntry("cam", "L", 1, 0, 0.1, 0.1, False, np.zeros((8, 8), np.float32),
+                                   np.zeros((8, 8, 3), np.uint8))])
+        deadline = time.monotonic() + 30
+        while len(rng.bounds) < 4:
+            assert time.monotonic() < deadline, "the writer did not retry"
+            time.sleep(0.05)
+    finally:
+        cache.close()
+    assert rng.bounds[:4] == [(0, 0.01), (0, 0.02), (0, 0.04), (0, 0.04)]
+    assert cache.available is False and cache.key_for("cam", 2) is None
