@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE.parents[2] / "shared" / "datasets" / "bsdata" / "bsdata"
@@ -23,10 +24,17 @@ SCALE = 3
 SEED = 7
 
 
-def _shrink(image: cv2.typing.MatLike, nearest: bool = False) -> cv2.typing.MatLike:
+def _read(path: Path, flags: int) -> np.ndarray:
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        raise SystemExit(f"cannot read {path}")
+    return np.asarray(image)
+
+
+def _shrink(image: np.ndarray, nearest: bool = False) -> np.ndarray:
     height, width = image.shape[:2]
     size = (round(width / SCALE), round(height / SCALE))
-    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA))
 
 
 def main() -> None:
@@ -40,11 +48,11 @@ def main() -> None:
         target = OUT / split / kind
         target.mkdir(parents=True)
         for path in sorted(rng.sample(files, count)):
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            image = _read(path, cv2.IMREAD_COLOR)
             cv2.imwrite(str(target / path.name), _shrink(image), [cv2.IMWRITE_JPEG_QUALITY, 92])
             if kind != "good":
                 mask_name = f"{path.stem}_mask.png"
-                mask = cv2.imread(str(SOURCE / "ground_truth" / kind / mask_name), cv2.IMREAD_GRAYSCALE)
+                mask = _read(SOURCE / "ground_truth" / kind / mask_name, cv2.IMREAD_GRAYSCALE)
                 (OUT / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(OUT / "ground_truth" / kind / mask_name), _shrink(mask, nearest=True))
     print(f"wrote {sum(COUNTS.values())} images to {OUT}")
