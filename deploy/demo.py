@@ -19,25 +19,31 @@ from linewatch.common.signals import interrupt_on_signals
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
+# A few MB of real BSData images (CC BY-SA 4.0, deploy/demo_data/LICENSE.md): a fresh clone without
+# ../shared still replays real parts with real defect masks.
+BUNDLED_DATA = REPO_ROOT / "deploy" / "demo_data" / "bsdata_sample"
+DEFAULT_DATA = SHARED_DATA if (SHARED_DATA / "test").is_dir() else BUNDLED_DATA
 
 
 def register(subparsers: Any) -> None:
     """Add the ``demo`` subcommand."""
-    from linewatch.deploy.demo_model import DEMO_EPOCHS
+    from linewatch.deploy.demo_model import DEMO_EPOCHS, DEMO_TRAIN_IMAGES
 
     p = subparsers.add_parser("demo", help="run the whole line locally for a bounded time and print a summary",
                               description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help="MVTec-layout data set (train/good, test/<type>); synthetic parts when it is absent")
+                   help="MVTec-layout data set (train/good, test/<type>); default: ../shared's magnetic_tile "
+                        "beside the checkout, else the bundled BSData sample; synthetic parts when it is absent")
     p.add_argument("--synthetic", action="store_true", help="use synthetic parts even when --data exists")
     p.add_argument("--duration", type=float, default=90.0, help="seconds the cameras run (default 90)")
     p.add_argument("--cameras", type=int, default=4, help="number of cameras (default 4)")
     p.add_argument("--fps", type=float, default=2.0, help="frames per second per camera (default 2)")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
-                   help=f"training epochs (default {DEMO_EPOCHS}: the full default budget, ~5 min on 2 cores)")
-    p.add_argument("--image-size", type=int, help="model input size (default: TrainConfig's, 128)")
-    p.add_argument("--train-images", type=int, default=0, help="limit the good training images (0: all)")
+                   help=f"most training epochs, with early stopping (default {DEMO_EPOCHS})")
+    p.add_argument("--image-size", type=int, help="model input size (default: TrainConfig's)")
+    p.add_argument("--train-images", type=int, default=DEMO_TRAIN_IMAGES,
+                   help=f"good training images, evenly spread over the set (default {DEMO_TRAIN_IMAGES}; 0: all)")
     p.add_argument("--retrain", action="store_true", help="train even when a cached model matches")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/models"), help="where trained models are kept")
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="summary.json, summary.html and logs")
