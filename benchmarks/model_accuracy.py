@@ -214,7 +214,7 @@ def evaluate_one(set_name: str, root: Path, config: SweepConfig) -> list[dict[st
     for half, files in halves.items():
         records = [by_path[f] for f in files]
         model, raw = _raw_maps(path, records)
-        cells = list(model.metadata.get("map_cells") or _feature_cells(model))
+        cells = list(model.map_cells)
         for variant in config.variants:
             maps = _smooth(raw, variant.sigma)
             scores = _image_scores(maps, variant.top_k)
@@ -224,14 +224,6 @@ def evaluate_one(set_name: str, root: Path, config: SweepConfig) -> list[dict[st
                   f"pixel {rows[-1]['pixel_auroc']:.3f} aupro {rows[-1]['aupro']:.3f}", flush=True)
     cache.write_text(json.dumps(rows) + "\n")
     return rows
-
-
-def _feature_cells(model: Any) -> tuple[int, int]:
-    """Cells of the fused map: the finest tapped feature grid."""
-    size = model.image_size
-    with torch.inference_mode():
-        feats = model.model.teacher(torch.zeros(1, 3, size, size))
-    return max((int(f.shape[-2]), int(f.shape[-1])) for f in feats)
 
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "recall_at_0.01", "recall_at_0.001")
