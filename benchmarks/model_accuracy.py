@@ -233,14 +233,26 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
 
-def choose(rows: list[dict[str, Any]], sets: list[str]) -> tuple[str, str]:
-    """Best (config, variant) by the dev-half mean over sets of image AUROC, pixel AUROC and AUPRO."""
-    candidates: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def _dev_scores(rows: list[dict[str, Any]], sets: list[str]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (config, variant) with dev figures on every set: per set, the mean of image/pixel AUROC and AUPRO."""
+    by_key: dict[tuple[str, str], dict[str, float]] = {}
     for r in rows:
         if r["half"] == "dev":
-            candidates.setdefault((r["config"], r["variant"]), []).append(r)
-    complete = {k: v for k, v in candidates.items() if {r["set"] for r in v} == set(sets)}
-    return max(complete, key=lambda k: np.mean([_mean(complete[k], m) for m in METRICS[:3]]))
+            by_key.setdefault((r["config"], r["variant"]), {})[r["set"]] = float(np.mean([r[m] for m in METRICS[:3]]))
+    return {k: v for k, v in by_key.items() if set(v) == set(sets)}
+
+
+def choose(rows: list[dict[str, Any]], sets: list[str]) -> tuple[str, str]:
+    """Best (config, variant) by the dev-half mean over sets, among those no worse than today's on any set.
+
+    "No worse on any set" (dev halves, mean of the three metrics) guards what carries over to sets we do
+    not have; when no candidate meets it, the best mean is taken and the table says so.
+    """
+    scores = _dev_scores(rows, sets)
+    today = scores.get(("today", Variant().name), {})
+    safe = {k: v for k, v in scores.items() if today and all(v[s] >= today[s] for s in sets)}
+    pool = safe or scores
+    return max(pool, key=lambda k: float(np.mean(list(pool[k].values()))))
 
 
 def table(rows: list[dict[str, Any]], sets: list[str], command: str) -> str:
@@ -264,7 +276,13 @@ def table(rows: list[dict[str, Any]], sets: list[str], command: str) -> str:
         mean = (f"{np.mean([[by_set[s][m] for m in METRICS[:3]] for s in sets]):.3f}"
                 if all(s in by_set for s in sets) else "-")
         lines.append(f"| {config} | {variant} | {cells} | " + " | ".join(parts) + f" | {mean} |")
-    lines.append(f"\nChosen on dev: **{best[0]} / {best[1]}**.\n")
+    today = _dev_scores(rows, sets).get(("today", Variant().name), {})
+    chosen = _dev_scores(rows, sets).get(best, {})
+    safe = bool(today) and all(chosen.get(s, 0.0) >= today[s] for s in sets)
+    lines.append(f"\nChosen on dev: **{best[0]} / {best[1]}** (best dev mean"
+                 + (", and no set below the previous default on dev)." if safe else
+                    "; NOTE: no candidate was at least as good as the previous default on every set's dev half).")
+                 + "\n")
     for label, key in (("previous default (today)", ("today", Variant().name)), ("chosen default", best)):
         lines += [f"## Test halves: {label}: {key[0]} / {key[1]}\n",
                   "| set | type | n defective | image AUROC | pixel AUROC | AUPRO | recall@1% FA | recall@0.1% FA "
