@@ -45,6 +45,7 @@ SERVICE_FIXTURES = frozenset({"stack", "bootstrap", "redis_url", "alertmanager",
 LAYERS = ("unit", "integration")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Give every test exactly one of ``unit``/``integration`` (see the module docstring)."""
     errors = [error for item in items if (error := _classify(item))]
