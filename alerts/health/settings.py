@@ -30,16 +30,16 @@ class CheckConfig(BaseModel):
                                       description="Median share of pixels >= 250 that is saturated (healthy max 0.24).")
     brightness_low: float = Field(default=0.4, gt=0.0,
                                   description="Median brightness / baseline below this is an exposure fault "
-                                              "(healthy min 0.66).")
+                                              "(healthy min 0.58).")
     brightness_high: float = Field(default=3.0, gt=1.0, description="... above this (healthy max 2.70).")
-    focus_ratio: float = Field(default=0.35, gt=0.0, lt=1.0,
+    focus_ratio: float = Field(default=0.25, gt=0.0, lt=1.0,
                                description="Median Laplacian variance / baseline below this is out of focus "
-                                           "(healthy min 0.51).")
+                                           "(healthy min 0.35; a 2 px Gaussian blur gives 0.02-0.39).")
     silence_s: float = Field(default=30.0, gt=0.0, description="No frame for this long is a silent camera.")
-    drift_window: int = Field(default=50, ge=5, le=10_000, description="Scores in the drift window.")
-    drift_threshold: float = Field(default=1.5, gt=0.0,
+    drift_window: int = Field(default=100, ge=5, le=10_000, description="Scores in the drift window.")
+    drift_threshold: float = Field(default=0.6, gt=0.0,
                                    description="|median shift| of log scores, in calibration log-score standard "
-                                               "deviations, that is drift.")
+                                               "deviations, that is drift (healthy max measured: 0.43).")
     confirm: int = Field(default=3, ge=1, description="Checks in a row that change a check's state (hysteresis).")
 
 

@@ -31,7 +31,8 @@ from linewatch.ingest.wire import encode_frame
 pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
-CHECKS = CheckConfig(window=10, baseline_frames=20, confirm=3, silence_s=3.0, drift_window=30)
+CHECKS = CheckConfig(window=10, baseline_frames=20, confirm=3, silence_s=3.0, drift_window=30, drift_threshold=1.5,
+                     focus_ratio=0.35)  # 0.35: also right for the synthetic parts used without the shared data
 REFERENCE = ScoreReference(p50=1.0, log_scale=0.3)
 
 
