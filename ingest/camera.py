@@ -185,7 +185,8 @@ class Camera:
         s = self.settings
         return encode_frame(image, camera_id=s.camera_id, line_id=s.line_id, sequence=sequence,
                             capture_ns=frame.capture_ns, encoding=s.encoding, jpeg_quality=s.jpeg_quality,
-                            label=frame.label, defect_type=frame.defect_type, source_id=frame.source_id)
+                            label=frame.label, defect_type=frame.defect_type, source_id=frame.source_id,
+                            product=s.product)
 
     def _publish(self, frame: CapturedFrame, producer: FrameProducer, sequences: SequenceStore) -> None:
         cam = self.settings.camera_id

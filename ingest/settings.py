@@ -20,6 +20,8 @@ class CameraSettings(BaseSettings):
     camera_id: str = Field(default="cam-1", pattern=CAMERA_ID_PATTERN,
                            description="Message key; one camera's frames stay in order in one partition.")
     line_id: str = Field(default="line-1", pattern=LINE_ID_PATTERN)
+    product: str | None = Field(default=None, pattern=CAMERA_ID_PATTERN, description="Product (part type) the line "
+                                  "makes now: sent as lw-product, it chooses the detector's model.")
     source: str = Field(default="synthetic:", description="SOURCE string, see ingest.sources.open_source.")
     fps: float | None = Field(default=None, gt=0, description="Frame rate cap; None: as fast as the source gives.")
     resize: tuple[int, int] | None = Field(default=None, description="(width, height) to resize to before encoding.")

@@ -22,7 +22,12 @@ A frame is one Kafka record:
   lw-label        ground truth from replay/synthetic: ``good`` | ``defect`` no
   lw-defect-type  ground-truth defect type (e.g. ``crack``)                no
   lw-source-id    source-specific id of the image (file name)              no
+  lw-product      product (part type) on the line now; same rule as ids    no
   ============== ======================================================== ==========
+
+``lw-product`` chooses the model: the detector scores the frame with the model assigned to that
+product in the registry (a changeover is just the next frame carrying another product). Cameras set
+it from ``LINEWATCH_PRODUCT`` (their config); it follows :data:`CAMERA_ID_PATTERN`.
 
 Decoded images are RGB uint8 arrays of shape (H, W, 3); grayscale becomes 3 channels.
 
@@ -83,6 +88,14 @@ def check_camera_id(camera_id: str) -> str:
     return camera_id
 
 
+def check_product_id(product: str) -> str:
+    """``product`` unchanged, or :class:`WireFormatError` ``bad_product`` (the camera id rule applies)."""
+    if not is_valid_camera_id(product):
+        raise WireFormatError("bad_product", f"product {product[:80]!r} (length {len(product)}) does not "
+                                             f"match {CAMERA_ID_PATTERN}")
+    return product
+
+
 @dataclass(frozen=True)
 class FrameMeta:
     """Everything the headers carry about one frame."""
@@ -98,6 +111,7 @@ class FrameMeta:
     label: str | None = None
     defect_type: str | None = None
     source_id: str | None = None
+    product: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,9 +144,12 @@ def encode_image(image: np.ndarray, encoding: Encoding = "jpeg", jpeg_quality: i
 
 def encode_frame(image: np.ndarray, *, camera_id: str, line_id: str, sequence: int, capture_ns: int,
                  encoding: Encoding = "jpeg", jpeg_quality: int = 90, label: str | None = None,
-                 defect_type: str | None = None, source_id: str | None = None) -> EncodedFrame:
+                 defect_type: str | None = None, source_id: str | None = None,
+                 product: str | None = None) -> EncodedFrame:
     """Encode ``image`` and build the key and headers of a version-1 frame."""
     check_camera_id(camera_id)
+    if product is not None:
+        check_product_id(product)
     if not re.fullmatch(LINE_ID_PATTERN, line_id):
         raise WireFormatError("bad_header", f"line id {line_id[:80]!r} does not match {LINE_ID_PATTERN}")
     value = encode_image(image, encoding, jpeg_quality)
@@ -140,7 +157,7 @@ def encode_frame(image: np.ndarray, *, camera_id: str, line_id: str, sequence: i
     meta = FrameMeta(camera_id=camera_id, line_id=line_id, sequence=sequence, capture_ns=capture_ns,
                      encoding=encoding, width=width, height=height,
                      channels=1 if image.ndim == 2 else image.shape[2], label=label,
-                     defect_type=defect_type, source_id=source_id)
+                     defect_type=defect_type, source_id=source_id, product=product)
     return EncodedFrame(key=camera_id.encode(), value=value, headers=meta_to_headers(meta), meta=meta)
 
 
@@ -153,7 +170,7 @@ def meta_to_headers(meta: FrameMeta) -> list[tuple[str, bytes]]:
         ("lw-channels", str(meta.channels)),
     ]
     for name, value in (("lw-label", meta.label), ("lw-defect-type", meta.defect_type),
-                        ("lw-source-id", meta.source_id)):
+                        ("lw-source-id", meta.source_id), ("lw-product", meta.product)):
         if value is not None:
             headers.append((name, value))
     return [(name, value.encode()) for name, value in headers]
@@ -206,6 +223,8 @@ def decode_headers(headers: list[tuple[str, bytes | None]] | None, max_side: int
     _check_text(values, "lw-line", MAX_LINE_ID)
     _check_text(values, "lw-defect-type", MAX_TEXT_HEADER)
     _check_text(values, "lw-source-id", MAX_TEXT_HEADER)
+    if "lw-product" in values:
+        check_product_id(values["lw-product"])
     encoding = values["lw-encoding"]
     if encoding not in ENCODINGS:
         raise WireFormatError("bad_header", f"unknown encoding {encoding!r}")
@@ -224,6 +243,7 @@ def decode_headers(headers: list[tuple[str, bytes | None]] | None, max_side: int
         encoding=encoding,  # type: ignore[arg-type]
         width=width, height=height, channels=_int_header(values, "lw-channels", 1, 3),
         label=label, defect_type=values.get("lw-defect-type"), source_id=values.get("lw-source-id"),
+        product=values.get("lw-product"),
     )
 
 

@@ -8,8 +8,10 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings
 
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.ingest.wire import CAMERA_ID_PATTERN
 
 DEFAULT_DIR = Path(".linewatch")
+ALL_LINES = ""  # same as db.ALL_LINES: an every-line assignment
 
 
 class RegistryConfig(BaseModel):
@@ -26,6 +28,22 @@ class RegistryConfig(BaseModel):
     audit_group_id: str = Field(default="linewatch-audit", description="Consumer group of `linewatch audit run`.")
     shadow_group_prefix: str = Field(default="linewatch-shadow",
                                      description="Shadow replays use this prefix plus a unique suffix as group.")
+
+
+class RoutingConfig(BaseModel):
+    """How a detector picks models from the registry (``LINEWATCH_ROUTING__*``); used only with a registry."""
+
+    default_product: str | None = Field(default=None, pattern=CAMERA_ID_PATTERN, description="Product of frames "
+                                        "without an lw-product header; unset: those frames use the `model` file.")
+    line: str = Field(default=ALL_LINES, max_length=200, description="Line whose assignments this detector follows "
+                      "(a line's own promotion wins over the product's every-line one); empty: every-line only.")
+    poll_s: float = Field(default=5.0, gt=0, description="How often the registry is asked for new promotions.")
+    fallback: bool = Field(default=False, description="Frames of a product with no assigned model are scored by "
+                           "the `model` file instead of being dead-lettered (no_model_for_product).")
+    known_good: dict[str, Path] = Field(default_factory=dict, description="Per product, a golden-sample image a "
+                                        "new model must not call anomalous before it goes live.")
+    max_products: int = Field(default=32, ge=1, description="Products followed at once (one loaded model each); "
+                              "frames of further products are dead-lettered.")
 
 
 class RegistrySettings(BaseSettings):

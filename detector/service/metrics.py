@@ -39,6 +39,11 @@ class DetectorMetrics:
                                     registry=reg)
         self.heatmap_writes_skipped = Counter("linewatch_detector_heatmap_writes_skipped",
                                               "Heatmaps not cached (Redis down or behind).", registry=reg)
+        self.model_swaps = Counter("linewatch_detector_model_swaps", "Switches to a newly promoted model.",
+                                   ["product"], registry=reg)
+        self.model_refusals = Counter("linewatch_detector_model_refusals", "Promoted models refused (load or sanity "
+                                      "check failed; the old model keeps running).", ["product", "version"],
+                                      registry=reg)
         self._lag_series: set[tuple[str, str]] = set()  # (topic, partition) this detector exports lag for
 
     def observe_statistics(self, stats_json: str) -> None:

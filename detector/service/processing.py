@@ -26,6 +26,7 @@ from linewatch.detector.service.outputs import OutputProducer
 from linewatch.detector.service.region import summarise_region
 
 log = logging.getLogger(__name__)
+NO_MODEL_REASON = "no_model_for_product"  # dead-letter reason: the frame's product has no assigned model
 
 
 class BatchProcessor:
@@ -33,8 +34,9 @@ class BatchProcessor:
 
     def __init__(self, model: InferenceModel, outputs: OutputProducer, tracker: OffsetTracker,
                  metrics: DetectorMetrics, cache: HeatmapCache | None,
-                 camera_thresholds: Mapping[str, float] | None = None) -> None:
+                 camera_thresholds: Mapping[str, float] | None = None, router: Any = None) -> None:
         self.model = model
+        self._router = router  # registry.routing.ModelRouter: a model per lw-product; None: ``model`` for all
         self._camera_thresholds = dict(camera_thresholds or {})
         self._outputs = outputs
         self._tracker = tracker
@@ -54,8 +56,9 @@ class BatchProcessor:
             else:
                 frames.append(outcome)
         entries: list[HeatmapEntry] = []
-        for group in group_by_size(frames):
-            entries.extend(self._run_group(group, closed_ns))
+        for model, routed in self._route(frames):
+            for group in group_by_size(routed):
+                entries.extend(self._run_group(group, closed_ns, model))
         if self._cache is not None:
             self._cache.submit(entries)
 
@@ -66,11 +69,28 @@ class BatchProcessor:
         self._metrics.dead_letters.labels(reason=rejected.reason).inc()
         self._tracker.release((rejected.record.topic, rejected.record.partition), rejected.record.offset)
 
-    def _run_group(self, group: list[DecodedFrame], closed_ns: int) -> list[HeatmapEntry]:
+    def _route(self, frames: list[DecodedFrame]) -> list[tuple[InferenceModel, list[DecodedFrame]]]:
+        """Frames grouped by the model that scores them; frames of a product without one are dead-lettered."""
+        if self._router is None:
+            return [(self.model, frames)] if frames else []
+        by_product: dict[str | None, list[DecodedFrame]] = {}
+        for frame in frames:
+            by_product.setdefault(frame.meta.product, []).append(frame)
+        routes = []
+        for product, group in by_product.items():
+            model = self._router.model_for(product)
+            if model is not None:
+                routes.append((model, group))
+                continue
+            for frame in group:
+                self._reject(Rejected(frame.record, NO_MODEL_REASON, f"no model is assigned to product {product!r}"))
+        return routes
+
+    def _run_group(self, group: list[DecodedFrame], closed_ns: int, model: InferenceModel) -> list[HeatmapEntry]:
         start = time.perf_counter()
         try:
-            thresholds = [self._camera_thresholds.get(f.meta.camera_id, self.model.image_threshold) for f in group]
-            prediction = self.model.predict(stack_images(group), thresholds)
+            thresholds = [self._camera_thresholds.get(f.meta.camera_id, model.image_threshold) for f in group]
+            prediction = model.predict(stack_images(group), thresholds)
         except Exception as exc:  # one bad group must not stop the service; its frames stay retrievable
             log.exception("model failed on a group of %d frames", len(group))
             for frame in group:
@@ -82,15 +102,15 @@ class BatchProcessor:
         entries = []
         cache_up = self._cache is not None and self._cache.available
         for i, frame in enumerate(group):
-            entry = self._emit(frame, prediction, i, inference_s * 1000, closed_ns, cache_up)
+            entry = self._emit(frame, prediction, i, inference_s * 1000, closed_ns, cache_up, model)
             if entry is not None:
                 entries.append(entry)
         self._metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - start)
         return entries
 
     def _emit(self, frame: DecodedFrame, prediction: Prediction, i: int, inference_ms: float, closed_ns: int,
-              cache_up: bool) -> HeatmapEntry | None:
-        meta, record, model = frame.meta, frame.record, self.model
+              cache_up: bool, model: InferenceModel) -> HeatmapEntry | None:
+        meta, record = frame.meta, frame.record
         anomalous = bool(prediction.anomalous[i])
         anomaly_map = np.asarray(prediction.maps[i], dtype=np.float32)
         now_ns = time.time_ns()

@@ -66,6 +66,7 @@ class DetectorService:
         self.health_port: int | None = None
         self.assignment: set[tuple[str, int]] = set()
         self.model = model
+        self.router: Any = None  # registry.routing.ModelRouter when a registry is configured
         self._batcher: Batcher[Record] = Batcher(settings.max_batch_size, settings.max_wait_ms / 1000,
                                                  max_weight=settings.max_batch_pixels)
         self._work: queue.Queue[_Work | None] = queue.Queue(maxsize=1)
@@ -96,8 +97,12 @@ class DetectorService:
             health_server = HealthServer(self.health, self.metrics.registry, s.metrics_host, s.metrics_port).start()
             self.health_port = health_server.port
         try:
-            if self.model is None:
-                self.model = self._load_model()
+            self.router = self._open_router()
+            routed = self.router.start() if self.router is not None else None
+            if self.model is None:  # the `model` file is not needed when the registry assigns the default product
+                self.model = routed if routed is not None and not s.routing.fallback else self._load_model()
+            if self.router is not None:
+                self.router.fallback_model = self.model
             self.health.model_loaded = True
             backend = select_decode_backend(s.decode_mode, self.model.device.type)
             self._decoder = decoder = Decoder(s.decode_workers, backend, self.model.device, self._record_policy())
@@ -111,7 +116,7 @@ class DetectorService:
                                            breaches_topic=s.topics.breaches, dead_letters_topic=s.topics.dead_letters,
                                            retries=s.delivery_retries)
             processor = BatchProcessor(self.model, self._outputs, self.tracker, self.metrics, cache,
-                                       s.camera_thresholds)
+                                       s.camera_thresholds, router=self.router)
             self._worker = worker = threading.Thread(target=self._work_loop, args=(processor, cache),
                                                      name="detector-infer", daemon=True)
             worker.start()
@@ -122,12 +127,43 @@ class DetectorService:
                 self._shutdown(decoder, worker)
                 cache.close()
         finally:
+            if self.router is not None:
+                self.router.stop()
             if health_server is not None:
                 health_server.stop()
         if self._worker_error is not None:
             raise RuntimeError(f"detector worker failed: {self._worker_error}") from self._worker_error
         if self._outputs.fatal_error:
             raise RuntimeError(self._outputs.fatal_error)
+
+    def _open_router(self) -> Any:
+        """Per-product models that follow the registry's promotions; None when no registry is configured."""
+        s = self.settings
+        if s.registry is None:
+            return None
+        from linewatch.detector.backends import load_model
+        from linewatch.detector.registry.models import open_registry
+        from linewatch.detector.registry.routing import ModelRouter
+
+        def loader(path: Any, device: str) -> Any:
+            return load_model(path, s.backend, device, threads=s.torch_threads or None)
+
+        log.info("models follow the registry at %s (line %r, every %.0f s)", s.registry.database_url.split("@")[-1],
+                 s.routing.line, s.routing.poll_s)
+        return ModelRouter(open_registry(s.registry.database_url, s.registry.model_store), s.routing, loader,
+                           device=s.device, on_refused=self._model_refused)
+
+    def _model_refused(self, product: str, version: str, why: str) -> None:
+        """A promoted model failed to load or its checks: alert (metric + ERROR log); the old one keeps running."""
+        self.metrics.model_refusals.labels(product=product, version=version).inc()
+        log.error("ALERT: model %s promoted for product %s was refused and is not used: %s", version, product, why)
+
+    def _switch_models(self) -> None:
+        """Install newly promoted models; called by the worker between two batches (the switch point)."""
+        if self.router is None:
+            return
+        for swap in self.router.refresh():
+            self.metrics.model_swaps.labels(product=swap.product).inc()
 
     def _record_policy(self) -> RecordPolicy:
         s = self.settings
@@ -217,6 +253,7 @@ class DetectorService:
                 self._outputs.begin_batch(item[0])
                 failure = None
                 try:
+                    self._switch_models()  # between batches: this batch and all later ones use the new models
                     processor.process(*item)
                 except Exception as exc:  # a record that breaks processing must not crash-loop the detector
                     log.exception("processing failed on a batch of %d frames; those without outputs are "

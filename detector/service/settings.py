@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings
 
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.detector.registry.settings import RegistryConfig, RoutingConfig
 from linewatch.ingest.wire import CAMERA_ID_PATTERN, MAX_PIXELS, MAX_SIDE
 
 DecodeMode = Literal["cpu", "gpu", "auto"]
@@ -24,6 +25,10 @@ class DetectorSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=lambda: TopicSettings.model_validate({}))
     redis: RedisSettings = Field(default_factory=lambda: RedisSettings.model_validate({}))
+    registry: RegistryConfig | None = Field(default=None, description="Model registry (LINEWATCH_REGISTRY__"
+                                            "DATABASE_URL etc.): when set, models follow its promotions per product "
+                                            "without a restart (hot swap); unset: the `model` file scores every frame.")
+    routing: RoutingConfig = Field(default_factory=lambda: RoutingConfig.model_validate({}))
 
     model: Path = Field(default=Path("models/stfpm.safetensors"), description="Checkpoint from `linewatch train`.")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")

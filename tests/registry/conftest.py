@@ -62,3 +62,11 @@ def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from linewatch.detector.train import train_synthetic_model
 
     return train_synthetic_model(tmp_path_factory.mktemp("model_b") / "b.safetensors", epochs=1, seed=1)
+
+
+@pytest.fixture(scope="session")
+def model_c(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A third tiny model (seed 2): the version promoted mid-stream in the end-to-end test."""
+    from linewatch.detector.train import train_synthetic_model
+
+    return train_synthetic_model(tmp_path_factory.mktemp("model_c") / "c.safetensors", epochs=1, seed=2)
