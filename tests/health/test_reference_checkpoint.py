@@ -1,0 +1,23 @@
+"""The drift reference read from a checkpoint is keyed by the model version the detector reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from linewatch.alerts.health.service import references_from_checkpoints
+from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.train import train_synthetic_model
+
+pytestmark = pytest.mark.unit
+
+
+def test_reference_matches_the_detectors_model_version_and_calibration(tmp_path: Path) -> None:
+    path = train_synthetic_model(tmp_path / "tiny.safetensors", epochs=1, n_images=8)
+    model = AnomalyModel.load(path, device="cpu")
+    references = references_from_checkpoints([str(path)])
+    assert list(references) == [model.model_version]
+    reference = references[model.model_version]
+    assert reference.p50 == pytest.approx(model.metadata.calibration.score_stats["p50"])
+    assert reference.log_scale == pytest.approx(model.metadata.calibration.log_scale)
