@@ -146,3 +146,35 @@ def test_verdicts_survive_an_mqtt_broker_restart(settings: VerdictsSettings,
         recorder.close()
     first_seen = list(dict.fromkeys(received))
     assert first_seen == sorted(first_seen), "a subscriber keeping first sightings sees them in order"
+
+
+def test_a_plc_outage_holds_verdicts_back_and_late_ones_fail_safe(bootstrap: str, unique: str) -> None:
+    plc = FakePlc(["cam-a"])
+    settings = VerdictsSettings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap), topics=TopicSettings(results=f"results-{unique}"),
+        mqtt=MqttSettings(enabled=False),
+        opcua=OpcUaSettings(plc_endpoint=plc.endpoint, plc_node_template=plc.template(), timeout_s=2.0),
+        deadlines=DeadlineSettings(default_ms=1000.0, late_policy="reject"), retry_backoff_s=0.5,
+        group_id=f"verdicts-{unique}", start_from="earliest", metrics_port=None)
+    metrics = VerdictsMetrics()
+    service = VerdictsService(settings, metrics)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        produce(settings, [("cam-a", result("cam-a", 0, 0.1, capture_ns=time.time_ns()))])
+        wait_until(lambda: len(plc.recorded()) == 1, 60, "the first verdict at the PLC")
+        plc.stop()
+        produce(settings, [("cam-a", result("cam-a", seq, 0.1, capture_ns=time.time_ns())) for seq in (1, 2)])
+        # each failed try is a refused connection, then 0.5 s back-off: 4 failures outlast the 1 s deadline
+        wait_until(lambda: metrics.value("linewatch_verdicts_sink_errors_total", sink="opcua_plc") >= 4, 60,
+                   "the service to retry past the deadline")
+        plc = FakePlc(["cam-a"], port=plc.port)  # the PLC comes back on the same endpoint
+        wait_until(lambda: len(plc.recorded()) >= 2, 60, "the held-back verdicts at the PLC")
+    finally:
+        service.stop_event.set()
+        thread.join(30)
+        plc.stop()
+    held_back = plc.recorded()
+    assert [w["Gate.cam-a.Sequence"] for w in held_back] == [1, 2]
+    assert all(w["Gate.cam-a.Late"] and w["Gate.cam-a.Reject"] for w in held_back), "late parts are rejected"
+    assert metrics.value("linewatch_verdicts_late_total", line="line-1", camera="cam-a") >= 2

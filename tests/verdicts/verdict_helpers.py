@@ -100,8 +100,8 @@ class FakePlc:
     """A real asyncua server standing in for a PLC: writable ``Gate.<camera>.<Field>`` nodes in ns=2,
     and a record of every write request in the order the server applied them."""
 
-    def __init__(self, cameras: list[str]) -> None:
-        self.port = free_port()
+    def __init__(self, cameras: list[str], port: int | None = None) -> None:
+        self.port = port or free_port()
         self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/plc/"
         self.loop = LoopThread("fake-plc")
         self.server = Server()
@@ -126,6 +126,8 @@ class FakePlc:
 
     def _on_write(self, event: Any, _dispatcher: Any) -> None:
         request = {str(w.NodeId.Identifier): w.Value.Value.Value for w in event.request_params.NodesToWrite}
+        if not any(node.startswith("Gate.") for node in request):
+            return  # the server's own status updates also pass through this callback
         with self.lock:
             self.writes.append(request)
 
