@@ -36,3 +36,20 @@ def recent_key(prefix: str, camera_id: str) -> str:
 def heatmap_key(prefix: str, camera_id: str, sequence: int) -> str:
     """Hash holding one frame's heatmap overlay and low-resolution map."""
     return f"{prefix}:hm:{camera_id}:{sequence}"
+
+
+# Hash field names, shared by the writer (detector heatmap cache) and the readers (alerts API, demo report).
+# Both hashes:
+FIELD_LINE_ID = "line_id"
+FIELD_CAPTURE_NS = "capture_ns"
+FIELD_IMAGE_SCORE = "image_score"
+FIELD_NORMALISED_SCORE = "normalised_score"
+FIELD_ANOMALOUS = "anomalous"  # "1" or "0"
+# ``latest`` hash only:
+FIELD_SEQUENCE = "sequence"
+FIELD_HEATMAP_KEY = "heatmap_key"
+FIELD_UPDATED_NS = "updated_ns"
+# heatmap hash only:
+FIELD_OVERLAY = "overlay"
+FIELD_MAP = "map"
+FIELD_MAP_SCALE = "map_scale"

@@ -1,4 +1,4 @@
-"""Redis heatmap cache (key schema in :mod:`detector.cache_keys`), written off the result path.
+"""Redis heatmap cache (key and field schema in :mod:`common.cache_keys`), written off the result path.
 
 Batches of heatmaps go through a bounded queue to one writer thread that renders the PNGs and
 writes each batch in one pipeline. Results never wait for Redis. A result carries a
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # Delete evicted heatmaps unless they are breaches (those live on until breach_ttl_s).
 _EVICT_LUA = """
 for _, key in ipairs(KEYS) do
-  if redis.call('HGET', key, 'anomalous') ~= '1' then redis.call('UNLINK', key) end
+  if redis.call('HGET', key, '""" + cache_keys.FIELD_ANOMALOUS + """') ~= '1' then redis.call('UNLINK', key) end
 end
 return 0
 """
@@ -226,11 +226,13 @@ class HeatmapCache:
             key = cache_keys.heatmap_key(self.prefix, entry.camera_id, entry.sequence)
             map_png, scale = render_map_png(entry.anomaly_map, self._map_size)
             pipe.hset(key, mapping={
-                "overlay": render_overlay_png(entry.image, entry.anomaly_map, self.colour_scale,
-                                              self._overlay_max_side),
-                "map": map_png, "map_scale": repr(scale), "image_score": repr(entry.image_score),
-                "normalised_score": repr(entry.normalised_score), "anomalous": int(entry.anomalous),
-                "capture_ns": entry.capture_ns, "line_id": entry.line_id,
+                cache_keys.FIELD_OVERLAY: render_overlay_png(entry.image, entry.anomaly_map, self.colour_scale,
+                                                             self._overlay_max_side),
+                cache_keys.FIELD_MAP: map_png, cache_keys.FIELD_MAP_SCALE: repr(scale),
+                cache_keys.FIELD_IMAGE_SCORE: repr(entry.image_score),
+                cache_keys.FIELD_NORMALISED_SCORE: repr(entry.normalised_score),
+                cache_keys.FIELD_ANOMALOUS: int(entry.anomalous), cache_keys.FIELD_CAPTURE_NS: entry.capture_ns,
+                cache_keys.FIELD_LINE_ID: entry.line_id,
             })
             pipe.expire(key, self._breach_ttl_s if entry.anomalous else self._ttl_s)
         for camera, cam_entries in by_camera.items():
@@ -242,10 +244,12 @@ class HeatmapCache:
             pipe.ltrim(recent, 0, self._per_camera - 1)
             pipe.expire(recent, self._camera_ttl_s)
             pipe.hset(latest, mapping={
-                "line_id": newest.line_id, "sequence": newest.sequence, "capture_ns": newest.capture_ns,
-                "image_score": repr(newest.image_score), "normalised_score": repr(newest.normalised_score),
-                "anomalous": int(newest.anomalous),
-                "heatmap_key": cache_keys.heatmap_key(self.prefix, camera, newest.sequence), "updated_ns": now_ns,
+                cache_keys.FIELD_LINE_ID: newest.line_id, cache_keys.FIELD_SEQUENCE: newest.sequence,
+                cache_keys.FIELD_CAPTURE_NS: newest.capture_ns, cache_keys.FIELD_IMAGE_SCORE: repr(newest.image_score),
+                cache_keys.FIELD_NORMALISED_SCORE: repr(newest.normalised_score),
+                cache_keys.FIELD_ANOMALOUS: int(newest.anomalous),
+                cache_keys.FIELD_HEATMAP_KEY: cache_keys.heatmap_key(self.prefix, camera, newest.sequence),
+                cache_keys.FIELD_UPDATED_NS: now_ns,
             })
             pipe.expire(latest, self._camera_ttl_s)
             pipe.sadd(cache_keys.cameras_key(self.prefix), camera)

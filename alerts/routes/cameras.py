@@ -1,0 +1,50 @@
+"""Cameras and their heatmap overlays, read from the detector's Redis cache (:mod:`common.cache_keys`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import Response
+
+from linewatch.alerts.routes.deps import Context, User, overlay_url, text
+from linewatch.common import cache_keys as ck
+
+router = APIRouter()
+
+
+def camera_row(camera: str, latest: dict[Any, Any]) -> dict[str, Any]:
+    """One camera's entry of ``/api/cameras`` from its ``latest`` hash (empty when it expired)."""
+    row = {text(k): text(v) for k, v in latest.items()}
+    sequence = int(row.get(ck.FIELD_SEQUENCE, -1))
+    return {
+        "camera_id": camera, "line_id": row.get(ck.FIELD_LINE_ID, ""), "sequence": sequence,
+        "normalised_score": float(row.get(ck.FIELD_NORMALISED_SCORE, 0.0)),
+        "anomalous": row.get(ck.FIELD_ANOMALOUS) == "1", "capture_ns": int(row.get(ck.FIELD_CAPTURE_NS, 0)),
+        "updated_ns": int(row.get(ck.FIELD_UPDATED_NS, 0)),
+        "overlay_url": overlay_url(camera, sequence) if row.get(ck.FIELD_HEATMAP_KEY) else None,
+    }
+
+
+def overlay_png(redis: Any, key: str) -> Response:
+    """The overlay PNG of heatmap hash ``key``; 404 once it expired."""
+    data = redis.hget(key, ck.FIELD_OVERLAY)
+    if data is None:
+        raise HTTPException(404, "heatmap not in Redis (expired or never cached)")
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+
+
+@router.get("/api/cameras")
+def cameras(ctx: Context, _who: User) -> list[dict[str, Any]]:
+    """Every camera the detector has seen, with its latest score, in one pipeline."""
+    ids = sorted(text(c) for c in ctx.redis.smembers(ck.cameras_key(ctx.prefix)))
+    pipe = ctx.redis.pipeline(transaction=False)
+    for camera in ids:
+        pipe.hgetall(ck.latest_key(ctx.prefix, camera))
+    return [camera_row(camera, latest) for camera, latest in zip(ids, pipe.execute(), strict=True)]
+
+
+@router.get("/api/cameras/{camera_id}/frames/{sequence}/overlay.png")
+def overlay(camera_id: str, sequence: int, ctx: Context, _who: User) -> Response:
+    """One frame's heatmap overlay."""
+    return overlay_png(ctx.redis, ck.heatmap_key(ctx.prefix, camera_id, sequence))
