@@ -8,6 +8,7 @@ one. ``run_camera`` is the public, blocking entry point.
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import random
@@ -51,6 +52,26 @@ class CameraStats:
     def dropped_total(self) -> int:
         """Frames captured but not sent, all reasons."""
         return sum(self.dropped.values())
+
+
+class CaptureState(enum.Enum):
+    """Where the capture thread is: CLOSED (open the source next), OPEN (read frames), DONE (exit)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    DONE = "done"
+
+
+@dataclass
+class _Capture:
+    """The capture thread's mutable state: the source's state, the retry ceiling, and the frame schedule."""
+
+    delay: float  # current backoff ceiling (s); reset by the first frame after a fault
+    interval: float  # seconds between frames, 0 for as fast as the source gives them
+    next_due: float  # monotonic time the next frame is due
+    state: CaptureState = CaptureState.CLOSED
+    failing: bool = False  # a fault happened since the last good frame (to log the recovery)
+    frames_this_pass: int = 0  # frames read since the source was (re)opened
 
 
 class Camera:
@@ -118,67 +139,100 @@ class Camera:
         self._drop(DROP_UNSENT)
 
     def _capture(self) -> None:
-        cam, source, settings = self.settings.camera_id, self.source, self.settings
-        delay = settings.reopen_initial_s
-        is_open, failing, frames_this_pass = False, False, 0
-        interval = 1.0 / settings.fps if settings.fps else 0.0
-        next_due = time.monotonic()
+        """Capture thread: open the source, read frames at the set rate, reopen it after faults (see _Capture)."""
+        interval = 1.0 / self.settings.fps if self.settings.fps else 0.0
+        run = _Capture(delay=self.settings.reopen_initial_s, interval=interval, next_due=time.monotonic())
         try:
-            while not self._stopped():
-                if not is_open:
-                    try:
-                        source.open()
-                    except Exception as exc:  # any open failure is retried, the process stays up
-                        self.stats.open_failures += 1
-                        log.warning("camera %s: cannot open %s: %s; retrying in %.1fs", cam, source.description,
-                                    exc, delay)
-                        failing, delay = True, self._wait_backoff(delay)
-                        continue
-                    is_open, frames_this_pass = True, 0
-                    if failing:
-                        log.info("camera %s: %s is open again", cam, source.description)
-                if interval:
-                    now = time.monotonic()
-                    if next_due > now:
-                        self._sleep(next_due - now)
-                        if self._stopped():
-                            break
-                    next_due = max(next_due + interval, time.monotonic() - interval)
-                try:
-                    frame = source.read()
-                except FrameError as exc:
-                    self._drop("unreadable")
-                    log.warning("camera %s: skipped an unreadable frame: %s", cam, exc)
-                    continue
-                except Exception as exc:  # SourceError or anything unexpected from a driver
-                    kind = "" if isinstance(exc, SourceError) else f" ({type(exc).__name__})"
-                    log.warning("camera %s: %s failed%s: %s; reopening in %.1fs", cam, source.description, kind,
-                                exc, delay)
-                    source.close()
-                    is_open, failing = False, True
-                    self.stats.reopens += 1
-                    delay = self._wait_backoff(delay)
-                    continue
-                if frame is None:
-                    source.close()
-                    is_open = False
-                    if not settings.loop:
-                        log.info("camera %s: end of %s", cam, source.description)
-                        break
-                    if frames_this_pass == 0:  # an empty pass would spin: treat as a fault
-                        log.warning("camera %s: %s gave no frames; retrying in %.1fs", cam, source.description, delay)
-                        delay = self._wait_backoff(delay)
-                    continue
-                frames_this_pass += 1
-                failing, delay = False, settings.reopen_initial_s
-                self.stats.captured += 1
-                self.metrics.captured.labels(**self._labels).inc()
-                self._enqueue(frame)
-                if self._max_frames is not None and self.stats.captured >= self._max_frames:
-                    break
+            while not self._stopped() and run.state is not CaptureState.DONE:
+                if run.state is CaptureState.CLOSED:
+                    self._open_source(run)
+                else:
+                    self._read_frame(run)
         finally:
-            source.close()
+            self.source.close()
             self._capture_done.set()
+
+    def _back_off(self, run: _Capture) -> None:
+        """After a fault: wait a full-jitter time below the current ceiling, then double the ceiling."""
+        run.failing = True
+        run.delay = self._wait_backoff(run.delay)
+
+    def _open_source(self, run: _Capture) -> None:
+        """CLOSED -> OPEN, or stay CLOSED and back off when the source cannot be opened."""
+        try:
+            self.source.open()
+        except Exception as exc:  # any open failure is retried, the process stays up
+            self.stats.open_failures += 1
+            log.warning("camera %s: cannot open %s: %s; retrying in %.1fs", self.settings.camera_id,
+                        self.source.description, exc, run.delay)
+            self._back_off(run)
+            return
+        run.state, run.frames_this_pass = CaptureState.OPEN, 0
+        if run.failing:
+            log.info("camera %s: %s is open again", self.settings.camera_id, self.source.description)
+
+    def _pace(self, run: _Capture) -> bool:
+        """Wait until the next frame is due at the set fps; False when stopped meanwhile."""
+        if not run.interval:
+            return True
+        now = time.monotonic()
+        if run.next_due > now:
+            self._sleep(run.next_due - now)
+            if self._stopped():
+                return False
+        # A late frame moves the schedule, so a stall is not followed by a burst of catch-up frames.
+        run.next_due = max(run.next_due + run.interval, time.monotonic() - run.interval)
+        return True
+
+    def _read_frame(self, run: _Capture) -> None:
+        """In state OPEN: read one frame and queue it, or handle an unreadable frame, a fault or the end."""
+        if not self._pace(run):
+            return
+        try:
+            frame = self.source.read()
+        except FrameError as exc:
+            self._drop("unreadable")
+            log.warning("camera %s: skipped an unreadable frame: %s", self.settings.camera_id, exc)
+            return
+        except Exception as exc:  # SourceError or anything unexpected from a driver
+            self._source_failed(run, exc)
+            return
+        if frame is None:
+            self._end_of_pass(run)
+        else:
+            self._captured(run, frame)
+
+    def _source_failed(self, run: _Capture, exc: Exception) -> None:
+        """OPEN -> CLOSED after a source fault; back off before reopening."""
+        kind = "" if isinstance(exc, SourceError) else f" ({type(exc).__name__})"
+        log.warning("camera %s: %s failed%s: %s; reopening in %.1fs", self.settings.camera_id,
+                    self.source.description, kind, exc, run.delay)
+        self.source.close()
+        run.state = CaptureState.CLOSED
+        self.stats.reopens += 1
+        self._back_off(run)
+
+    def _end_of_pass(self, run: _Capture) -> None:
+        """OPEN -> DONE at the end of a source that does not loop, else -> CLOSED (reopened for the next pass)."""
+        self.source.close()
+        run.state = CaptureState.CLOSED
+        if not self.settings.loop:
+            log.info("camera %s: end of %s", self.settings.camera_id, self.source.description)
+            run.state = CaptureState.DONE
+        elif run.frames_this_pass == 0:  # an empty pass would spin: treat as a fault
+            log.warning("camera %s: %s gave no frames; retrying in %.1fs", self.settings.camera_id,
+                        self.source.description, run.delay)
+            run.delay = self._wait_backoff(run.delay)
+
+    def _captured(self, run: _Capture, frame: CapturedFrame) -> None:
+        """A frame was read: the fault streak is over; queue it; DONE once ``max_frames`` are captured."""
+        run.frames_this_pass += 1
+        run.failing, run.delay = False, self.settings.reopen_initial_s
+        self.stats.captured += 1
+        self.metrics.captured.labels(**self._labels).inc()
+        self._enqueue(frame)
+        if self._max_frames is not None and self.stats.captured >= self._max_frames:
+            run.state = CaptureState.DONE
 
     # ---- publishing (caller's thread) ---------------------------------------------------------
     def _encode(self, frame: CapturedFrame, image: np.ndarray, sequence: int) -> EncodedFrame:
