@@ -53,6 +53,7 @@ class MqttSink:
         self.status_topic = f"{settings.topic_prefix}/status"
         self.pending: list[mqtt.MQTTMessageInfo] = []
         self.connected = threading.Event()
+        self.closing = False
         client_id = settings.client_id or f"linewatch-verdicts-{socket.gethostname()}-{os.getpid()}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         if settings.username:
@@ -82,7 +83,8 @@ class MqttSink:
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason: object,
                        _props: object) -> None:
         self.connected.clear()
-        log.warning("MQTT disconnected (%s); reconnecting", reason)
+        if not self.closing:
+            log.warning("MQTT disconnected (%s); reconnecting", reason)
 
     def send(self, verdict: Verdict) -> None:
         """Queue one verdict (returns at once)."""
@@ -105,6 +107,7 @@ class MqttSink:
 
     def close(self) -> None:
         """Publish ``offline`` and disconnect."""
+        self.closing = True
         if self.connected.is_set():
             self.client.publish(self.status_topic, b"offline", qos=1, retain=True).wait_for_publish(2)
         self.client.disconnect()
