@@ -20,6 +20,21 @@ Needs a venv with both linewatch and anomalib (see benchmarks/anomalib_env.sh)::
     /tmp/bench-anomalib/bin/python benchmarks/model_speed.py --repeats 5 --out /tmp/model_speed.json
 
 Without anomalib (``--no-peer``) it runs from the project venv and measures ours only.
+
+``--backends`` (issue 12) measures the default configuration (efficientnet_lite0, default taps) at the
+default 128 px and at 256 px through its whole ``predict`` path (uint8 frames -> calibrated scores,
+verdicts and maps on the host) on every backend and precision of ``linewatch.detector.backends``
+(torch fp32, ONNX Runtime fp32, OpenVINO fp32, OpenVINO INT8 via NNCF, OpenVINO bf16 where the CPU
+has it), side by side with anomalib's STFPM torch model and anomalib's own OpenVINO export of it
+(``Stfpm.to_openvino``, run as its ``OpenVINOInferencer`` does: float frames in [0, 1], resize and
+normalisation inside the graph), all interleaved in the same worker thread. Run it with
+``OMP_WAIT_POLICY=PASSIVE``: with torch's OpenMP team spinning after each of its calls, the OpenVINO
+and ONNX Runtime pools of the same process (and torch itself, between them) lost up to 10x on 2 cores,
+which measures the mix, not the runtimes::
+
+    OMP_WAIT_POLICY=PASSIVE /tmp/bench-anomalib/bin/python benchmarks/model_speed.py --backends --repeats 3 \
+        --skip-training --out /tmp/model_speed_backends.json
+    .venv/bin/python benchmarks/model_speed.py --markdown /tmp/model_speed_backends.json
 """
 
 from __future__ import annotations
@@ -29,9 +44,11 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -98,6 +115,114 @@ def make_variants(size: int, backbones: list[str], peer: bool) -> list[Variant]:
     return out
 
 
+class PredictVariant:
+    """One of our runtimes through the whole predict path (what the detector and ``linewatch bench`` run)."""
+
+    def __init__(self, name: str, model: Any) -> None:
+        self.name, self.model = name, model
+
+    def infer(self, frames: torch.Tensor) -> object:
+        """Calibrated scores, verdicts and maps of uint8 frames (numpy, as the service's decoder yields them)."""
+        return self.model.predict(frames.numpy())
+
+
+class PeerOpenVINOVariant:
+    """anomalib's OpenVINO export of its STFPM, fed as its OpenVINOInferencer feeds it (float in [0, 1])."""
+
+    def __init__(self, name: str, xml: str, threads: int) -> None:
+        import openvino as ov
+
+        self.name = name
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        self.compiled = core.compile_model(core.read_model(xml), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def infer(self, frames: torch.Tensor) -> object:
+        x = frames.numpy().transpose(0, 3, 1, 2).astype("float32") / 255.0
+        return self.request.infer({0: x})
+
+
+def calibrated_default(size: int) -> Any:
+    """The default architecture (random student, pretrained teacher) with a placeholder calibration: speed only."""
+    from linewatch.detector.calibrate import Calibration
+    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.metadata import ModelMetadata
+
+    net = STFPM("efficientnet_lite0", size).eval()
+    calibration = Calibration(image_threshold=1.0, pixel_threshold=1.0, target_false_alarm_rate=0.01,
+                              pixel_false_positive_rate=0.01, log_scale=1.0)
+    metadata = ModelMetadata(backbone="efficientnet_lite0", taps=net.taps, image_size=size, calibration=calibration)
+    return AnomalyModel(net, metadata, f"bench-lite0-{size}", torch.device("cpu"))
+
+
+def make_backend_variants(size: int, threads: int, workdir: str) -> list[Any]:
+    """Ours (default architecture at ``size``) per backend and precision."""
+    import openvino as ov
+
+    from linewatch.detector.backends.graph import GraphModel
+    from linewatch.detector.backends.runners import openvino_capabilities, openvino_runner, ort_runner
+    from linewatch.detector.export import export_graph, quantize_graph
+    from linewatch.ingest.synthetic import render_sample
+
+    base = calibrated_default(size)
+    graph = export_graph(base, f"{workdir}/lite0-{size}.onnx")
+
+    def wrapped() -> Any:
+        return GraphModel(base.model, base.metadata, base.model_version, torch.device("cpu"))
+
+    # INT8 ranges from synthetic good parts (speed does not depend on where the ranges come from)
+    good = [render_sample(i, size=FRAME_SIDE, defect_probability=0.0).image for i in range(32)]
+    int8_xml = f"{workdir}/lite0-{size}-int8.xml"
+    ov.save_model(quantize_graph(base, ov.Core().read_model(str(graph)), good), int8_xml, compress_to_fp16=False)
+    out = [PredictVariant(f"ours torch fp32 @{size}", base),
+           PredictVariant(f"ours onnxruntime fp32 @{size}", wrapped().attach(ort_runner(graph, threads, "cpu"),
+                                                                            "onnxruntime", "fp32")),
+           PredictVariant(f"ours openvino fp32 @{size}", wrapped().attach(
+               openvino_runner(graph, threads, "cpu", "fp32"), "openvino", "fp32")),
+           PredictVariant(f"ours openvino int8 @{size}", wrapped().attach(
+               openvino_runner(Path(int8_xml), threads, "cpu", "int8"), "openvino", "int8"))]
+    if "BF16" in openvino_capabilities():
+        out.append(PredictVariant(f"ours openvino bf16 @{size}", wrapped().attach(
+            openvino_runner(graph, threads, "cpu", "bf16"), "openvino", "bf16")))
+    return out
+
+
+def export_peer_openvino(size: int, workdir: str) -> str:
+    """anomalib's own OpenVINO export of Stfpm(resnet18, layer1-3) at ``size`` (random-init teacher: no download)."""
+    import anomalib.models.image.stfpm.torch_model as peer_mod
+    from anomalib.models import Stfpm
+
+    original = peer_mod.TimmFeatureExtractor
+
+    def offline(*args: Any, **kwargs: Any) -> nn.Module:
+        kwargs["pre_trained"] = False
+        return original(*args, **kwargs)
+
+    peer_mod.TimmFeatureExtractor = offline
+    try:
+        model = Stfpm(backbone="resnet18", layers=["layer1", "layer2", "layer3"],
+                      pre_processor=Stfpm.configure_pre_processor(image_size=(size, size)))
+    finally:
+        peer_mod.TimmFeatureExtractor = original
+    root = Path(workdir) / f"anomalib-{size}"
+    model.eval()
+    exported = model.to_openvino(export_root=root, input_size=(FRAME_SIDE, FRAME_SIDE))
+    return str(exported)
+
+
+def make_peer_variants(size: int, threads: int, workdir: str, errors: dict[str, str]) -> list[Any]:
+    """anomalib's torch STFPM through pre-processing (existing Variant) and its OpenVINO export."""
+    prep = STFPM("resnet18", size)
+    out: list[Any] = [Variant(f"anomalib torch resnet18 @{size}", build_peer(size).eval(), prep, False, True)]
+    try:
+        out.append(PeerOpenVINOVariant(f"anomalib openvino resnet18 @{size}", export_peer_openvino(size, workdir),
+                                       threads))
+    except Exception as exc:  # report it in the JSON; the torch peer still runs
+        errors[f"anomalib openvino @{size}"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def timed(fn: Callable[[], object], min_s: float) -> tuple[int, float]:
     """Calls of ``fn`` until ``min_s`` passed (at least one): (calls, seconds)."""
     calls, start = 0, time.perf_counter()
@@ -109,7 +234,7 @@ def timed(fn: Callable[[], object], min_s: float) -> tuple[int, float]:
             return calls, elapsed
 
 
-def bench_inference(variants: list[Variant], batches: list[int], repeats: int, min_s: float) -> dict[str, Any]:
+def bench_inference(variants: list[Any], batches: list[int], repeats: int, min_s: float) -> dict[str, Any]:
     """Median frames/s per variant and batch size over interleaved repeats."""
     frames = {b: torch.randint(0, 256, (b, FRAME_SIDE, FRAME_SIDE, 3), dtype=torch.uint8) for b in batches}
     for v in variants:  # warm-up: oneDNN primitive creation for every shape
@@ -187,6 +312,23 @@ def bench_training(steps: dict[str, Callable[[], object]], repeats: int) -> dict
     return {n: {"median": round(statistics.median(v), 2), "runs": [round(x, 2) for x in v]} for n, v in samples.items()}
 
 
+def backend_tables(report: dict[str, Any]) -> str:
+    """Markdown: median frames/s per variant and batch, and ratios of ours to both anomalib configurations."""
+    fps = report["inference_fps"]
+    batches = sorted({int(b) for cells in fps.values() for b in cells})
+    lines = ["| variant | " + " | ".join(f"batch {b}" for b in batches) + " |", "| --- |" + " --- |" * len(batches)]
+    lines += [f"| {name} | " + " | ".join(f"{cells[str(b)]['median']:.1f}" for b in batches) + " |"
+              for name, cells in fps.items()]
+    peers = [n for n in fps if n.startswith("anomalib")]
+    lines += ["", "| ours | vs | " + " | ".join(f"batch {b}" for b in batches) + " |",
+              "| --- | --- |" + " --- |" * len(batches)]
+    for ours in (n for n in fps if n.startswith("ours")):
+        for peer in peers:
+            ratios = [fps[ours][str(b)]["median"] / max(fps[peer][str(b)]["median"], 1e-9) for b in batches]
+            lines.append(f"| {ours} | {peer} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Measure, print progress and a JSON summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -198,7 +340,14 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="ours only (no anomalib installed)")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--out", help="write the JSON summary here too")
+    parser.add_argument("--backends", action="store_true",
+                        help="issue 12: ours per backend and precision (predict path) vs anomalib torch + OpenVINO")
+    parser.add_argument("--sizes", default="128,256", help="input sizes for --backends")
+    parser.add_argument("--markdown", metavar="JSON", help="print the tables of a --backends JSON and exit")
     args = parser.parse_args()
+    if args.markdown:
+        print(backend_tables(json.loads(Path(args.markdown).read_text())))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batches = [int(b) for b in args.batches.split(",")]
@@ -213,6 +362,18 @@ def main() -> None:
 
         report["anomalib"] = version("anomalib")
 
+    def measure_backends() -> None:
+        torch.set_num_threads(args.threads)
+        errors: dict[str, str] = {}
+        with tempfile.TemporaryDirectory(prefix="model-speed-") as workdir:
+            variants: list[Any] = []
+            for size in (int(x) for x in args.sizes.split(",")):
+                variants += make_backend_variants(size, args.threads, workdir)
+                if peer:
+                    variants += make_peer_variants(size, args.threads, workdir, errors)
+            report["inference_fps"] = bench_inference(variants, batches, args.repeats, args.min_seconds)
+        report["errors"] = errors
+
     def measure() -> None:
         torch.set_num_threads(args.threads)
         plan = [(128, ["efficientnet_lite0"]), (256, ["efficientnet_lite0", "resnet18"])]
@@ -222,7 +383,7 @@ def main() -> None:
             steps = {k: f for size, bbs in plan for k, f in train_steps(size, bbs, peer).items()}
             report["train_images_per_s_batch32"] = bench_training(steps, args.train_repeats)
 
-    worker = threading.Thread(target=measure, name="bench-measure")
+    worker = threading.Thread(target=measure_backends if args.backends else measure, name="bench-measure")
     worker.start()
     worker.join()
     report["load_after"] = os.getloadavg()

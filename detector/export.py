@@ -151,8 +151,6 @@ def export_openvino(model_path: str | Path, out_dir: str | Path, *, int8: bool =
 
 def _quantize(model: AnomalyModel, ov_model: Any, data_dir: Path, subset: int) -> tuple[Any, dict[str, Any]]:
     """NNCF post-training INT8 of ``ov_model`` on the pre-processed good images of ``data_dir``."""
-    import nncf
-
     from linewatch.common.images import list_train_good, load_rgb
 
     records = list_train_good(data_dir)
@@ -165,14 +163,21 @@ def _quantize(model: AnomalyModel, ov_model: Any, data_dir: Path, subset: int) -
         print(f"export: warning: {data_dir} is not the set this model was trained on (data_sha256 differs); "
               "calibrating on it anyway", file=sys.stderr)
     images = [load_rgb(r.path) for r in records[:subset]]
+    quantized = quantize_graph(model, ov_model, images)
+    return quantized, {"images": len(images), "folder": str(data_dir), "data_sha256": digest.hexdigest(),
+                       "matches_training": matches}
+
+
+def quantize_graph(model: AnomalyModel, ov_model: Any, images: Sequence[np.ndarray]) -> Any:
+    """NNCF INT8 of the backbones of ``ov_model`` (an exported :class:`ScoredGraph`), ranges from ``images``."""
+    import nncf
+
     dataset = nncf.Dataset(list(_calibration_items(model, images)))
     # only the backbones: the head takes small differences of normalised teacher and student features,
     # and 8-bit inputs to it turned every map into quantization noise (tiny model: maps off by 60% of range)
     head = nncf.IgnoredScope(types=list(HEAD_OP_TYPES), validate=False)
-    quantized = nncf.quantize(ov_model, dataset, subset_size=min(subset, len(images)),
-                              preset=nncf.QuantizationPreset.MIXED, ignored_scope=head)
-    return quantized, {"images": len(images), "folder": str(data_dir), "data_sha256": digest.hexdigest(),
-                       "matches_training": matches}
+    return nncf.quantize(ov_model, dataset, subset_size=len(images), preset=nncf.QuantizationPreset.MIXED,
+                         ignored_scope=head)
 
 
 def _calibration_items(model: AnomalyModel, images: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
