@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from confluent_kafka import KafkaException
 from pydantic import SecretStr
 
 from linewatch.alerts.deliveries import Channel, DeliveryError
 from linewatch.alerts.rules import AlertEvent
 from linewatch.alerts.settings import AlertsSettings
+from linewatch.common.kafka import DeliveryFailedError, DeliveryProducer
 
 
 class KafkaChannel:
@@ -19,27 +18,17 @@ class KafkaChannel:
     name = "kafka"
     kinds: tuple[str, ...] = ("firing", "resolved", "silent")
 
-    def __init__(self, producer: Any, topic: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, producer: DeliveryProducer, topic: str, timeout_s: float = 10.0) -> None:
         self.producer, self.topic, self.timeout_s = producer, topic, timeout_s
 
     def send(self, event: AlertEvent) -> None:
         """Produce one transition and wait for the broker's acknowledgement."""
-        errors: list[str] = []
-
-        def on_delivery(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-
         value = json.dumps({"event_id": event.event_id, "kind": event.kind,
                             "alert": event.alert.model_dump(mode="json")}).encode()
         try:
-            self.producer.produce(self.topic, key=event.alert.camera_id.encode(), value=value, on_delivery=on_delivery)
-        except (BufferError, KafkaException) as exc:
-            raise DeliveryError(f"kafka {self.topic}: {exc}") from exc
-        if self.producer.flush(self.timeout_s) > 0:
-            raise DeliveryError(f"kafka {self.topic}: not acknowledged within {self.timeout_s:.0f}s")
-        if errors:
-            raise DeliveryError(f"kafka {self.topic}: {errors[0]}")
+            self.producer.send_and_wait(self.topic, event.alert.camera_id.encode(), value, timeout_s=self.timeout_s)
+        except DeliveryFailedError as exc:
+            raise DeliveryError(f"kafka {exc}") from exc
 
 
 def _reveal(value: SecretStr | str) -> str:
@@ -47,7 +36,7 @@ def _reveal(value: SecretStr | str) -> str:
     return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 
-def build_channels(settings: AlertsSettings, producer: Any) -> list[Channel]:
+def build_channels(settings: AlertsSettings, producer: DeliveryProducer) -> list[Channel]:
     """Every configured channel, in delivery order."""
     from linewatch.alerts.deliveries.alertmanager import AlertmanagerChannel
     from linewatch.alerts.deliveries.grafana import GrafanaChannel

@@ -11,8 +11,10 @@ is moved out of the outbox to a capped poison list (:meth:`StateStore.quarantine
 one bad entry can never stop every delivery behind it or crash the service on every restart.
 
 Offsets: a consumed batch's offset may be committed only once every outbox entry that existed when
-the batch was persisted is delivered or dead-lettered (:class:`CommitGate`). Entries are in Redis
+the batch was persisted is delivered or dead-lettered. Entries are in Redis
 before the commit, so a crash in between redelivers the batch, whose frames the rules recognise.
+Each batch is one input of the shared :class:`~linewatch.common.kafka.CommitGate` (:class:`OutboxBarrier`
+says which entries it waits for), so the commit order and the partition generations are the detector's rules.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from linewatch.alerts.deliveries import Channel, attempt
 from linewatch.alerts.metrics import AlertsMetrics
 from linewatch.alerts.settings import RetrySettings
 from linewatch.alerts.state import OutboxEntry, StateStore
+from linewatch.common.kafka import CommitGate, OutOfOrderError
 
 log = logging.getLogger(__name__)
 
@@ -110,36 +113,51 @@ class RetryPolicy:
         return len(self._entries)
 
 
-@dataclass
-class CommitGate:
-    """Per partition: consumed offsets waiting for the outbox entries that existed when they were persisted."""
+class OutboxBarrier:
+    """Which outbox entries each persisted batch waits for; ordering and generations are the shared gate's.
 
-    _held: dict[int, list[tuple[int, set[str] | None]]] = field(default_factory=dict)
+    A held batch is one input of the :class:`~linewatch.common.kafka.CommitGate` (its last offset);
+    its guard is released once none of the entries pending when it was persisted is pending any more.
+    """
+
+    def __init__(self, topic: str = "", gate: CommitGate | None = None) -> None:
+        self.topic, self.gate = topic, gate or CommitGate()
+        # partition -> held batches: (last offset, generation, barrier; None until the next observe)
+        self._held: dict[int, list[tuple[int, int, set[str] | None]]] = {}
 
     def hold(self, partition: int, next_offset: int) -> None:
         """A batch up to ``next_offset`` (exclusive) is persisted; its barrier is set by the next :meth:`observe`."""
-        self._held.setdefault(partition, []).append((next_offset, None))
+        try:
+            generation = self.gate.track((self.topic, partition), next_offset - 1)
+        except OutOfOrderError:
+            return  # a rewound batch again: the batch held before covers it, its frames made no new entries
+        self._held.setdefault(partition, []).append((next_offset - 1, generation, None))
 
     def observe(self, partition: int, pending: set[str]) -> None:
         """The partition's pending entry ids were just read: barriers not yet set become ``pending``."""
         held = self._held.get(partition, [])
-        self._held[partition] = [(o, set(pending) if b is None else b) for o, b in held]
+        self._held[partition] = [(o, g, set(pending) if b is None else b) for o, g, b in held]
 
     def release(self, partition: int, pending: set[str]) -> int | None:
-        """The highest offset now committable given the still ``pending`` ids, or None."""
-        held, ready = self._held.get(partition, []), None
-        while held and held[0][1] is not None and not held[0][1] & pending:
-            ready = held.pop(0)[0]
-        return ready
+        """The highest position now committable given the still ``pending`` ids, or None."""
+        waiting = []
+        for offset, generation, barrier in self._held.get(partition, []):
+            if barrier is not None and not barrier & pending:
+                self.gate.release((self.topic, partition), offset, generation)
+            else:
+                waiting.append((offset, generation, barrier))
+        self._held[partition] = waiting
+        return self.gate.take_ready([(self.topic, partition)]).get((self.topic, partition))
 
     def forget(self, partitions: set[int]) -> None:
-        """Revoked partitions: their new owner re-reads from the last commit."""
+        """Revoked or fenced partitions: their new owner re-reads from the last commit."""
+        self.gate.forget((self.topic, p) for p in partitions)
         for partition in partitions:
             self._held.pop(partition, None)
 
     def held(self) -> int:
         """Batches waiting, all partitions together."""
-        return sum(len(h) for h in self._held.values())
+        return self.gate.in_flight()
 
 
 class OutboxDrainer:
@@ -150,7 +168,7 @@ class OutboxDrainer:
         self.store, self.topic, self.channels, self.policy = store, topic, channels, policy
         self.metrics, self.dead_letter, self.budget_s = metrics, dead_letter, budget_s
 
-    def drain(self, partitions: list[int], gate: CommitGate, stop_event: threading.Event) -> dict[int, int]:
+    def drain(self, partitions: list[int], barrier: OutboxBarrier, stop_event: threading.Event) -> dict[int, int]:
         """Try what is due; returns the offsets (per partition) that may be committed now."""
         pending = {}
         for partition in partitions:
@@ -159,7 +177,7 @@ class OutboxDrainer:
                 self._quarantine(partition, raw, "outbox entry does not parse")
         ids = {p: {entry.entry_id for _, entry in entries} for p, entries in pending.items()}
         for partition, entry_ids in ids.items():
-            gate.observe(partition, entry_ids)
+            barrier.observe(partition, entry_ids)
         self.policy.keep_only(set().union(*ids.values()))
         started = self.policy.clock()
         blocked: set[str] = set()  # channels that failed in this pass, or back off
@@ -171,7 +189,7 @@ class OutboxDrainer:
                     ids[partition].discard(entry.entry_id)
         committable = {}
         for partition, entry_ids in ids.items():
-            offset = gate.release(partition, entry_ids)
+            offset = barrier.release(partition, entry_ids)
             if offset is not None:
                 committable[partition] = offset
         return committable

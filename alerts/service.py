@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from linewatch.alerts.channels import build_channels
 from linewatch.alerts.deliveries import Channel
@@ -30,10 +30,13 @@ from linewatch.alerts.deliveries.alertmanager import AlertmanagerChannel
 from linewatch.alerts.history import AlertHistory
 from linewatch.alerts.intake import RejectedRecordError, bounded_dead_letter, decode_result
 from linewatch.alerts.metrics import AlertsMetrics
-from linewatch.alerts.outbox import CommitGate, DeadLetterError, OutboxDrainer, RetryPolicy
+from linewatch.alerts.outbox import DeadLetterError, OutboxBarrier, OutboxDrainer, RetryPolicy
 from linewatch.alerts.rules import Alert, AlertEvent, CameraState, admit, go_silent, step
 from linewatch.alerts.settings import AlertsSettings
 from linewatch.alerts.state import FencedError, OutboxEntry, StateStore
+from linewatch.common.kafka import TopicPartitionKey
+from linewatch.common.kafka.consumer import Assignment, commit_positions, records
+from linewatch.common.kafka.producer import DeliveryFailedError, DeliveryProducer
 from linewatch.detector.events import FrameResult, dead_letter_headers
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ class AlertsService:
         self.store = StateStore(self.redis, settings.redis.key_prefix, self.history,
                                 state_ttl_s=settings.state_ttl_s)
         kafka = settings.kafka.client_config()
-        self.producer = Producer({**kafka, "acks": "all", "enable.idempotence": True})
+        self.producer = DeliveryProducer(Producer({**kafka, "acks": "all", "enable.idempotence": True}))
         self.consumer = Consumer({**kafka, "group.id": settings.group_id, "enable.auto.commit": False,
                                   "auto.offset.reset": "earliest", "session.timeout.ms": settings.session_timeout_ms})
         self.channels: dict[str, Channel] = {c.name: c for c in build_channels(settings, self.producer)}
@@ -70,7 +73,9 @@ class AlertsService:
         self.resend_due = False  # set by an assignment: re-send the stored open alerts at once
         self.last_housekeeping = 0.0
         self.policy = RetryPolicy(settings.retry)
-        self.gate = CommitGate()
+        self.gate = OutboxBarrier(self.topic)
+        self.assignment = Assignment(self.consumer, self.gate.gate, on_assign=self._on_assign,
+                                     on_revoke=self._on_revoke)
         self.drainer = OutboxDrainer(self.store, self.topic, self.channels, self.policy, self.metrics,
                                      self._dead_letter_entry)
 
@@ -78,10 +83,10 @@ class AlertsService:
         """Consume until stopped; closes the consumer (leaving the group at once) at the end."""
         ensure_topics(self.settings, [self.topic, self.settings.topics.alert_dead_letters]
                       + ([self.settings.topics.alerts] if self.settings.publish_alerts_topic else []))
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.assignment.subscribe([self.topic])
         try:
             while not self.stop_event.is_set():
-                messages = self.consumer.consume(self.settings.batch_size, timeout=0.5)
+                messages = records(self.consumer.consume(self.settings.batch_size, timeout=0.5))
                 try:
                     self._acquire_missing()
                     self.process(messages)
@@ -107,6 +112,7 @@ class AlertsService:
         # Not re-acquired until Kafka assigns them to us again: their records are skipped meanwhile.
         self.assigned.difference_update(lost)
         self.gate.forget(lost)
+        self.assignment.drop((self.topic, p) for p in lost)
         self._rewind(messages)
 
     def _rewind(self, messages: list[Message]) -> None:
@@ -114,16 +120,15 @@ class AlertsService:
         self.states.clear()  # reload from Redis: the transaction either happened or did not
         first: dict[int, int] = {}
         for msg in messages:
-            if not msg.error():
-                first.setdefault(msg.partition() or 0, msg.offset() or 0)
+            first.setdefault(msg.partition() or 0, msg.offset() or 0)
         for partition, offset in first.items():
             try:
                 self.consumer.seek(TopicPartition(self.topic, partition, offset))
             except KafkaException as exc:  # partition revoked meanwhile: its new owner starts from the commit
                 log.warning("cannot rewind partition %d: %s", partition, exc)
 
-    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        new = sorted(p.partition for p in partitions)
+    def _on_assign(self, partitions: list[TopicPartitionKey]) -> None:
+        new = sorted(p for _, p in partitions)
         self.assigned.update(new)
         self.states.clear()
         try:
@@ -139,8 +144,8 @@ class AlertsService:
         if missing:
             self.epochs.update(self.store.acquire(self.topic, missing))
 
-    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        revoked = {p.partition for p in partitions}
+    def _on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
+        revoked = {p for _, p in partitions}
         self.assigned.difference_update(revoked)
         for partition in revoked:
             self.epochs.pop(partition, None)
@@ -155,11 +160,6 @@ class AlertsService:
         offsets: dict[int, int] = {}
         now_ns = time.time_ns()
         for msg in messages:
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", error)
-                continue
             partition = msg.partition() or 0
             if partition not in self.epochs:
                 continue  # fenced out, or no epoch yet: not ours to write (nor to commit)
@@ -250,27 +250,13 @@ class AlertsService:
         broker does not take it."""
         topic = self.settings.topics.alert_dead_letters
         key, value, bounded = bounded_dead_letter(key, value, headers)
-        errors: list[str] = []
-
-        def on_delivery(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-
         try:
-            self.producer.produce(topic, key=key, value=value, headers=bounded, on_delivery=on_delivery)
-        except (BufferError, KafkaException) as exc:
-            raise DeadLetterError(f"dead-letter topic {topic} refused the record: {exc}") from exc
-        if self.producer.flush(30) > 0:
-            raise DeadLetterError(f"dead-letter topic {topic} did not acknowledge")
-        if errors:
-            raise DeadLetterError(f"dead-letter topic {topic}: {errors[0]}")
+            self.producer.send_and_wait(topic, key, value, bounded, timeout_s=30)
+        except DeliveryFailedError as exc:
+            raise DeadLetterError(f"dead-letter topic: {exc}") from exc
 
     def _commit(self, offsets: dict[int, int]) -> None:
-        try:
-            self.consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()],
-                                 asynchronous=False)
-        except KafkaException as exc:  # e.g. a rebalance: the records come back and are recognised
-            log.warning("offset commit failed: %s", exc)
+        commit_positions(self.consumer, {(self.topic, p): o for p, o in offsets.items()})
 
     def housekeeping(self) -> None:
         """Every ``housekeeping_s`` (and at once after an assignment): silence, re-send, keep open alerts alive."""

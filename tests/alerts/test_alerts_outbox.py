@@ -18,7 +18,7 @@ from alerts_helpers import frame
 from linewatch.alerts.deliveries import DeliveryError
 from linewatch.alerts.history import AlertHistory
 from linewatch.alerts.metrics import AlertsMetrics
-from linewatch.alerts.outbox import CommitGate, OutboxDrainer, RetryPolicy
+from linewatch.alerts.outbox import OutboxBarrier, OutboxDrainer, RetryPolicy
 from linewatch.alerts.rules import AlertEvent, CameraState, step
 from linewatch.alerts.settings import RetrySettings, RuleConfig
 from linewatch.alerts.state import OutboxEntry, StateStore
@@ -108,7 +108,7 @@ def test_ten_minute_outage_is_ridden_out_and_other_channel_goes_on(store: StateS
     clock = Clock()
     webhook, manager = Scripted("webhook", clock), Scripted("alertmanager", clock)
     drain, dead = drainer(store, [webhook, manager], RetrySettings(), clock)
-    gate, stop = CommitGate(), threading.Event()
+    gate, stop = OutboxBarrier(), threading.Event()
     webhook.mode = "down"
     enqueue(store, 0, [webhook, manager], events("cam-1", 3))
     gate.hold(0, 10)
@@ -140,7 +140,7 @@ def test_permanent_refusal_is_dead_lettered_at_once(store: StateStore) -> None:
     webhook.mode = "refused"
     drain, dead = drainer(store, [webhook], RetrySettings(), clock)
     enqueue(store, 1, [webhook], events("cam-1", 2))
-    gate = CommitGate()
+    gate = OutboxBarrier()
     gate.hold(1, 7)
     assert drain.drain([1], gate, threading.Event()) == {1: 7}
     assert webhook.tries == 2 and [d[0].split(":")[-1] for d in dead] == ["webhook", "webhook"]
@@ -153,7 +153,7 @@ def test_outage_past_the_give_up_time_dead_letters_every_expired_entry(store: St
     webhook.mode = "down"
     drain, dead = drainer(store, [webhook], RetrySettings(give_up_after_s=60, max_backoff_s=10), clock)
     enqueue(store, 0, [webhook], events("cam-1", 3))
-    gate, stop = CommitGate(), threading.Event()
+    gate, stop = OutboxBarrier(), threading.Event()
     gate.hold(0, 5)
     while clock.now < 1000 + 59:
         drain.drain([0], gate, stop)
@@ -173,13 +173,13 @@ def test_attempts_limit_when_set(store: StateStore) -> None:
     drain, dead = drainer(store, [webhook], RetrySettings(attempts=3, backoff_s=1), clock)
     enqueue(store, 0, [webhook], events("cam-1", 1))
     for _ in range(10):
-        drain.drain([0], CommitGate(), threading.Event())
+        drain.drain([0], OutboxBarrier(), threading.Event())
         clock.now += 5
     assert webhook.tries == 3 and len(dead) == 1
 
 
-def test_commit_gate_waits_for_entries_existing_when_the_batch_was_persisted() -> None:
-    gate = CommitGate()
+def test_outbox_barrier_waits_for_entries_existing_when_the_batch_was_persisted() -> None:
+    gate = OutboxBarrier()
     gate.hold(0, 10)
     assert gate.release(0, {"a"}) is None  # barrier not observed yet
     gate.observe(0, {"a", "b"})
@@ -199,8 +199,8 @@ def test_retry_state_stays_bounded_by_the_outbox(store: StateStore) -> None:
     webhook.mode = "down"
     drain, _ = drainer(store, [webhook], RetrySettings(), clock)
     enqueue(store, 0, [webhook], events("cam-1", 4))
-    drain.drain([0], CommitGate(), threading.Event())
+    drain.drain([0], OutboxBarrier(), threading.Event())
     assert drain.policy.tracked() == 4
     store.client.delete(store.outbox_key(TOPIC, 0))  # e.g. the partition moved to another instance
-    drain.drain([0], CommitGate(), threading.Event())
+    drain.drain([0], OutboxBarrier(), threading.Event())
     assert drain.policy.tracked() == 0
