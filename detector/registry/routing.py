@@ -94,7 +94,8 @@ class ModelRouter:
 
     def versions(self) -> dict[str, str | None]:
         """The version in use per followed product (None: none assigned)."""
-        return {p: (str(r.model.model_version) if r.model is not None else None) for p, r in self._routes.items()}
+        routes = dict(self._routes)  # a copy: other threads (health, tests) may ask while the worker adds
+        return {p: (str(r.model.model_version) if r.model is not None else None) for p, r in routes.items()}
 
     def start(self) -> Any:
         """Follow the default product (if any) now; returns its model when one is assigned."""

@@ -246,6 +246,7 @@ class DetectorService:
                 item = self._work.get(timeout=0.05)
             except queue.Empty:
                 self._outputs.poll(0)
+                self._switch_models()  # idle is a batch boundary too: switch now, not with the next frame
                 continue
             try:
                 if item is None:
