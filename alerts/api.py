@@ -22,6 +22,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
+from linewatch.alerts import audit_routes
 from linewatch.alerts.history import AlertHistory
 from linewatch.alerts.metrics import AlertsMetrics
 from linewatch.alerts.routes import alerts as alert_routes
@@ -97,7 +98,8 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
     app.state.context = ctx
     app.middleware("http")(security_headers)
     for router in (health_routes.router(metrics_public=settings.http.metrics_public), page_routes.router,
-                   camera_routes.router, alert_routes.router):
+                   camera_routes.router, alert_routes.router,
+                   audit_routes.router(identity, redis=ctx.redis, prefix=ctx.prefix)):
         add_routes(app, router)
     app.mount("/static", StaticFiles(directory=page_routes.WEB_DIR), name="static")
     return app
