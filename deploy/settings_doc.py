@@ -35,15 +35,17 @@ class EnvField:
 def settings_classes() -> dict[str, type[BaseSettings]]:
     """The settings class behind each service (imported lazily: alerts/detector are heavy-ish)."""
     from linewatch.alerts.settings import AlertsSettings
+    from linewatch.detector.registry.settings import RegistrySettings
     from linewatch.detector.service.settings import DetectorSettings
     from linewatch.ingest.settings import CameraSettings
 
-    return {"camera": CameraSettings, "detector": DetectorSettings, "alerts": AlertsSettings}
+    return {"camera": CameraSettings, "detector": DetectorSettings, "alerts": AlertsSettings,
+            "registry": RegistrySettings}
 
 
 # Which settings class each ``linewatch`` subcommand reads.
 COMMAND_SETTINGS = {"camera": "camera", "cameras": "camera", "topics": "camera", "detect": "detector",
-                    "alerts": "alerts"}
+                    "alerts": "alerts", "models": "registry", "audit": "registry", "dataset": "registry"}
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
