@@ -99,6 +99,7 @@ def test_threshold_interval_narrows_with_more_good_images() -> None:
     assert few[0] < few[1] and many[1] - many[0] < few[1] - few[0]
 
 
+@pytest.mark.slow
 def test_calibrate_cli_rewrites_thresholds_from_a_good_folder(tiny_model: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     import json
