@@ -12,9 +12,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from linewatch.common.signals import interrupt_on_signals
+
+if TYPE_CHECKING:
+    from linewatch.deploy.demo_run import DemoOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +58,27 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_demo)
 
 
+def demo_options(args: argparse.Namespace) -> DemoOptions:
+    """The run's options from the command line; the data set is None (synthetic parts) when absent."""
+    from linewatch.deploy.demo_run import DemoOptions
+
+    data = None if args.synthetic or not (args.data / "test").is_dir() else args.data
+    if data is None and not args.synthetic:
+        print(f"no data set at {args.data}: using the synthetic part generator", flush=True)
+    return DemoOptions(data=data, out=args.out, cache_dir=args.cache_dir, cameras=args.cameras, fps=args.fps,
+                       duration=args.duration, drain_timeout=args.drain_timeout, epochs=args.epochs,
+                       image_size=args.image_size, train_images=args.train_images, retrain=args.retrain,
+                       device=args.device, backend=args.backend, port=args.port)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Handler of ``linewatch demo``; returns 0 when every frame sent got a result or a dead letter."""
     from linewatch.deploy.demo_processes import Processes
     from linewatch.deploy.demo_run import DemoRun
     from linewatch.deploy.local import LocalServiceError, start_local_stack
 
-    data = None if args.synthetic or not (args.data / "test").is_dir() else args.data
-    if data is None and not args.synthetic:
-        print(f"no data set at {args.data}: using the synthetic part generator", flush=True)
-    out: Path = args.out
-    log_dir = out / "logs"
+    options = demo_options(args)
+    log_dir = options.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     processes = Processes(log_dir)
     stack = None
@@ -74,7 +87,7 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             stack = start_local_stack(log_dir / "stack")
             print(f"broker {stack.bootstrap_servers}, Redis {stack.redis_url}", flush=True)
-            return DemoRun(args, data, stack, processes).run()
+            return DemoRun(options, stack, processes).run()
         except (LocalServiceError, RuntimeError, ValueError, OSError) as exc:
             print(f"linewatch demo: {exc}", file=sys.stderr)
             return 1

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import gc
 import secrets
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,40 @@ from linewatch.ingest.settings import CameraSettings
 TRAIN_BUDGET_S = 330.0  # 20 epochs at 128 px took 287 s in a fresh-clone `make demo` (7 min 49 s in all)
 
 
+@dataclass(frozen=True)
+class DemoOptions:
+    """What one demo run is asked to do (built once from the command line by :func:`deploy.demo.demo_options`).
+
+    ``data``: the MVTec-layout set to replay, None for synthetic parts.
+    """
+
+    data: Path | None
+    out: Path
+    cache_dir: Path
+    cameras: int
+    fps: float
+    duration: float
+    drain_timeout: float
+    epochs: int
+    image_size: int | None
+    train_images: int
+    retrain: bool
+    device: str
+    backend: str
+    port: int
+
 class DemoRun:
     """State of one ``linewatch demo`` run (see :func:`deploy.demo.run_demo`)."""
 
-    def __init__(self, args: argparse.Namespace, data: Path | None, stack: LocalStack, processes: Processes) -> None:
-        self.args, self.data, self.stack, self.processes = args, data, stack, processes
+    def __init__(self, options: DemoOptions, stack: LocalStack, processes: Processes) -> None:
+        self.options, self.data, self.stack, self.processes = options, options.data, stack, processes
         self.run_id = uuid.uuid4().hex[:8]
         # Names unique to the run, so a reused Redis or an external broker never mixes two runs.
         self.topics = TopicSettings(frames=f"frames-{self.run_id}", results=f"results-{self.run_id}",
                                     breaches=f"breaches-{self.run_id}", dead_letters=f"dead-letters-{self.run_id}",
                                     alerts=f"alerts-{self.run_id}",
                                     alert_dead_letters=f"alert-dead-letters-{self.run_id}",
-                                    partitions=max(8, args.cameras))
+                                    partitions=max(8, options.cameras))
         self.kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
         self.prefix = f"demo-{self.run_id}"
         self.detector_group, self.alerts_group = f"linewatch-detector-{self.run_id}", f"linewatch-alerts-{self.run_id}"
@@ -44,8 +65,8 @@ class DemoRun:
 
     def _start_detector(self, model: Path) -> tuple[int, float]:
         port = free_port()
-        argv = ["detect", "--model", str(model), "--device", self.args.device, "--metrics-port", str(port),
-                "--backend", getattr(self.args, "backend", "auto"),
+        argv = ["detect", "--model", str(model), "--device", self.options.device, "--metrics-port", str(port),
+                "--backend", self.options.backend,
                 "--group-id", self.detector_group, "--max-batch", "8", "--max-wait-ms", "50"]
         started = time.monotonic()
         proc, log_path = self.processes.spawn("detector", argv, {**self._env(), "LINEWATCH_METRICS_HOST": "127.0.0.1"})
@@ -53,7 +74,7 @@ class DemoRun:
         return port, time.monotonic() - started
 
     def _start_alerts(self, token: str) -> str:
-        port = self.args.port or free_port()
+        port = self.options.port or free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**self._env(), "LINEWATCH_API_TOKEN": token, "LINEWATCH_HTTP__PUBLIC_BASE_URL": url,
                "LINEWATCH_GROUP_ID": self.alerts_group}
@@ -62,7 +83,7 @@ class DemoRun:
         return url
 
     def _cameras(self) -> list[CameraSettings]:
-        a = self.args
+        a = self.options
         state_dir = a.out / "state" / self.run_id
         cameras = []
         for i in range(a.cameras):
@@ -86,7 +107,7 @@ class DemoRun:
         from linewatch.ingest.fleet import run_fleet
         from linewatch.ingest.metrics import CameraMetrics
 
-        a = self.args
+        a = self.options
         model = ensure_model(self.data, a.cache_dir, epochs=a.epochs, image_size=a.image_size,
                              train_images=a.train_images, device=a.device, retrain=a.retrain)
         how = "reused cached" if model.cached else f"trained in {model.seconds:.0f}s,"
@@ -106,6 +127,7 @@ class DemoRun:
         stop = threading.Event()
         cameras = self._cameras()
         stats: list[Any] = []
+        # The fleet flushes and closes every camera's producer before it returns, so none outlives the broker.
         fleet = threading.Thread(target=lambda: stats.extend(run_fleet(cameras, metrics=CameraMetrics(),
                                                                        stop_event=stop)), daemon=True)
         started_ns = time.time_ns()
@@ -115,7 +137,6 @@ class DemoRun:
         finally:
             stop.set()
             fleet.join(timeout=60)
-            gc.collect()  # closes the cameras' producers now, not after the broker is gone
         stopped_ns = time.time_ns()
         sent = sum(s.sent for s in stats if s is not None)
         print(f"cameras stopped after {a.duration:.0f}s: {sent} frames sent; waiting for the line to drain",

@@ -282,6 +282,7 @@ class Camera:
                             s.camera_id, exc)
         # "is None", not "or": a FrameProducer with nothing in flight has len() 0 and is falsy, which silently
         # replaced a caller's producer with a new one (and made the back-pressure test flaky).
+        owned = self._producer is None
         producer = self._producer if self._producer is not None else FrameProducer(
             s.kafka, s.topics.frames, self.metrics, client_id=f"linewatch-camera-{s.camera_id}",
             max_message_bytes=s.max_message_bytes)
@@ -312,6 +313,8 @@ class Camera:
                 log.error("camera %s: %d frames still undelivered after %.0fs flush", s.camera_id, left,
                           s.flush_timeout_s)
             sequences.close()
+            if owned:  # now, not whenever the garbage collector breaks the client's callback cycle
+                producer.close()
         self.stats.sent = producer.acked - acked0
         self.stats.bytes_sent = producer.acked_bytes - bytes0
         self.stats.delivery_errors = producer.failed - failed0

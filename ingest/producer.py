@@ -87,6 +87,7 @@ class FrameProducer:
         self.last_error: str | None = None
         self.buffer_full_waits = 0
         self._last_full_log = -1e9
+        self._closed = False
         self._producer = Producer(config)
 
     def _on_error(self, error: KafkaError) -> None:
@@ -94,6 +95,8 @@ class FrameProducer:
         log.log(level, "kafka client error: %s", error)
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if self._closed:  # purged by close(): the caller flushed first and counted what was left
+            return
         key = message.key()
         camera = key.decode(errors="replace") if isinstance(key, bytes) else str(key or "")
         if error is not None:
@@ -153,6 +156,13 @@ class FrameProducer:
     def flush(self, timeout: float) -> int:
         """Wait for outstanding deliveries; returns how many are still in flight."""
         return int(self._producer.flush(timeout))
+
+    def close(self) -> None:
+        """Shut the client down now: frames still queued are discarded (flush and count them first; a plain
+        librdkafka close would wait up to message.timeout.ms for them while the broker is down)."""
+        self._closed = True
+        self._producer.purge()
+        self._producer.close()
 
     def __len__(self) -> int:
         return len(self._producer)

@@ -46,7 +46,7 @@ def test_demo_runs_the_line_and_writes_the_summary(bootstrap: str, redis_url: st
     output, _ = proc.communicate(timeout=140)
     wall_ms = (time.monotonic() - started) * 1000
     assert proc.returncode == 0, output
-    assert "training the demo model" in output and "1 epochs (demo budget" in output
+    assert "training the demo model" in output and "up to 1 epochs with early stopping (demo budget" in output
     assert re.search(r"alerts web page: http://127\.0\.0\.1:\d+/\s+token: \S{16,}", output), output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     for key in ("run", "model", "frames", "alerts", "accuracy", "throughput", "latency_ms", "heatmap_examples"):
