@@ -1,0 +1,98 @@
+"""Image and pixel AUROC of every backend and precision within 0.005 of torch fp32 on every shared set.
+
+Kept cheap (stated): per set, a default-architecture model (efficientnet_lite0, 128 px) trained for 3
+epochs on every 8th good training image (at most 64), evaluated on every 3rd test image; the INT8 export
+is calibrated on exactly the images it was trained on (the same folder, so ``data_sha256`` matches).
+Pixel AUROC uses one set of histogram bin edges (from the fp32 maps) for every backend, so the
+comparison has no binning difference. Skipped when ../shared/datasets is absent.
+
+Measured 2026-11-29: ONNX Runtime and OpenVINO fp32 equal torch to 4 decimals on all three sets; INT8
+misses the image-AUROC bound on all three (strict xfail with the numbers: it fails when INT8 gets there).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from linewatch.common.images import list_test, list_train_good, load_mask, load_rgb
+from linewatch.detector.backends import load_model
+from linewatch.detector.export import export_openvino
+from linewatch.detector.inference import InferenceModel
+from linewatch.detector.metrics import PixelAccumulator, auroc, quantile_edges
+from linewatch.detector.train import TrainConfig, train
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+SETS = sorted(p.name for p in DATASETS.glob("*") if (p / p.name / "train" / "good").is_dir())
+TOLERANCE = 0.005
+Trained = tuple[str, Path, Path, float, float, np.ndarray]  # set, checkpoint, good folder, image/pixel AUROC, edges
+
+
+def _subset_folder(data: Path, out: Path) -> Path:
+    """Every 8th good training image (at most 64), linked into ``out`` (names and sizes as the originals)."""
+    out.mkdir(parents=True)
+    for record in list_train_good(data)[::8][:64]:
+        os.symlink(record.path, out / record.path.name)
+    return out
+
+
+def _aurocs(model: InferenceModel, data: Path, edges: np.ndarray | None) -> tuple[float, float, np.ndarray]:
+    records = list_test(data)[::3]
+    scores, maps, images = [], [], []
+    for start in range(0, len(records), 16):
+        batch = [load_rgb(r.path) for r in records[start:start + 16]]
+        prediction = model.predict(batch)
+        scores.append(prediction.image_scores)
+        maps += [model.map_to_image(m, img.shape[:2]) for m, img in zip(prediction.maps, batch, strict=True)]
+        images += [img.shape[:2] for img in batch]
+    if edges is None:
+        edges = quantile_edges(np.concatenate([m.ravel()[::7] for m in maps]), 4096)
+    accumulator = PixelAccumulator(edges)
+    for record, m, shape in zip(records, maps, images, strict=True):
+        accumulator.add(m, load_mask(record, shape))
+    labels = np.array([r.label == "defect" for r in records])
+    return auroc(np.concatenate(scores), labels), accumulator.auroc(), edges
+
+
+@pytest.fixture(scope="module", params=SETS)
+def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """(set, checkpoint, its good-image folder, fp32 image AUROC, fp32 pixel AUROC, bin edges) per shared set."""
+    name = str(request.param)
+    data = DATASETS / name / name
+    root = tmp_path_factory.mktemp(f"realdata-{name}")
+    good = _subset_folder(data, root / "good")
+    config = TrainConfig(image_size=128, epochs=3, batch_size=16, device="cpu")
+    checkpoint = train(config, list_train_good(good), root / "m.safetensors", progress=False).path
+    image_ref, pixel_ref, edges = _aurocs(load_model(checkpoint, "torch", "cpu"), data, None)
+    return name, checkpoint, good, image_ref, pixel_ref, edges
+
+
+def _assert_close(name: str, label: str, model: InferenceModel, trained: Trained) -> None:
+    _, _, _, image_ref, pixel_ref, edges = trained
+    image_auroc, pixel_auroc, _ = _aurocs(model, DATASETS / name / name, edges)
+    print(f"{name}: torch fp32 image {image_ref:.4f} pixel {pixel_ref:.4f}; {label} image {image_auroc:.4f} "
+          f"pixel {pixel_auroc:.4f}")
+    assert abs(image_auroc - image_ref) <= TOLERANCE, f"{label}: image AUROC {image_auroc:.4f} vs {image_ref:.4f}"
+    assert abs(pixel_auroc - pixel_ref) <= TOLERANCE, f"{label}: pixel AUROC {pixel_auroc:.4f} vs {pixel_ref:.4f}"
+
+
+@pytest.mark.skipif(not SETS, reason=f"no shared data sets at {DATASETS}")
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_fp32_backends_keep_torch_accuracy(backend: str, trained: Trained) -> None:
+    name, checkpoint = trained[0], trained[1]
+    _assert_close(name, f"{backend} fp32", load_model(checkpoint, backend, "cpu"), trained)
+
+
+@pytest.mark.skipif(not SETS, reason=f"no shared data sets at {DATASETS}")
+@pytest.mark.xfail(strict=True, reason="measured 2026-11-29: INT8 (NNCF, backbones only) moves image AUROC by "
+                   "-0.066 (bsdata), +0.0053 (magnetic_tile), +0.0076 (mvtec3d_tire); pixel AUROC stays within "
+                   "0.0034. Goal not reached; remove this mark when it passes")
+def test_int8_keeps_torch_accuracy(trained: Trained, tmp_path: Path) -> None:
+    name, checkpoint, good = trained[0], trained[1], trained[2]
+    int8 = export_openvino(checkpoint, tmp_path / "int8", int8=True, calibration_data=good)
+    _assert_close(name, "openvino int8", load_model(int8), trained)
