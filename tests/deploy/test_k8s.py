@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 PROBE_PATHS = {"detect": {"livenessProbe": "/healthz", "readinessProbe": "/readyz"},
                "alerts": {"livenessProbe": "/livez", "readinessProbe": "/health"},
-               "camera": {"livenessProbe": "/metrics"}}
+               "camera": {"livenessProbe": "/metrics"}, "audit": {}}
 SECRETS = K8S / "secrets"
 PEM = "-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n"
 
@@ -238,7 +238,8 @@ def test_containers_match_cli_settings_and_probes(overlay: str, deploy_checks: P
                                                   tmp_path: Path) -> None:
     docs = app(deploy_checks, overlay)
     containers = linewatch_containers(docs)
-    assert {name for name, _ in containers} == {"linewatch-detector", "linewatch-alerts", "linewatch-camera-sim"}
+    assert {name for name, _ in containers} == {"linewatch-detector", "linewatch-alerts", "linewatch-camera-sim",
+                                                "linewatch-audit"}
     for name, container in containers:
         args = build_parser().parse_args(container["args"])
         cls = settings_classes()[COMMAND_SETTINGS[args.command]]
@@ -255,8 +256,8 @@ def test_containers_match_cli_settings_and_probes(overlay: str, deploy_checks: P
         assert settings.kafka.security_protocol == "SASL_SSL"
         if overlay == "gpu" and args.command == "detect":
             assert settings.device == "cuda"
-        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        served = args.port if args.command == "alerts" else args.metrics_port
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        served = args.port if args.command == "alerts" else getattr(args, "metrics_port", None)  # audit: no port
         for probe, path in PROBE_PATHS[args.command].items():
             get = container[probe]["httpGet"]
             assert get["path"] == path and ports[get["port"]] == served, (name, probe)
