@@ -2,25 +2,21 @@
 
 Every channel has a ``name`` and a ``send(event)`` that raises :class:`DeliveryError` on
 failure (``permanent`` when retrying cannot help); :func:`attempt` sends once and classifies the
-outcome, :func:`deliver` is the blocking retry loop for one-off sends. The service retries through
-its outbox instead (see :mod:`alerts.outbox`), so that a failing channel never blocks the others.
+outcome. The service retries through its outbox (see :mod:`alerts.outbox`), so that a failing channel
+never blocks the others.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from typing import Literal, Protocol
 from urllib.parse import quote
 
 from linewatch.alerts.metrics import AlertsMetrics
 from linewatch.alerts.rules import Alert, AlertEvent
-from linewatch.alerts.settings import RetrySettings
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["delivered", "failed", "interrupted"]
 Attempt = Literal["delivered", "transient", "permanent"]
 
 
@@ -59,28 +55,3 @@ def attempt(channel: Channel, event: AlertEvent, metrics: AlertsMetrics) -> tupl
         return ("permanent" if exc.permanent else "transient"), str(exc)
     metrics.deliveries.labels(channel.name, "success").inc()
     return "delivered", ""
-
-
-def deliver(channel: Channel, event: AlertEvent, retry: RetrySettings, metrics: AlertsMetrics,
-            stop_event: threading.Event | None = None) -> tuple[Outcome, str]:
-    """Blocking send with retries (for one-off sends; the service retries through its outbox instead).
-
-    Tries until delivered, refused permanently, ``retry.attempts`` tries (when not 0) or
-    ``retry.give_up_after_s`` spent; returns the outcome and the last error.
-    """
-    stop_event = stop_event or threading.Event()
-    deadline = time.monotonic() + retry.give_up_after_s
-    tries = 0
-    while True:
-        if tries:
-            metrics.retries.labels(channel.name).inc()
-        result, error = attempt(channel, event, metrics)
-        tries += 1
-        if result == "delivered":
-            return "delivered", ""
-        wait = retry.delay(tries)
-        if result == "permanent" or (retry.attempts and tries >= retry.attempts) \
-                or time.monotonic() + wait > deadline:
-            return "failed", error
-        if stop_event.wait(wait):
-            return "interrupted", error

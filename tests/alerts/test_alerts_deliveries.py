@@ -1,4 +1,5 @@
-"""Deliveries against real HTTP servers: signed webhook with retries, Grafana annotations, dead letters."""
+"""Deliveries against real HTTP servers: signed webhook, transient and permanent failures, Grafana annotations,
+dead letters."""
 
 from __future__ import annotations
 
@@ -13,15 +14,13 @@ import standardwebhooks
 from alerts_helpers import WEBHOOK_SECRET, Webhook, frame
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from linewatch.alerts.deliveries import deliver
+from linewatch.alerts.deliveries import attempt
 from linewatch.alerts.deliveries.grafana import GrafanaChannel
 from linewatch.alerts.deliveries.webhook import WebhookChannel
 from linewatch.alerts.metrics import AlertsMetrics
 from linewatch.alerts.rules import Alert, AlertEvent, CameraState, step
 from linewatch.alerts.service import AlertsService, ensure_topics
 from linewatch.alerts.settings import AlertsSettings, RetrySettings, RuleConfig
-
-RETRY = RetrySettings(attempts=4, backoff_s=0.02, max_backoff_s=0.1)
 
 
 def fired_and_resolved() -> list[AlertEvent]:
@@ -37,13 +36,15 @@ def sample(metrics: AlertsMetrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def test_webhook_is_signed_and_retried_with_backoff(webhook: Webhook) -> None:
+def test_webhook_is_signed_and_a_server_error_is_worth_retrying(webhook: Webhook) -> None:
+    """One send at a time, as the outbox makes them (its retry schedule is tested in test_alerts_outbox)."""
     metrics = AlertsMetrics()
     channel = WebhookChannel(webhook.url, WEBHOOK_SECRET, public_base_url="http://ops.example:8081", timeout_s=2)
-    webhook.fail_next = 2
+    webhook.fail_next = 1
     event = fired_and_resolved()[0]
-    assert deliver(channel, event, RETRY, metrics) == ("delivered", "")
-    assert [r["accepted"] for r in webhook.received] == [False, False, True]
+    assert attempt(channel, event, metrics)[0] == "transient"
+    assert attempt(channel, event, metrics) == ("delivered", "")
+    assert [r["accepted"] for r in webhook.received] == [False, True]
     assert all(r["signed"] for r in webhook.received)
     got = webhook.received[-1]
     raw = json.dumps(got["body"], sort_keys=True, separators=(",", ":")).encode()
@@ -53,15 +54,15 @@ def test_webhook_is_signed_and_retried_with_backoff(webhook: Webhook) -> None:
     assert got["headers"]["X-Linewatch-Event-Id"] == event.event_id == got["body"]["event_id"]
     assert got["body"]["alert"]["severity"] == "critical"
     assert got["body"]["links"]["heatmap_url"].startswith("http://ops.example:8081/api/alerts/")
-    assert sample(metrics, "linewatch_alerts_delivery_retries_total", channel="webhook") == 2
+    assert sample(metrics, "linewatch_alerts_deliveries_total", channel="webhook", outcome="failure") == 1
     assert sample(metrics, "linewatch_alerts_deliveries_total", channel="webhook", outcome="success") == 1
 
 
-def test_webhook_with_wrong_secret_fails_permanently_without_retries(webhook: Webhook) -> None:
+def test_webhook_with_wrong_secret_fails_permanently(webhook: Webhook) -> None:
     metrics = AlertsMetrics()
     channel = WebhookChannel(webhook.url, "not-the-secret", public_base_url="http://x", timeout_s=2)
-    outcome, error = deliver(channel, fired_and_resolved()[0], RETRY, metrics)
-    assert outcome == "failed" and "HTTP 401" in error
+    outcome, error = attempt(channel, fired_and_resolved()[0], metrics)
+    assert outcome == "permanent" and "HTTP 401" in error
     assert len(webhook.received) == 1 and not webhook.received[0]["signed"]
 
 
@@ -71,7 +72,8 @@ def test_grafana_region_annotation_payload(recorder: dict[str, Any]) -> None:
     assert channel.kinds == ("resolved", "silent")
     recorder["statuses"] = [503]
     resolved = fired_and_resolved()[1]
-    assert deliver(channel, resolved, RETRY, AlertsMetrics())[0] == "delivered"
+    assert attempt(channel, resolved, AlertsMetrics())[0] == "transient"
+    assert attempt(channel, resolved, AlertsMetrics())[0] == "delivered"
     assert len(recorder["requests"]) == 2
     request = recorder["requests"][-1]
     assert request["path"] == "/api/annotations"
@@ -82,8 +84,8 @@ def test_grafana_region_annotation_payload(recorder: dict[str, Any]) -> None:
     assert body["tags"] == ["linewatch", "line:line-3", "camera:cam-7", "severity:critical"]
     assert body["dashboardUID"] == "linewatch-overview" and alert.alert_id in body["text"]
     recorder["statuses"] = [400]
-    assert deliver(channel, resolved, RETRY, AlertsMetrics())[0] == "failed"
-    assert len(recorder["requests"]) == 3  # a 400 is not retried
+    assert attempt(channel, resolved, AlertsMetrics())[0] == "permanent"  # a 400 is not worth retrying
+    assert len(recorder["requests"]) == 3
 
 
 def test_undeliverable_alert_goes_to_dead_letter_topic_and_offset_is_committed(

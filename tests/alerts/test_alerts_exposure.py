@@ -24,12 +24,12 @@ from hostile_helpers import produce_raw, read_all, redis_server, result_record, 
 from pydantic import ValidationError
 
 from linewatch.alerts.api import SECURITY_HEADERS, start_server
-from linewatch.alerts.deliveries import deliver
+from linewatch.alerts.deliveries import attempt
 from linewatch.alerts.deliveries.grafana import GrafanaChannel
 from linewatch.alerts.deliveries.webhook import WebhookChannel
 from linewatch.alerts.metrics import AlertsMetrics
 from linewatch.alerts.rules import CameraState, step
-from linewatch.alerts.settings import AlertsSettings, HttpSettings, RetrySettings, RuleConfig
+from linewatch.alerts.settings import AlertsSettings, HttpSettings, RuleConfig
 from linewatch.common import cache_keys
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.deploy.local import free_port
@@ -206,7 +206,7 @@ def test_grafana_annotation_html_escapes_ids(recorder: dict[str, Any]) -> None:
         state, new = step(state, frame("cam-g", seq, score, line=line), rule)
         events.extend(new)
     channel = GrafanaChannel(recorder["url"], "glsa_token_abc", public_base_url="http://ops:8081", timeout_s=2)
-    assert deliver(channel, events[-1], RetrySettings(attempts=1), AlertsMetrics())[0] == "delivered"
+    assert attempt(channel, events[-1], AlertsMetrics())[0] == "delivered"
     text = recorder["requests"][-1]["body"]["text"]
     assert "<img" not in text and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
     assert text.count("<a href=") == 1
@@ -217,7 +217,7 @@ def test_webhook_signature_binds_id_and_time_so_replays_are_refused(webhook: Web
     rule = RuleConfig(k=1, n=1, resolve_after=1, cooldown_s=0)
     _, events = step(CameraState(camera_id="cam-w"), frame("cam-w", 0, HIT), rule)
     channel = WebhookChannel(webhook.url, WEBHOOK_SECRET, public_base_url="http://ops", timeout_s=2)
-    assert deliver(channel, events[0], RetrySettings(attempts=1), AlertsMetrics())[0] == "delivered"
+    assert attempt(channel, events[0], AlertsMetrics())[0] == "delivered"
     got = webhook.received[-1]
     raw = json.dumps(got["body"], sort_keys=True, separators=(",", ":")).encode()
     receiver = standardwebhooks.Webhook(WEBHOOK_SECRET)
