@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings
 
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.detector.registry.settings import RegistryConfig
 
 _RNG = random.SystemRandom()
 MIN_TOKEN_BITS = 256  # 32 random bytes' worth
@@ -168,6 +169,8 @@ class AlertsSettings(BaseSettings):
         default=None, description="Where alert state, outboxes and history live; None = same as redis (key prefix: "
                                   "always redis.key_prefix). Point it at its own instance with maxmemory-policy "
                                   "noeviction so heatmap memory pressure cannot evict alert state.")
+    registry: RegistryConfig | None = Field(default=None, description="The model registry's database behind "
+                                            "GET /api/audit and POST /api/feedback; unset: the embedded SQLite one.")
     guard: GuardSettings = Field(default_factory=lambda: GuardSettings.model_validate({}))
     rules: RulesSettings = Field(default_factory=lambda: RulesSettings.model_validate({}))
     http: HttpSettings = Field(default_factory=lambda: HttpSettings.model_validate({}))
