@@ -7,6 +7,7 @@ const REFRESH_MS = 2000;
 const $ = (id) => document.getElementById(id);
 let timer = null;
 let objectUrls = [];
+let shownAlert = null; // the alert on the alert page, for feedback on its worst frame
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
@@ -74,6 +75,7 @@ async function refreshLive() {
 async function refreshAlert(alertId) {
   const detail = await (await api("/api/alerts/" + encodeURIComponent(alertId))).json();
   const a = detail.alert;
+  shownAlert = a;
   $("alert-id").textContent = a.alert_id;
   $("alert-state").textContent = a.state;
   $("alert-ack").textContent = ackText(a);
@@ -107,6 +109,21 @@ async function acknowledge(event) {
       body: JSON.stringify({ note: $("ack-note").value })});
     await refreshAlert(alertId);
   } catch (err) { $("status").textContent = "acknowledge failed: " + err.message; $("ack-button").disabled = false; }
+}
+
+// Operator feedback (POST /api/feedback, recorded as the token's identity): false alarms become
+// training images of good parts, real defects test images, in `linewatch dataset export --feedback`.
+async function sendFeedback(verdict) {
+  const a = shownAlert;
+  if (!a) return;
+  const defectType = $("defect-type").value.trim();
+  const body = { camera_id: a.camera_id, sequence: a.worst_sequence, verdict, alert_id: a.alert_id };
+  if (verdict === "real_defect" && defectType) body.defect_type = defectType;
+  try {
+    await api("/api/feedback", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body) });
+    $("feedback-result").textContent = `recorded: frame #${a.worst_sequence} ${verdict.replace("_", " ")}`;
+  } catch (err) { $("feedback-result").textContent = "feedback failed: " + err.message; }
 }
 
 function route() {
@@ -145,6 +162,8 @@ function logout(message) {
 
 $("login-form").addEventListener("submit", login);
 $("ack-form").addEventListener("submit", acknowledge);
+$("false-alarm").addEventListener("click", () => sendFeedback("false_alarm"));
+$("real-defect").addEventListener("click", () => sendFeedback("real_defect"));
 $("logout").addEventListener("click", logout);
 window.addEventListener("hashchange", route);
 route();

@@ -39,12 +39,15 @@ def browser() -> Iterator[object]:
             driver.quit()
 
 
-def test_page_shows_heatmaps_and_acknowledges(make_settings: Callable[..., AlertsSettings], browser: object) -> None:
+def test_page_shows_heatmaps_and_acknowledges(make_settings: Callable[..., AlertsSettings], browser: object,
+                                              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver: WebDriver = browser  # type: ignore[assignment]
+    registry_url = f"sqlite:///{tmp_path / 'registry.db'}"  # where the feedback buttons' marks go
+    monkeypatch.setenv("LINEWATCH_REGISTRY__DATABASE_URL", registry_url)
     port = free_port()
     settings = make_settings(http=HttpSettings(enabled=True, host="127.0.0.1", port=port))
     client = settings.redis.client()
@@ -79,5 +82,18 @@ def test_page_shows_heatmaps_and_acknowledges(make_settings: Callable[..., Alert
         assert "checked the part" in driver.find_element(By.ID, "alert-ack").text
         ack = AlertHistory(client, settings.redis.key_prefix).get(alert_id).ack  # type: ignore[union-attr]
         assert ack is not None and (ack.by, ack.note) == ("operator", "checked the part")
+        # Feedback on the worst frame, recorded as the token's identity (issue 16).
+        driver.find_element(By.ID, "defect-type").send_keys("scratch")
+        driver.find_element(By.ID, "real-defect").click()
+        wait.until(lambda d: "recorded" in d.find_element(By.ID, "feedback-result").text)
+        from linewatch.detector.registry.db import Database, Feedback
+
+        db = Database(registry_url)
+        with db.session() as session:
+            marks = [(f.camera_id, f.sequence, f.verdict, f.defect_type, f.by, f.alert_id)
+                     for f in session.query(Feedback).all()]
+        db.close()
+        worst = AlertHistory(client, settings.redis.key_prefix).get(alert_id).worst_sequence  # type: ignore[union-attr]
+        assert marks == [("cam-7", worst, "real_defect", "scratch", "operator", alert_id)]
     finally:
         server.stop()
