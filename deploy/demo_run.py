@@ -8,12 +8,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.deploy.demo_processes import Processes, model_summary, wait_http
 from linewatch.deploy.local import LocalStack, free_port
 from linewatch.ingest.settings import CameraSettings
+
+if TYPE_CHECKING:
+    from linewatch.deploy.demo_model import DemoModel
+    from linewatch.ingest.camera import CameraStats
 
 TRAIN_BUDGET_S = 330.0  # 20 epochs at 128 px took 287 s in a fresh-clone `make demo` (7 min 49 s in all)
 
@@ -40,6 +44,23 @@ class DemoOptions:
     backend: str
     port: int
 
+@dataclass(frozen=True)
+class CameraTotals:
+    """What the cameras did, all together, and when they ran."""
+
+    sent: int
+    captured: int
+    dropped: int
+    started_ns: int
+    stopped_ns: int
+
+    @classmethod
+    def of(cls, stats: list[CameraStats], started_ns: int, stopped_ns: int) -> CameraTotals:
+        """Totals of the cameras that returned stats (one that raised has none)."""
+        return cls(sent=sum(s.sent for s in stats), captured=sum(s.captured for s in stats),
+                   dropped=sum(s.dropped_total for s in stats), started_ns=started_ns, stopped_ns=stopped_ns)
+
+
 class DemoRun:
     """State of one ``linewatch demo`` run (see :func:`deploy.demo.run_demo`)."""
 
@@ -55,6 +76,7 @@ class DemoRun:
         self.kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
         self.prefix = f"demo-{self.run_id}"
         self.detector_group, self.alerts_group = f"linewatch-detector-{self.run_id}", f"linewatch-alerts-{self.run_id}"
+        self.alerts_url = ""
 
     def _env(self) -> dict[str, str]:
         env = {f"LINEWATCH_TOPICS__{name.upper()}": str(value) for name, value in self.topics.model_dump().items()}
@@ -101,11 +123,21 @@ class DemoRun:
     def run(self) -> int:
         """Run the line, write the summary; 0 when every frame sent was accounted for."""
         from linewatch.common.topics import all_topic_names, ensure_topics
-        from linewatch.deploy.demo_collect import TopicCollector, group_caught_up
+        from linewatch.deploy.demo_collect import TopicCollector
+
+        model = self._model()
+        ensure_topics(self.kafka, all_topic_names(self.topics), self.topics.partitions)
+        detector_start_s = self._start_services(model.path)
+        collector = TopicCollector(self.kafka, self.topics, f"demo-reader-{self.run_id}").start()
+        cameras = self._run_cameras(collector)
+        print(f"cameras stopped after {self.options.duration:.0f}s: {cameras.sent} frames sent; waiting for the line "
+              "to drain", flush=True)
+        data = self._drain(collector, cameras.sent)
+        return self._report(model, data, cameras, detector_start_s)
+
+    def _model(self) -> DemoModel:
+        """The cached model for these options, or a freshly trained one."""
         from linewatch.deploy.demo_model import ensure_model
-        from linewatch.deploy.demo_report import format_text, pick_examples, summarise, write_outputs
-        from linewatch.ingest.fleet import run_fleet
-        from linewatch.ingest.metrics import CameraMetrics
 
         a = self.options
         model = ensure_model(self.data, a.cache_dir, epochs=a.epochs, image_size=a.image_size,
@@ -116,45 +148,62 @@ class DemoRun:
             print(f"note: training took longer than the demo's ~{TRAIN_BUDGET_S / 60:.0f} min budget on this machine "
                   "(busy or slower CPU); --epochs or --train-images lower it. Later runs reuse the cached model.",
                   flush=True)
-        ensure_topics(self.kafka, all_topic_names(self.topics), self.topics.partitions)
-        detector_port, detector_start_s = self._start_detector(model.path)
+        return model
+
+    def _start_services(self, model: Path) -> float:
+        """Start the detector, then the alerts service (URL and token printed); returns the detector's start time."""
+        detector_port, detector_start_s = self._start_detector(model)
         print(f"detector ready (metrics http://127.0.0.1:{detector_port}/metrics)", flush=True)
         token = secrets.token_urlsafe(32)
-        url = self._start_alerts(token)
-        print(f"\nalerts web page: {url}/   token: {token}   (running {a.duration:.0f}s; Ctrl-C stops everything)\n",
-              flush=True)
-        collector = TopicCollector(self.kafka, self.topics, f"demo-reader-{self.run_id}").start()
+        self.alerts_url = self._start_alerts(token)
+        print(f"\nalerts web page: {self.alerts_url}/   token: {token}   (running {self.options.duration:.0f}s; "
+              "Ctrl-C stops everything)\n", flush=True)
+        return detector_start_s
+
+    def _run_cameras(self, collector: Any) -> CameraTotals:
+        """Run the cameras for the set duration, reporting progress; every camera closes its producer when it
+        stops, before the broker does."""
+        from linewatch.ingest.fleet import run_fleet
+        from linewatch.ingest.metrics import CameraMetrics
+
         stop = threading.Event()
         cameras = self._cameras()
         stats: list[Any] = []
-        # The fleet flushes and closes every camera's producer before it returns, so none outlives the broker.
         fleet = threading.Thread(target=lambda: stats.extend(run_fleet(cameras, metrics=CameraMetrics(),
                                                                        stop_event=stop)), daemon=True)
         started_ns = time.time_ns()
         fleet.start()
         try:
-            self._progress(collector, a.duration)
+            self._progress(collector, self.options.duration)
         finally:
             stop.set()
             fleet.join(timeout=60)
-        stopped_ns = time.time_ns()
-        sent = sum(s.sent for s in stats if s is not None)
-        print(f"cameras stopped after {a.duration:.0f}s: {sent} frames sent; waiting for the line to drain",
-              flush=True)
-        collector.wait_for(lambda d: len(d.unique_frames()) + len(d.dead_letters) >= sent, a.drain_timeout)
+        return CameraTotals.of([s for s in stats if s is not None], started_ns, time.time_ns())
+
+    def _drain(self, collector: Any, sent: int) -> Any:
+        """Wait until every frame sent has a result or a dead letter and the alerts service has caught up."""
+        from linewatch.deploy.demo_collect import group_caught_up
+
+        collector.wait_for(lambda d: len(d.unique_frames()) + len(d.dead_letters) >= sent,
+                           self.options.drain_timeout)
         deadline = time.monotonic() + 30
         while not group_caught_up(self.kafka, self.alerts_group, self.topics.results) and time.monotonic() < deadline:
             time.sleep(0.5)
         collector.wait_for(lambda _d: False, 2.0)  # the last alert events
-        data = collector.stop()
+        return collector.stop()
+
+    def _report(self, model: DemoModel, data: Any, cameras: CameraTotals, detector_start_s: float) -> int:
+        """Print and write the summary; 0 when every frame sent was accounted for."""
+        from linewatch.deploy.demo_report import format_text, pick_examples, summarise, write_outputs
+
+        a = self.options
         extra = {"run": {"run_id": self.run_id, "data": model.data if self.data else "synthetic parts",
                          "cameras": a.cameras, "fps_per_camera": a.fps, "duration_s": a.duration,
-                         "alerts_url": url, "detector_start_s": round(detector_start_s, 1),
+                         "alerts_url": self.alerts_url, "detector_start_s": round(detector_start_s, 1),
                          "broker": self.stack.bootstrap_servers, "redis_key_prefix": self.prefix},
                  "model": model_summary(model)}
-        summary = summarise(data, sent=sent, captured=sum(s.captured for s in stats if s is not None),
-                            dropped=sum(s.dropped_total for s in stats if s is not None), started_ns=started_ns,
-                            stopped_ns=stopped_ns, extra=extra)
+        summary = summarise(data, sent=cameras.sent, captured=cameras.captured, dropped=cameras.dropped,
+                            started_ns=cameras.started_ns, stopped_ns=cameras.stopped_ns, extra=extra)
         examples = pick_examples(data.results, self._redis())
         json_path, html_path = write_outputs(a.out, summary, examples)
         print(format_text(summary))
