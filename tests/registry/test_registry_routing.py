@@ -134,3 +134,24 @@ def test_lw_product_round_trips_and_follows_the_id_rule() -> None:
     assert CameraSettings(product="gear").product == "gear"
     with pytest.raises(ValidationError):
         CameraSettings(product="gear/1")
+
+
+def test_the_demo_registers_and_promotes_its_model_and_a_detector_from_its_env_follows_it(
+        model_a: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from linewatch.detector.registry.demo import promote_for_demo
+    from linewatch.detector.service.settings import DetectorSettings
+
+    first = promote_for_demo(model_a, tmp_path / "registry")
+    again = promote_for_demo(model_a, tmp_path / "registry")  # a second demo run with the cached model
+    assert first.version == again.version == file_sha256(model_a)[:12]
+    assert again.summary["history"] == [f"promote {first.version} by linewatch demo"], "promoted once"
+    for name, value in first.detector_env.items():
+        monkeypatch.setenv(name, value)
+    settings = DetectorSettings()
+    assert settings.registry is not None and settings.routing.default_product == "demo-part"
+    router = ModelRouter(open_registry(settings.registry.database_url, settings.registry.model_store),
+                         settings.routing, _load)
+    try:
+        assert router.start().model_version == first.version
+    finally:
+        router.stop()
