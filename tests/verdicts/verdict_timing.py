@@ -1,6 +1,6 @@
 """Measure the verdict hop on this machine: result produced -> verdict received over MQTT / written to a PLC.
 
-``python -m linewatch.alerts.verdicts.timing --cameras 2 --fps 10 --seconds 20`` starts a local broker
+``python tests/verdicts/verdict_timing.py --cameras 2 --fps 10 --seconds 20`` starts a local broker
 (Tansu), a mosquitto on a free port and an asyncua 'PLC', runs ``VerdictsService`` in-process, produces
 results stamped with capture time = produce time, and prints latency percentiles of: MQTT receipt at a
 subscriber, the PLC's write callback, and the service's own capture-to-publish figure.
