@@ -42,7 +42,7 @@ class Record:
     headers: list[tuple[str, bytes | None]] | None
     timestamp_ms: int  # broker/producer timestamp, for queue latency
     received_ns: int
-    generation: int = 0  # the partition's assignment generation when consumed (OffsetTracker)
+    generation: int = 0  # the partition's assignment generation when consumed (CommitGate)
 
 
 @dataclass(frozen=True)

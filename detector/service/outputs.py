@@ -1,8 +1,9 @@
 """Producers of the detector's outputs: results, breaches and dead letters.
 
 One idempotent producer (``enable.idempotence``: broker-side retries never duplicate or
-reorder). Every output is registered with the :class:`OffsetTracker` (in the generation its
-frame was consumed in) before it is produced and acknowledged from its delivery callback, so an
+reorder), through the shared :class:`~linewatch.common.kafka.DeliveryProducer`. Every output is
+registered with the :class:`~linewatch.common.kafka.CommitGate` (in the generation its frame was
+consumed in) before it is produced and acknowledged from its delivery callback, so an
 input offset is stored only after the broker has every output of that frame.
 
 Within a batch (:meth:`OutputProducer.begin_batch` .. :meth:`OutputProducer.end_batch`) outputs
@@ -18,16 +19,15 @@ reprocesses the frame instead of losing it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from linewatch.common.kafka import CommitGate, DeliveryProducer
 from linewatch.detector.events import Breach, FrameResult, dead_letter_headers
 from linewatch.detector.service.decoding import Record, Rejected
-from linewatch.detector.service.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ def _record_id(record: Record) -> RecordId:
 class OutputProducer:
     """Produces outputs keyed by camera id and tracks their acknowledgements per input frame."""
 
-    def __init__(self, config: dict[str, Any], tracker: OffsetTracker, *, results_topic: str,
+    def __init__(self, config: dict[str, Any], tracker: CommitGate, *, results_topic: str,
                  breaches_topic: str, dead_letters_topic: str, retries: int = 3) -> None:
-        self._producer = Producer(config)
+        self._producer = DeliveryProducer(Producer(config))
         self._tracker = tracker
         self.results_topic = results_topic
         self.breaches_topic = breaches_topic
@@ -244,25 +244,17 @@ class OutputProducer:
                 self.fatal_error = f"output for {where} to {topic} lost: {err}"
                 log.error(self.fatal_error)
 
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, headers=cast(Any, headers), on_delivery=delivered)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: serve callbacks until there is room
-            except KafkaException:
-                if counted and attempt == 0:
-                    self._tracker.ack(tp, record.offset, generation)  # un-count: this output will not exist
-                raise
+        try:
+            self._producer.produce(topic, key, value, headers, on_delivery=delivered)  # waits out a full queue
+        except KafkaException:
+            if counted and attempt == 0:
+                self._tracker.ack(tp, record.offset, generation)  # un-count: this output will not exist
+            raise
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery callbacks."""
-        return int(self._producer.poll(timeout_s))
+        return self._producer.poll(timeout_s)
 
     def flush(self, timeout_s: float) -> int:
         """Wait for every output to be acknowledged; returns how many are still in flight."""
-        deadline = time.monotonic() + timeout_s
-        remaining = int(self._producer.flush(timeout_s))
-        while remaining and time.monotonic() < deadline:
-            remaining = int(self._producer.flush(max(0.0, deadline - time.monotonic())))
-        return remaining
+        return self._producer.flush(timeout_s)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from linewatch.common.kafka import CommitGate
 from linewatch.detector.events import Breach, FrameResult, Latency
 from linewatch.detector.inference import InferenceModel, Prediction
 from linewatch.detector.service.decoding import (
@@ -21,7 +22,6 @@ from linewatch.detector.service.decoding import (
 )
 from linewatch.detector.service.heatmap_cache import HeatmapCache, HeatmapEntry
 from linewatch.detector.service.metrics import DetectorMetrics
-from linewatch.detector.service.offsets import OffsetTracker
 from linewatch.detector.service.outputs import OutputProducer
 from linewatch.detector.service.region import summarise_region
 
@@ -32,7 +32,7 @@ NO_MODEL_REASON = "no_model_for_product"  # dead-letter reason: the frame's prod
 class BatchProcessor:
     """Runs one closed batch end to end; every record leaves as outputs or a dead letter."""
 
-    def __init__(self, model: InferenceModel, outputs: OutputProducer, tracker: OffsetTracker,
+    def __init__(self, model: InferenceModel, outputs: OutputProducer, tracker: CommitGate,
                  metrics: DetectorMetrics, cache: HeatmapCache | None,
                  camera_thresholds: Mapping[str, float] | None = None, router: Any = None) -> None:
         self.model = model

@@ -6,7 +6,7 @@ k+1 overlaps inference of batch k; one thread writes heatmaps to Redis.
 
 Delivery guarantee: at least once, exactly once after deduplication by (camera, sequence).
 ``enable.auto.offset.store=false``: an offset is stored only when every output of every
-earlier frame of its partition has been acknowledged by the broker (see offsets.py);
+earlier frame of its partition has been acknowledged by the broker (:mod:`linewatch.common.kafka.commit`);
 ``enable.auto.commit=true`` then commits only those stored offsets every second, and we
 commit synchronously on partition revoke and at shutdown (after draining the batch in flight).
 A SIGKILL loses at most the uncommitted tail, which the next owner reprocesses.
@@ -27,8 +27,9 @@ import threading
 import time
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 
+from linewatch.common.kafka import Assignment, CommitGate, TopicPartitionKey, commit_stored, records, store_ready
 from linewatch.detector.service.batcher import Batcher
 from linewatch.detector.service.decoding import (
     Decoder,
@@ -41,7 +42,6 @@ from linewatch.detector.service.decoding import (
 from linewatch.detector.service.health import HealthServer, HealthState
 from linewatch.detector.service.heatmap_cache import HeatmapCache
 from linewatch.detector.service.metrics import DetectorMetrics
-from linewatch.detector.service.offsets import OffsetTracker
 from linewatch.detector.service.outputs import OutputProducer
 from linewatch.detector.service.processing import BatchProcessor
 from linewatch.detector.service.settings import DetectorSettings
@@ -61,10 +61,9 @@ class DetectorService:
         self.stop_event = stop_event or threading.Event()
         self.metrics = DetectorMetrics()
         self.health = HealthState()
-        self.tracker = OffsetTracker()
+        self.tracker = CommitGate()
         self.ready_event = threading.Event()
         self.health_port: int | None = None
-        self.assignment: set[tuple[str, int]] = set()
         self.model = model
         self.router: Any = None  # registry.routing.ModelRouter when a registry is configured
         self._batcher: Batcher[Record] = Batcher(settings.max_batch_size, settings.max_wait_ms / 1000,
@@ -73,8 +72,14 @@ class DetectorService:
         self._worker_error: BaseException | None = None
         self._worker: threading.Thread | None = None
         self._consumer: Consumer | None = None
+        self._assignment: Assignment | None = None
         self._outputs: OutputProducer | None = None
         self._decoder: Decoder | None = None
+
+    @property
+    def assignment(self) -> set[TopicPartitionKey]:
+        """The partitions this detector owns now."""
+        return self._assignment.partitions if self._assignment is not None else set()
 
     def _load_model(self) -> Any:
         import torch
@@ -183,8 +188,9 @@ class DetectorService:
         if s.statistics_interval_ms:
             config["stats_cb"] = self.metrics.observe_statistics
         self._consumer = consumer = Consumer(config)
-        consumer.subscribe([s.topics.frames], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_lost)
+        self._assignment = Assignment(consumer, self.tracker, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                      on_lost=self._on_lost)
+        self._assignment.subscribe([s.topics.frames])
         log.info("consuming %s as group %s (batch <= %d, wait <= %.0f ms)", s.topics.frames, s.group_id,
                  s.max_batch_size, s.max_wait_ms)
         while not self.stop_event.is_set():
@@ -204,12 +210,7 @@ class DetectorService:
 
     def _accept(self, messages: list[Message]) -> None:
         now_ns = time.time_ns()
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", err)
-                continue
+        for msg in records(messages):
             topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
             generation = self.tracker.track((topic, partition), offset)
             record = Record(topic=topic, partition=partition, offset=offset, key=msg.key(), value=msg.value(),
@@ -287,47 +288,31 @@ class DetectorService:
                 log.warning("%d outputs still unacknowledged after %.0fs", left, timeout_s)
 
     def _store_ready(self) -> None:
-        ready = self.tracker.take_ready()
-        if not ready or self._consumer is None:
-            return
-        try:
-            self._consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in ready.items()])
-        except KafkaException as exc:  # e.g. the partition was revoked meanwhile
-            log.debug("store_offsets: %s", exc)
+        if self._consumer is not None:
+            store_ready(self._consumer, self.tracker)
 
     def _commit(self) -> None:
-        self._store_ready()
-        if self._consumer is None:
-            return
-        try:
-            self._consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("commit failed: %s", exc)
+        if self._consumer is not None:
+            store_ready(self._consumer, self.tracker)
+            commit_stored(self._consumer)
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        tps = [(tp.topic, tp.partition) for tp in partitions]
-        self.tracker.forget(tps)
-        self.assignment = set(tps)
+    def _on_assign(self, tps: list[TopicPartitionKey]) -> None:
         self.health.assigned = True
         self.ready_event.set()
         log.info("assigned %s", sorted(p for _, p in tps))
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
+    def _on_revoke(self, tps: list[TopicPartitionKey]) -> None:
+        revoked = set(tps)
         # Frames of the open batch from revoked partitions were never stored: the next owner re-reads them.
+        # The gate forgets these partitions after this hook (:class:`Assignment`), once they are committed.
         self._batcher.drop(keep=lambda r: (r.topic, r.partition) not in revoked)
         self._drain()
         self._commit()
-        self.tracker.forget(list(revoked))
-        self.assignment -= revoked
         log.info("revoked %s", sorted(p for _, p in revoked))
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lost = {(tp.topic, tp.partition) for tp in partitions}
+    def _on_lost(self, tps: list[TopicPartitionKey]) -> None:
+        lost = set(tps)
         self._batcher.drop(keep=lambda r: (r.topic, r.partition) not in lost)
-        self.tracker.forget(list(lost))
-        self.assignment -= lost
         log.warning("lost partitions %s (session timed out); their uncommitted frames will be reprocessed",
                     sorted(p for _, p in lost))
 

@@ -24,11 +24,11 @@ import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from service_helpers import create_topics, produce_frames, read_topic, settings_for, topic_names
 
+from linewatch.common.kafka import CommitGate
 from linewatch.deploy.local import start_redis
 from linewatch.detector.events import FrameResult
 from linewatch.detector.service import DetectorService, DetectorSettings
 from linewatch.detector.service.decoding import Record
-from linewatch.detector.service.offsets import OffsetTracker
 from linewatch.detector.service.outputs import OutputProducer
 from linewatch.ingest.synthetic import render_sample
 from linewatch.ingest.wire import FrameMeta, encode_frame, meta_to_headers
@@ -263,7 +263,7 @@ def test_a_late_ack_after_a_lost_partition_is_a_no_op_and_add_output_does_not_ra
     raised KeyError. Now acks carry the assignment generation."""
     topics = topic_names(unique)
     create_topics(bootstrap, topics, partitions=1)
-    tracker = OffsetTracker()
+    tracker = CommitGate()
     tp = (topics["frames"], 0)
     outputs = OutputProducer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 50},
                              tracker, results_topic=topics["results"], breaches_topic=topics["breaches"],

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from linewatch.common.kafka import CommitGate
 from linewatch.detector.service.batcher import Batcher
 from linewatch.detector.service.decoding import (
     DecodedFrame,
@@ -18,7 +19,6 @@ from linewatch.detector.service.decoding import (
     select_decode_backend,
 )
 from linewatch.detector.service.metrics import DetectorMetrics
-from linewatch.detector.service.offsets import OffsetTracker
 from linewatch.detector.service.region import summarise_region
 from linewatch.detector.service.settings import DetectorSettings
 from linewatch.ingest.wire import encode_frame, meta_to_headers
@@ -85,7 +85,7 @@ def test_batch_drop_removes_revoked_items_and_resets_the_clock_when_empty() -> N
 
 
 def test_offsets_advance_only_over_a_fully_acknowledged_prefix() -> None:
-    tracker = OffsetTracker()
+    tracker = CommitGate()
     tp = ("frames", 0)
     g = tracker.track(tp, 5)
     assert tracker.track(tp, 6) == tracker.track(tp, 7) == g
@@ -106,7 +106,7 @@ def test_offsets_advance_only_over_a_fully_acknowledged_prefix() -> None:
 
 
 def test_offsets_are_independent_per_partition_and_failure_blocks_the_partition() -> None:
-    tracker = OffsetTracker()
+    tracker = CommitGate()
     a, b = ("frames", 0), ("frames", 1)
     ga = tracker.track(a, 0)
     gb = tracker.track(b, 10)
@@ -128,7 +128,7 @@ def test_offsets_are_independent_per_partition_and_failure_blocks_the_partition(
 def test_offset_tracker_stays_bounded_after_many_acknowledged_frames() -> None:
     """Soak question "leak or warm-up": 20,000 frames on 4 partitions, outputs acknowledged out of order,
     leave no per-offset state behind; per-partition state is one entry per partition, gone on revoke."""
-    tracker, rng = OffsetTracker(), np.random.default_rng(0)
+    tracker, rng = CommitGate(), np.random.default_rng(0)
     tps = [("frames", p) for p in range(4)]
     for start in range(0, 20_000, 16):  # batches of 16 frames, two outputs each
         batch = [(tps[i % 4], i) for i in range(start, start + 16)]
