@@ -77,6 +77,7 @@ class DemoRun:
         self.prefix = f"demo-{self.run_id}"
         self.detector_group, self.alerts_group = f"linewatch-detector-{self.run_id}", f"linewatch-alerts-{self.run_id}"
         self.alerts_url = ""
+        self.promotion: Any = None  # registry.demo.DemoPromotion: the version the detector follows
 
     def _env(self) -> dict[str, str]:
         env = {f"LINEWATCH_TOPICS__{name.upper()}": str(value) for name, value in self.topics.model_dump().items()}
@@ -91,7 +92,9 @@ class DemoRun:
                 "--backend", self.options.backend,
                 "--group-id", self.detector_group, "--max-batch", "8", "--max-wait-ms", "50"]
         started = time.monotonic()
-        proc, log_path = self.processes.spawn("detector", argv, {**self._env(), "LINEWATCH_METRICS_HOST": "127.0.0.1"})
+        env = {**self._env(), "LINEWATCH_METRICS_HOST": "127.0.0.1",
+               **(self.promotion.detector_env if self.promotion is not None else {})}
+        proc, log_path = self.processes.spawn("detector", argv, env)
         wait_http(f"http://127.0.0.1:{port}/readyz", 180, proc, "linewatch detect", log_path)
         return port, time.monotonic() - started
 
@@ -126,6 +129,7 @@ class DemoRun:
         from linewatch.deploy.demo_collect import TopicCollector
 
         model = self._model()
+        self.promotion = self._promote(model.path)
         ensure_topics(self.kafka, all_topic_names(self.topics), self.topics.partitions)
         detector_start_s = self._start_services(model.path)
         collector = TopicCollector(self.kafka, self.topics, f"demo-reader-{self.run_id}").start()
@@ -149,6 +153,15 @@ class DemoRun:
                   "(busy or slower CPU); --epochs or --train-images lower it. Later runs reuse the cached model.",
                   flush=True)
         return model
+
+    def _promote(self, model: Path) -> Any:
+        """Register and promote the model in an embedded registry under --out; the detector follows it."""
+        from linewatch.detector.registry.demo import promote_for_demo
+
+        promotion = promote_for_demo(model, self.options.out / "registry")
+        print(f"registry: version {promotion.version} promoted for product {promotion.product} "
+              f"({promotion.database_url})", flush=True)
+        return promotion
 
     def _start_services(self, model: Path) -> float:
         """Start the detector, then the alerts service (URL and token printed); returns the detector's start time."""
@@ -201,7 +214,8 @@ class DemoRun:
                          "cameras": a.cameras, "fps_per_camera": a.fps, "duration_s": a.duration,
                          "alerts_url": self.alerts_url, "detector_start_s": round(detector_start_s, 1),
                          "broker": self.stack.bootstrap_servers, "redis_key_prefix": self.prefix},
-                 "model": model_summary(model)}
+                 "model": model_summary(model),
+                 "promotion": self.promotion.summary if self.promotion is not None else None}
         summary = summarise(data, sent=cameras.sent, captured=cameras.captured, dropped=cameras.dropped,
                             started_ns=cameras.started_ns, stopped_ns=cameras.stopped_ns, extra=extra)
         examples = pick_examples(data.results, self._redis())

@@ -68,6 +68,10 @@ def test_demo_runs_the_line_and_writes_the_summary(bootstrap: str, redis_url: st
     html = (tmp_path / "out" / "summary.html").read_text()
     assert summary["heatmap_examples"] and html.count("data:image/png;base64,") == len(summary["heatmap_examples"])
     assert "recall" in html and "false_alarm_rate" in html
+    # The trained model went through the registry: registered, promoted, and the detector followed it.
+    promotion = summary["promotion"]
+    assert promotion["history"] == [f"promote {promotion['version']} by linewatch demo"], promotion
+    assert f"registry: version {promotion['version']} promoted for product demo-part" in output
 
 
 @pytest.mark.slow
