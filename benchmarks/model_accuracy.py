@@ -73,6 +73,8 @@ CONFIGS: dict[str, SweepConfig] = {
                                               epochs=20), (Variant(),)),
     "s4_256": _lite("s4_256", 256, (2, 4, 10), epochs=15),
     "s4_192": _lite("s4_192", 192, (2, 4, 10), epochs=15),
+    # strides 4/8/16 plus the stride-32 tap of the previous default (large low-contrast regions)
+    "s4s32_256": _lite("s4s32_256", 256, (2, 4, 10, 14), epochs=15),
     "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox"),
     "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15),
     "s4_320": _lite("s4_320", 320, (2, 4, 10), epochs=15),
