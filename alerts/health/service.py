@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import redis
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, Message, Producer
 from pydantic import ValidationError
 
 from linewatch.alerts.health.alertmanager import HealthAlertmanager
@@ -27,6 +27,7 @@ from linewatch.alerts.health.metrics import HealthMetrics
 from linewatch.alerts.health.settings import HealthSettings, ScoreReference
 from linewatch.alerts.health.state import record, refresh
 from linewatch.alerts.health.stats import decode_grey, frame_stats
+from linewatch.common.kafka import records
 from linewatch.common.topics import ensure_topics
 from linewatch.detector.events import EVENT_SCHEMA_VERSION, FrameResult
 from linewatch.ingest.wire import WireFormatError, decode_headers
@@ -74,7 +75,7 @@ class HealthService:
         self.consumer.subscribe(topics)
         try:
             while not self.stop_event.is_set():
-                for msg in self.consumer.consume(200, timeout=0.2):
+                for msg in records(self.consumer.consume(200, timeout=0.2)):
                     self.handle(msg)
                 self.tick()
         finally:
@@ -85,11 +86,6 @@ class HealthService:
 
     def handle(self, msg: Message) -> None:
         """Route one record to the frame or the score checks."""
-        error = msg.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", error)
-            return
         if msg.topic() == self.settings.topics.frames:
             self._frame(msg)
         else:

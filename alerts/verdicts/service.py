@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from linewatch.alerts.verdicts.aio import LoopThread
 from linewatch.alerts.verdicts.metrics import VerdictsMetrics
@@ -21,6 +21,7 @@ from linewatch.alerts.verdicts.mqtt import MqttSink, SinkError
 from linewatch.alerts.verdicts.opcua import PlcWriter, VerdictServer
 from linewatch.alerts.verdicts.settings import VerdictsSettings
 from linewatch.alerts.verdicts.verdict import OrderGuard, ResultError, Verdict, decide, parse_result
+from linewatch.common.kafka import commit_positions, records
 from linewatch.common.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class VerdictsService:
         self.consumer.subscribe([self.topic], on_revoke=self._on_revoke)
         try:
             while not self.stop_event.is_set():
-                messages = self.consumer.consume(self.settings.batch_size, timeout=self.settings.poll_timeout_s)
+                messages = records(self.consumer.consume(self.settings.batch_size,
+                                                         timeout=self.settings.poll_timeout_s))
                 if messages:
                     self._deliver_until_done(messages)
         finally:
@@ -126,11 +128,6 @@ class VerdictsService:
         return sent
 
     def _verdict(self, msg: Message) -> Verdict | None:
-        error = msg.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", error)
-            return None
         try:
             result, body = parse_result(msg.value() or b"")
         except ResultError as exc:
@@ -157,17 +154,9 @@ class VerdictsService:
                         verdict.scored_verdict)
 
     def _commit(self, messages: list[Message]) -> None:
-        offsets: dict[int, int] = {}
-        for msg in messages:
-            if msg.error() is None:
-                offsets[msg.partition() or 0] = (msg.offset() or 0) + 1
-        if not offsets:
-            return
-        try:
-            self.consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()],
-                                 asynchronous=True)
-        except KafkaException as exc:  # a rebalance: the records come back and are recognised as published
-            log.warning("offset commit failed: %s", exc)
+        # A rebalance that fails the commit brings the records back; they are recognised as published.
+        positions = {(msg.topic() or self.topic, msg.partition() or 0): (msg.offset() or 0) + 1 for msg in messages}
+        commit_positions(self.consumer, positions, asynchronous=True)
 
 
 def _close_quietly(sink: Sink) -> None:

@@ -100,11 +100,15 @@ def commit_stored(consumer: Consumer) -> None:
             log.warning("commit failed: %s", exc)
 
 
-def commit_positions(consumer: Consumer, positions: dict[TopicPartitionKey, int]) -> None:
-    """Commit these positions (next offset to read, e.g. from :meth:`CommitGate.take_ready`) synchronously."""
+def commit_positions(consumer: Consumer, positions: dict[TopicPartitionKey, int], asynchronous: bool = False) -> None:
+    """Commit these positions (next offset to read, e.g. from :meth:`CommitGate.take_ready`)."""
     if not positions:
         return
+    offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
     try:
-        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()], asynchronous=False)
+        if asynchronous:  # two calls: the client's stubs type the two modes apart
+            consumer.commit(offsets=offsets, asynchronous=True)
+        else:
+            consumer.commit(offsets=offsets, asynchronous=False)
     except KafkaException as exc:  # e.g. a rebalance: the records come back and are recognised
         log.warning("offset commit failed: %s", exc)
