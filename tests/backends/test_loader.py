@@ -48,6 +48,7 @@ def test_refusals_name_the_way_out(tiny_model: Path, tmp_path: Path) -> None:
         load_model(tmp_path, "openvino", "cpu")
 
 
+@pytest.mark.slow  # shares the NNCF-quantized export with test_parity.py
 def test_export_folder_runs_only_on_openvino(int8_export: Path) -> None:
     with pytest.raises(BackendError, match="--backend openvino"):
         load_model(int8_export, "onnxruntime", "cpu")

@@ -82,6 +82,7 @@ def test_mixed_frame_sizes_and_empty_input(backend: str, tiny_model: Path, refer
     np.testing.assert_allclose(model.map_to_image(one, (70, 90)), reference.map_to_image(one, (70, 90)))
 
 
+@pytest.mark.slow  # NNCF quantization: ~30 s on 2 loaded cores
 def test_int8_export_stays_close_to_fp32(int8_export: Path, reference: AnomalyModel, frames: np.ndarray) -> None:
     model = load_model(int8_export)  # an export folder: OpenVINO, at the precision it was exported with
     assert (getattr(model, "backend"), getattr(model, "precision")) == ("openvino", "int8")  # noqa: B009
