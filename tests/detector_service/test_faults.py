@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,12 @@ def test_sigkill_mid_batch_then_restart_gives_every_frame_exactly_once_after_ded
     before_restart = _count(bootstrap, topics["results"])
     assert before_restart < len(sent), "the detector finished before it was killed; the test proves nothing"
 
+    starts = log_path.read_text().count("consuming ")
     second = _spawn_detector(bootstrap, redis_url, topics, unique, tiny_model, log_path)
     try:
+        # Its signal handlers are in place once it consumes; a SIGTERM before that (the first detector
+        # may have finished everything) would end it with -15 and prove nothing about draining.
+        _wait_for(lambda: log_path.read_text().count("consuming ") > starts, 120, "the restarted detector to start")
         results = read_topic(bootstrap, topics["results"], lambda m: set(_pairs(m)) >= sent, 120)
     finally:
         second.send_signal(signal.SIGTERM)
@@ -151,3 +156,11 @@ def test_two_detectors_in_one_group_share_partitions_and_cover_every_frame(
     assert all(c and c > 0 for c in consumed), consumed
     partitions = {FrameResult.model_validate_json(m.value()).partition for m in results}
     assert len(partitions) >= 2
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)

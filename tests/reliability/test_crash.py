@@ -103,8 +103,11 @@ def test_detector_sigkill_at_random_moments_loses_no_frame(bootstrap: str, redis
             proc.wait(10)
             kill_times.append(round(time.monotonic(), 1))
         producer.join(300)
+        starts = log_path.read_text().count("consuming ")
         final = spawn(args, env, log_path)
         try:
+            # SIGTERM only once its handlers are installed (it logs "consuming" after), else it dies of -15
+            wait_until(lambda: log_path.read_text().count("consuming ") > starts, 120, "the final detector to start")
             wait_until(lambda: set(results.items) >= expected, 300, "every frame's result")
         finally:
             final.send_signal(signal.SIGTERM)
