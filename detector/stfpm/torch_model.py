@@ -24,6 +24,13 @@ def _resize_aa(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+def _tracing() -> bool:
+    """Whether the module is being traced or exported (TorchScript, ONNX, torch.export / dynamo)."""
+    compiler = torch.compiler
+    exporting = getattr(compiler, "is_exporting", lambda: False)()
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or compiler.is_compiling() or exporting)
+
+
 def _resize_bounded(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float (N, 3, *size), antialiased bilinear, using bounded memory.
 
@@ -33,8 +40,10 @@ def _resize_bounded(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     bilinear filter is separable, so this matches the direct path to float rounding (< 1e-4
     on 0..255 values, measured in tests/detector_service/test_hostile_units.py).
     """
+    if _tracing():  # exported graphs keep H and W dynamic: no shape arithmetic before this branch
+        return _resize_aa(frames.float(), size)
     n, c, h, w = (int(v) for v in frames.shape)
-    if n * c * h * w * 4 <= PREPROCESS_FLOAT_BYTES or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if n * c * h * w * 4 <= PREPROCESS_FLOAT_BYTES:
         return _resize_aa(frames.float(), size)
     rows = max(1, PREPROCESS_FLOAT_BYTES // (c * w * 4))
     out = []
