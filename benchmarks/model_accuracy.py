@@ -235,6 +235,9 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
 
+MIN_MAP_CELLS = 32  # the default map must be at least 32x32 cells (an operator must see where the defect is)
+
+
 def _dev_scores(rows: list[dict[str, Any]], sets: list[str]) -> dict[tuple[str, str], dict[str, float]]:
     """Per (config, variant) with dev figures on every set: per set, the mean of image/pixel AUROC and AUPRO."""
     by_key: dict[tuple[str, str], dict[str, float]] = {}
@@ -245,15 +248,18 @@ def _dev_scores(rows: list[dict[str, Any]], sets: list[str]) -> dict[tuple[str, 
 
 
 def choose(rows: list[dict[str, Any]], sets: list[str]) -> tuple[str, str]:
-    """Best (config, variant) by the dev-half mean over sets, among those no worse than today's on any set.
+    """Best (config, variant) by the dev-half mean over sets among those with maps of at least 32x32 cells,
+    preferring those no worse than today's on any set.
 
     "No worse on any set" (dev halves, mean of the three metrics) guards what carries over to sets we do
     not have; when no candidate meets it, the best mean is taken and the table says so.
     """
     scores = _dev_scores(rows, sets)
     today = scores.get(("today", Variant().name), {})
-    safe = {k: v for k, v in scores.items() if today and all(v[s] >= today[s] for s in sets)}
-    pool = safe or scores
+    fine = {(r["config"], r["variant"]) for r in rows if min(r["map_cells"]) >= MIN_MAP_CELLS}
+    eligible = {k: v for k, v in scores.items() if k in fine}
+    safe = {k: v for k, v in eligible.items() if today and all(v[s] >= today[s] for s in sets)}
+    pool = safe or eligible
     return max(pool, key=lambda k: float(np.mean(list(pool[k].values()))))
 
 

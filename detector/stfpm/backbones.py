@@ -138,8 +138,10 @@ def _resnet(arch: str) -> Callable[[Sequence[int]], nn.Module]:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    # taps 10/14 (112@s16, 192@s32) beat 2/4/10 and 4/10/14 on magnetic_tile (model_accuracy.md)
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", (10, 14), (127.0,) * 3, (128.0,) * 3,
+    # taps 2/4/10 end the stride-4, -8 and -16 stages (the paper's ResNet layer 1-3 geometry): maps an operator
+    # can read (48x48 cells at 192 px). They won the dev halves of the shared sets over 10/14 (strides 16/32,
+    # 8x8 cells), which stays better on magnetic_tile's large low-contrast defects (model_accuracy.md).
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", (2, 4, 10), (127.0,) * 3, (128.0,) * 3,
                                        EfficientNetLiteFeatures, _lite0_weights),
     "resnet18": BackboneSpec("resnet18", (1, 2, 3), IMAGENET_MEAN_255, IMAGENET_STD_255, _resnet("resnet18"),
                              _torchvision_weights("resnet18", "ResNet18_Weights")),
