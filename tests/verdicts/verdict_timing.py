@@ -63,6 +63,20 @@ async def _plc(loop_server: Server, endpoint: str, cameras: list[str],
     await loop_server.start()
 
 
+def _warm_up(producer: Producer, topic: str, received: list[tuple[int, dict[str, Any]]]) -> None:
+    """Send one result and wait for its verdict (the consumer group has joined, every connection is up)."""
+    body = FrameResult(camera_id="warm-up", line_id="line-1", sequence=0, capture_ns=time.time_ns(), image_score=0.1,
+                       normalised_score=0.1, anomalous=False, threshold=1.0, model_version="timing", heatmap_key=None,
+                       latency=Latency(queue_ms=0, decode_ms=0, inference_ms=0, end_to_end_ms=0))
+    producer.produce(topic, key=b"warm-up", value=body.model_dump_json().encode())
+    producer.flush(30)
+    deadline = time.monotonic() + 300
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not received:
+        raise SystemExit("no verdict within 300 s of the warm-up result")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the measurement and print the numbers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -83,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     plc_server = Server()
     try:
         wait_for_port("127.0.0.1", mqtt_port, 15, mosquitto)
-        plc_loop.call(_plc(plc_server, plc_endpoint, cameras, plc_writes), 60)
+        plc_loop.call(_plc(plc_server, plc_endpoint, [*cameras, "warm-up"], plc_writes), 60)
         _measure(args, stack.bootstrap_servers, mqtt_port, plc_endpoint, cameras, plc_writes)
     finally:
         plc_loop.call(plc_server.stop(), 30)
@@ -112,11 +126,10 @@ def _measure(args: argparse.Namespace, bootstrap: str, mqtt_port: int, plc_endpo
     service = VerdictsService(settings)
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not service.consumer.assignment() and time.monotonic() < deadline:
-        time.sleep(0.1)  # the clock starts once the service owns the partitions
-    time.sleep(1.0)
     producer = Producer({**settings.kafka.client_config(), "linger.ms": 0})
+    _warm_up(producer, settings.topics.results, received)  # the clock starts once verdicts flow
+    received.clear()
+    plc_writes.clear()
     sent_ns: dict[tuple[str, int], int] = {}
     period, total = 1.0 / args.fps, int(args.seconds * args.fps)
     start = time.monotonic()
