@@ -42,6 +42,7 @@ class FrameResult(BaseModel):
     heatmap_key: str | None = Field(description="Redis key of this frame's heatmap; None when it is not written "
                                                 "(Redis down, stalled or behind: the write was skipped).")
     latency: Latency
+    product: str | None = Field(default=None, description="The frame's lw-product (part type), when it had one.")
     label: str | None = Field(default=None, description="Ground truth from replay/synthetic sources.")
     defect_type: str | None = None
     source_id: str | None = None

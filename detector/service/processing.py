@@ -124,7 +124,8 @@ class BatchProcessor:
             "latency": Latency(queue_ms=max(0.0, closed_ns / 1e6 - record.timestamp_ms),
                                decode_ms=frame.decode_ms, inference_ms=inference_ms,
                                end_to_end_ms=max(0.0, (now_ns - meta.capture_ns) / 1e6)),
-            "label": meta.label, "defect_type": meta.defect_type, "source_id": meta.source_id,
+            "product": meta.product, "label": meta.label, "defect_type": meta.defect_type,
+            "source_id": meta.source_id,
             "partition": record.partition, "offset": record.offset, "processed_ns": now_ns,
         }
         if anomalous:
