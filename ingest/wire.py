@@ -278,6 +278,25 @@ def probe_dimensions(value: bytes, encoding: str) -> tuple[int, int]:
     raise WireFormatError("undecodable", "truncated JPEG: no frame header found")
 
 
+def check_stream(value: bytes, meta: FrameMeta, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS) -> None:
+    """Check an encoded (JPEG/PNG) value against ``meta`` and the size limits before anything decodes it.
+
+    Reads only the stream's header (decompression bombs never reach a decoder). Used by
+    :func:`decode_image` and by the detector's GPU path before nvJPEG sees the bytes.
+    """
+    if not value:
+        raise WireFormatError("empty", "the record has no image bytes")
+    width, height = probe_dimensions(value, meta.encoding)
+    if width == 0 or height == 0:
+        raise WireFormatError("empty", f"the {meta.encoding} stream is {width}x{height}")
+    if width > max_side or height > max_side or width * height > max_pixels:
+        raise WireFormatError("oversized", f"the {meta.encoding} stream is {width}x{height} "
+                                           f"(limit {max_side} px a side); refusing to decode")
+    if (width, height) != (meta.width, meta.height):
+        raise WireFormatError("dimension_mismatch",
+                              f"stream is {width}x{height}, headers say {meta.width}x{meta.height}")
+
+
 def decode_image(value: bytes, meta: FrameMeta, max_side: int = MAX_SIDE,
                  max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a frame's value to an RGB uint8 (H, W, 3) array, checking it against ``meta``."""
@@ -289,15 +308,7 @@ def decode_image(value: bytes, meta: FrameMeta, max_side: int = MAX_SIDE,
             raise WireFormatError("dimension_mismatch", f"raw frame has {len(value)} bytes, headers say {expected}")
         image: np.ndarray = np.frombuffer(value, dtype=np.uint8).reshape(meta.height, meta.width, meta.channels)
     else:
-        width, height = probe_dimensions(value, meta.encoding)
-        if width == 0 or height == 0:
-            raise WireFormatError("empty", f"the {meta.encoding} stream is {width}x{height}")
-        if width > max_side or height > max_side or width * height > max_pixels:
-            raise WireFormatError("oversized", f"the {meta.encoding} stream is {width}x{height} "
-                                               f"(limit {max_side} px a side); refusing to decode")
-        if (width, height) != (meta.width, meta.height):
-            raise WireFormatError("dimension_mismatch",
-                                  f"stream is {width}x{height}, headers say {meta.width}x{meta.height}")
+        check_stream(value, meta, max_side, max_pixels)
         decoded = cv2.imdecode(np.frombuffer(value, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if decoded is None:
             raise WireFormatError("undecodable", f"OpenCV could not decode the {meta.encoding} stream")

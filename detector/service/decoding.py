@@ -22,9 +22,9 @@ from linewatch.ingest.wire import (
     FrameMeta,
     WireFormatError,
     check_record,
+    check_stream,
     decode_headers,
     decode_image,
-    probe_dimensions,
 )
 
 DecodeBackend = Literal["cpu", "gpu"]
@@ -126,20 +126,11 @@ def _decode_cpu(record: Record, policy: RecordPolicy) -> Outcome:
 def _check_headers_gpu(record: Record, policy: RecordPolicy) -> Outcome:
     """Headers and the stream's own dimensions, checked on CPU before nvJPEG sees the bytes."""
     start = time.perf_counter()
-    max_side = policy.max_side
     try:
         meta = policy.headers(record)
         if meta.encoding != "jpeg":
             return _decode_cpu(record, policy)
-        value = record.value or b""
-        if not value:
-            raise WireFormatError("empty", "the record has no image bytes")
-        width, height = probe_dimensions(value, "jpeg")
-        if width > max_side or height > max_side or width * height > policy.max_pixels:
-            raise WireFormatError("oversized", f"the jpeg stream is {width}x{height}; refusing to decode")
-        if (width, height) != (meta.width, meta.height):
-            raise WireFormatError("dimension_mismatch",
-                                  f"stream is {width}x{height}, headers say {meta.width}x{meta.height}")
+        check_stream(record.value or b"", meta, policy.max_side, policy.max_pixels)
         policy.check(record, meta)
     except WireFormatError as exc:
         return Rejected(record, exc.reason, str(exc))
