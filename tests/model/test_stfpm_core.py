@@ -15,17 +15,19 @@ from linewatch.detector.stfpm.loss import stfpm_loss
 from linewatch.detector.stfpm.torch_model import STFPM
 
 
-def test_lite0_imagenet_weights_fill_every_parameter_and_default_taps_have_strides_16_32() -> None:
+def test_lite0_imagenet_weights_fill_every_parameter_and_default_taps_have_strides_4_8_16() -> None:
     spec = get_spec("efficientnet_lite0")
-    net = spec.build(spec.default_taps)
     state = spec.pretrained(None)
     assert len(state) == 296
+    net = spec.build(spec.default_taps)
     load_pretrained(net, state, "efficientnet_lite0")
-    assert torch.equal(net.state_dict()["_blocks.14._project_conv.weight"], state["_blocks.14._project_conv.weight"])
-    feats = net.eval()(torch.zeros(1, 3, 64, 64))
-    assert [tuple(f.shape[1:]) for f in feats] == [(112, 4, 4), (192, 2, 2)]
-    paper_like = spec.build((2, 4, 10)).eval()(torch.zeros(1, 3, 64, 64))  # strides 4/8/16 as the paper's
-    assert [tuple(f.shape[1:]) for f in paper_like] == [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
+    assert torch.equal(net.state_dict()["_blocks.10._project_conv.weight"], state["_blocks.10._project_conv.weight"])
+    feats = net.eval()(torch.zeros(1, 3, 64, 64))  # strides 4/8/16 as the paper's ResNet layers 1-3
+    assert [tuple(f.shape[1:]) for f in feats] == [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
+    deep = spec.build((10, 14))  # the previous default: strides 16/32; every block's weights fit
+    load_pretrained(deep, state, "efficientnet_lite0")
+    assert torch.equal(deep.state_dict()["_blocks.14._project_conv.weight"], state["_blocks.14._project_conv.weight"])
+    assert [tuple(f.shape[1:]) for f in deep.eval()(torch.zeros(1, 3, 64, 64))] == [(112, 4, 4), (192, 2, 2)]
 
 
 def test_loss_is_half_squared_distance_averaged_not_summed_over_batch() -> None:
