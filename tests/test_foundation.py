@@ -149,7 +149,7 @@ def test_stack_command_serves_until_a_signal_then_stops_its_services(signals: li
     try:
         assert proc.stdout is not None
         endpoints: dict[str, str] = {}
-        while len(endpoints) < 2 and (line := proc.stdout.readline()):  # ends at EOF if the command dies
+        while (line := proc.stdout.readline()) and not line.startswith("logs:"):  # its last line before waiting
             name, sep, value = line.strip().partition("=")
             if sep and name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
                 endpoints[name] = value
