@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 from linewatch.common.images import ImageRecord, list_test, list_train_good, load_mask, load_rgb
 from linewatch.detector.metrics import auroc
 from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges
 from linewatch.detector.stfpm.anomaly_map import gaussian_blur
+from linewatch.detector.stfpm.loss import layer_distance
 from linewatch.detector.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent
@@ -40,16 +42,46 @@ SPLIT_SEED = 20261129
 FALSE_ALARM_RATES = (0.01, 0.001)
 
 
+SCORE_RULES = ("map", "taps", "geomean")
+
+
 @dataclass(frozen=True)
 class Variant:
-    """Post-processing of a trained model's maps: Gaussian sigma in input pixels, image score rule."""
+    """Post-processing of a trained model's per-layer distance maps (no retraining).
 
-    sigma: float = 0.0
+    The map is the product of the layer maps of ``map_taps`` (the model's fusion), or with
+    ``normsum`` the sum of those layer maps each standardised by its own mean and spread on the
+    training's held-out good images. The image score is the mean of the ``top_k`` largest map cells
+    (``score="map"``), the maximum of the product over ``score_taps`` (``"taps"``: deep taps score,
+    fine taps localise), or the geometric mean of both maxima (``"geomean"``: a ranking that does not
+    depend on either map's scale). Empty tap tuples mean every tap of the model.
+    """
+
+    sigma: float = 0.0  # Gaussian smoothing of the map, in model-input pixels
     top_k: int = 1  # image score = mean of the k largest map cells (1 = the max)
+    map_taps: tuple[int, ...] = ()
+    normsum: bool = False
+    score: str = "map"
+    score_taps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORE_RULES:
+            raise ValueError(f"score must be one of {SCORE_RULES}, got {self.score!r}")
+        if self.score != "map" and not self.score_taps:
+            raise ValueError(f"score rule {self.score!r} needs score_taps")
 
     @property
     def name(self) -> str:
-        return f"sigma{self.sigma:g}-top{self.top_k}"
+        name = f"sigma{self.sigma:g}-top{self.top_k}"
+        if self.map_taps or self.normsum:
+            name += f"-{'normsum' if self.normsum else 'map'}{_taps_name(self.map_taps)}"
+        if self.score != "map":
+            name += f"-{'score' if self.score == 'taps' else 'geo'}{_taps_name(self.score_taps)}"
+        return name
+
+
+def _taps_name(taps: tuple[int, ...]) -> str:
+    return ".".join(str(t) for t in taps) if taps else "all"
 
 
 @dataclass(frozen=True)
@@ -75,6 +107,17 @@ CONFIGS: dict[str, SweepConfig] = {
     "s4_192": _lite("s4_192", 192, (2, 4, 10), epochs=15),
     # strides 4/8/16 plus the stride-32 tap of the previous default (large low-contrast regions)
     "s4s32_256": _lite("s4s32_256", 256, (2, 4, 10, 14), epochs=15),
+    # the same four taps at 192 px with lr 0.1 (s4s32_256 diverged at lr 0.4); its maps are scored per tap
+    # group (fine taps for the map, deep taps for the image score) without retraining
+    "s4s32_192": SweepConfig("s4s32_192", TrainConfig(image_size=192, taps=(2, 4, 10, 14), patience=3, epochs=15,
+                                                      lr=0.1), (
+        Variant(map_taps=(2, 4, 10)),  # today's map and score, from a 4-tap student
+        Variant(map_taps=(2, 4, 10, 14)),  # product over all four taps
+        Variant(map_taps=(2, 4, 10), score="taps", score_taps=(10, 14)),  # map from fine taps, score from deep
+        Variant(map_taps=(2, 4, 10), score="geomean", score_taps=(10, 14)),
+        Variant(map_taps=(2, 4, 10, 14), normsum=True),
+        Variant(map_taps=(2, 4, 10), normsum=True, score="geomean", score_taps=(10, 14)),
+    )),
     "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox"),
     "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15),
     "s4_320": _lite("s4_320", 320, (2, 4, 10), epochs=15),
@@ -138,24 +181,75 @@ def train_one(set_name: str, root: Path, config: SweepConfig, max_train: int) ->
     print(f"trained {set_name}/{config.name}: {info}", flush=True)
 
 
-def _raw_maps(model_path: Path, records: list[ImageRecord]) -> tuple[Any, list[np.ndarray]]:
-    """Model-size maps without smoothing, one per record."""
-    from linewatch.detector.inference import AnomalyModel
+def _layer_maps(model: Any, images: list[np.ndarray]) -> list[torch.Tensor]:
+    """Per tapped layer, the teacher-student distance maps (N, h, w) at that layer's resolution."""
+    net = model.model
+    per_batch: list[list[torch.Tensor]] = []
+    with torch.inference_mode():
+        for start in range(0, len(images), 16):
+            x = torch.cat([net.preprocess(torch.from_numpy(np.ascontiguousarray(img))[None])
+                           for img in images[start:start + 16]])
+            teacher, student = net.features(x)
+            per_batch.append([layer_distance(t, s) for t, s in zip(teacher, student, strict=True)])
+    return [torch.cat([b[i] for b in per_batch]) for i in range(len(per_batch[0]))]
 
-    model = AnomalyModel.load(model_path, "cpu")
-    model.model.sigma = 0.0
-    maps: list[np.ndarray] = []
-    for start in range(0, len(records), 16):
-        images = [load_rgb(r.path) for r in records[start:start + 16]]
-        maps.extend(model.predict(images).maps)
-    return model, maps
+
+def _pick(layers: list[torch.Tensor], model_taps: tuple[int, ...], taps: tuple[int, ...]) -> list[torch.Tensor]:
+    missing = [t for t in taps if t not in model_taps]
+    if missing:
+        raise ValueError(f"taps {missing} are not among the model's taps {model_taps}")
+    return [layers[model_taps.index(t)] for t in taps] if taps else layers
 
 
-def _smooth(maps: list[np.ndarray], sigma: float) -> list[np.ndarray]:
-    if sigma <= 0:
-        return maps
-    stacked = torch.from_numpy(np.stack(maps))[:, None]
-    return list(gaussian_blur(stacked, sigma)[:, 0].numpy())
+def _to_grid(layer: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) -> (N, 1, *size), bilinear as the model's fusion."""
+    m = layer[:, None]
+    return m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
+def _fuse(layers: list[torch.Tensor], output_size: int, stats: list[tuple[float, float]] | None = None
+          ) -> torch.Tensor:
+    """(N, S, S) maps: product of the layers at the finest grid (the model's rule), or with ``stats`` the sum
+    of the layers standardised by their (mean, std) on good images; then one upsampling to the input size."""
+    grid = max((int(m.shape[-2]), int(m.shape[-1])) for m in layers)
+    if stats is None:
+        fused = _to_grid(layers[0], grid)
+        for m in layers[1:]:
+            fused = fused * _to_grid(m, grid)
+    else:
+        fused = torch.stack([(_to_grid(m, grid) - mean) / std
+                             for m, (mean, std) in zip(layers, stats, strict=True)]).sum(dim=0)
+    return F.interpolate(fused, size=(output_size, output_size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def _good_stats(layers: list[torch.Tensor]) -> list[tuple[float, float]]:
+    """Per layer, the mean and standard deviation of its distances on good images."""
+    return [(float(m.mean()), float(m.std()) or 1.0) for m in layers]
+
+
+def validation_images(root: Path, config: SweepConfig, max_train: int) -> list[np.ndarray]:
+    """The training run's held-out good images (train.py's seeded split of the same records)."""
+    records = train_records(root, max_train)
+    order = np.random.default_rng(config.train.seed).permutation(len(records))
+    n_val = min(len(records) - 1, max(1, round(len(records) * config.train.val_fraction)))
+    return [load_rgb(records[i].path) for i in order[:n_val]]
+
+
+def _variant_maps(variant: Variant, layers: list[torch.Tensor], model: Any,
+                  good_layers: list[torch.Tensor]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The variant's model-size maps and image scores."""
+    taps = tuple(model.model.taps)
+    chosen = _pick(layers, taps, variant.map_taps)
+    stats = _good_stats(_pick(good_layers, taps, variant.map_taps)) if variant.normsum else None
+    fused = _fuse(chosen, model.image_size, stats)
+    if variant.sigma > 0:
+        fused = gaussian_blur(fused[:, None], variant.sigma)[:, 0]
+    maps = list(fused.numpy())
+    scores = _image_scores(maps, variant.top_k)
+    if variant.score != "map":
+        deep = _fuse(_pick(layers, taps, variant.score_taps), model.image_size).flatten(1).amax(dim=1).numpy()
+        scores = deep if variant.score == "taps" else np.sqrt(np.maximum(scores, 0) * np.maximum(deep, 0))
+    return maps, scores
 
 
 def _image_scores(maps: list[np.ndarray], top_k: int) -> np.ndarray:
@@ -170,7 +264,8 @@ def recall_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
     return float(np.mean(scores[labels] > threshold))
 
 
-def _metrics(records: list[ImageRecord], maps: list[np.ndarray], scores: np.ndarray, model: Any) -> dict[str, Any]:
+def _pixel_metrics(records: list[ImageRecord], maps: list[np.ndarray], model: Any) -> dict[str, Any]:
+    """Pixel AUROC and AUPRO over the half and per defect type (with the half's good images)."""
     full = []
     masks = []
     for record, m in zip(records, maps, strict=True):
@@ -178,33 +273,49 @@ def _metrics(records: list[ImageRecord], maps: list[np.ndarray], scores: np.ndar
         full.append(model.map_to_image(m, shape))
         masks.append(load_mask(record, shape))
     edges = quantile_edges(np.concatenate([f[::4, ::4].ravel() for f in full]), 20000)
-    labels = np.array([r.label == "defect" for r in records])
     pooled, good_acc = PixelAccumulator(edges), PixelAccumulator(edges)
     for record, f, k in zip(records, full, masks, strict=True):
         pooled.add(f, k)
         if record.label == "good":
             good_acc.add(f, k)
-    out: dict[str, Any] = {"image_auroc": auroc(scores, labels), "pixel_auroc": pooled.auroc(),
-                           "aupro": pooled.aupro(), "n": len(records)}
+    per_type: dict[str, dict[str, float]] = {}
+    for kind in sorted({r.defect_type for r in records if r.label == "defect"}):
+        acc = good_acc.copy()
+        for record, f, k in zip(records, full, masks, strict=True):
+            if record.defect_type == kind:
+                acc.add(f, k)
+        per_type[kind] = {"pixel_auroc": acc.auroc(), "aupro": acc.aupro()}
+    return {"pixel_auroc": pooled.auroc(), "aupro": pooled.aupro(), "per_type": per_type}
+
+
+def _image_metrics(records: list[ImageRecord], scores: np.ndarray) -> dict[str, Any]:
+    """Image AUROC and recall at the false-alarm rates, over the half and per defect type."""
+    labels = np.array([r.label == "defect" for r in records])
+    out: dict[str, Any] = {"image_auroc": auroc(scores, labels), "n": len(records)}
     for fpr in FALSE_ALARM_RATES:
         out[f"recall_at_{fpr:g}"] = recall_at_fpr(scores, labels, fpr)
     per_type: dict[str, dict[str, float]] = {}
     for kind in sorted({r.defect_type for r in records if r.label == "defect"}):
         pick = np.array([r.defect_type in ("good", kind) for r in records])
-        acc = good_acc.copy()
-        for record, f, k in zip(records, full, masks, strict=True):
-            if record.defect_type == kind:
-                acc.add(f, k)
-        per_type[kind] = {"image_auroc": auroc(scores[pick], labels[pick]), "pixel_auroc": acc.auroc(),
-                          "aupro": acc.aupro(), "recall_at_0.01": recall_at_fpr(scores[pick], labels[pick], 0.01),
-                          "recall_at_0.001": recall_at_fpr(scores[pick], labels[pick], 0.001),
+        per_type[kind] = {"image_auroc": auroc(scores[pick], labels[pick]),
+                          **{f"recall_at_{fpr:g}": recall_at_fpr(scores[pick], labels[pick], fpr)
+                             for fpr in FALSE_ALARM_RATES},
                           "n": int(labels[pick].sum())}
     out["per_type"] = per_type
     return out
 
 
-def evaluate_one(set_name: str, root: Path, config: SweepConfig) -> list[dict[str, Any]]:
+def _metrics(records: list[ImageRecord], maps: list[np.ndarray], scores: np.ndarray, model: Any,
+             pixel: dict[str, Any]) -> dict[str, Any]:
+    image = _image_metrics(records, scores)
+    per_type = {k: {**v, **pixel["per_type"][k]} for k, v in image["per_type"].items()}
+    return {**image, "pixel_auroc": pixel["pixel_auroc"], "aupro": pixel["aupro"], "per_type": per_type}
+
+
+def evaluate_one(set_name: str, root: Path, config: SweepConfig, max_train: int) -> list[dict[str, Any]]:
     """Metrics of every variant of a trained config on both halves (cached next to the checkpoint)."""
+    from linewatch.detector.inference import AnomalyModel
+
     path = checkpoint_path(set_name, config.name)
     cache = path.with_suffix(".eval.json")
     if cache.is_file() and cache.stat().st_mtime >= path.stat().st_mtime:
@@ -213,17 +324,25 @@ def evaluate_one(set_name: str, root: Path, config: SweepConfig) -> list[dict[st
     by_path = {str(r.path.relative_to(root)): r for r in list_test(root)}
     rows: list[dict[str, Any]] = []
     train_info = json.loads(path.with_suffix(".train.json").read_text())
+    model = AnomalyModel.load(path, "cpu")
+    good_layers = _layer_maps(model, validation_images(root, config, max_train))
     for half, files in halves.items():
         records = [by_path[f] for f in files]
-        model, raw = _raw_maps(path, records)
-        cells = list(model.map_cells)
+        layers = _layer_maps(model, [load_rgb(r.path) for r in records])
+        pixel_cache: dict[tuple[Any, ...], dict[str, Any]] = {}  # variants sharing a map share its pixel metrics
         for variant in config.variants:
-            maps = _smooth(raw, variant.sigma)
-            scores = _image_scores(maps, variant.top_k)
+            maps, scores = _variant_maps(variant, layers, model, good_layers)
+            map_key = (variant.map_taps, variant.normsum, variant.sigma)
+            if map_key not in pixel_cache:
+                pixel_cache[map_key] = _pixel_metrics(records, maps, model)
+            cells = list(max((int(m.shape[-2]), int(m.shape[-1]))
+                             for m in _pick(layers, tuple(model.model.taps), variant.map_taps)))
             rows.append({"set": set_name, "config": config.name, "variant": variant.name, "half": half,
-                         "map_cells": cells, **train_info, **_metrics(records, maps, scores, model)})
-            print(f"{set_name}/{config.name}/{variant.name}/{half}: image {rows[-1]['image_auroc']:.3f} "
-                  f"pixel {rows[-1]['pixel_auroc']:.3f} aupro {rows[-1]['aupro']:.3f}", flush=True)
+                         "map_cells": cells, **train_info,
+                         **_metrics(records, maps, scores, model, pixel_cache[map_key])})
+            if half == "dev":  # test-half figures stay unseen until the choice is made (--phase table)
+                print(f"{set_name}/{config.name}/{variant.name}/dev: image {rows[-1]['image_auroc']:.3f} "
+                      f"pixel {rows[-1]['pixel_auroc']:.3f} aupro {rows[-1]['aupro']:.3f}", flush=True)
     cache.write_text(json.dumps(rows) + "\n")
     return rows
 
@@ -263,27 +382,43 @@ def choose(rows: list[dict[str, Any]], sets: list[str]) -> tuple[str, str]:
     return max(pool, key=lambda k: float(np.mean(list(pool[k].values()))))
 
 
-def table(rows: list[dict[str, Any]], sets: list[str], command: str) -> str:
-    """The results file: machine, command, date; dev-half ranking; test-half figures of today and the choice."""
+SHORT_METRICS = {"image_auroc": "img", "pixel_auroc": "pix", "aupro": "pro"}
+
+
+def _below_today(by_set: dict[str, dict[str, Any]], today: dict[str, dict[str, Any]], sets: list[str]) -> str:
+    """The dev figures (set metric difference) where a variant is below the previous default; "none" if none."""
+    if not today:
+        return "-"
+    below = [f"{s} {short} {by_set[s][m] - today[s][m]:+.3f}" for s in sets if s in by_set and s in today
+             for m, short in SHORT_METRICS.items() if by_set[s][m] < today[s][m]]
+    return ", ".join(below) or "none"
+
+
+def table(rows: list[dict[str, Any]], sets: list[str], command: str, dev_only: bool = False) -> str:
+    """The results file: machine, command, date; dev-half ranking; test-half figures of today and the choice
+    (left out with ``dev_only``, so that the choice is made before any test figure is seen)."""
     best = choose(rows, sets)
     lines = [f"# Model accuracy sweep\n\nMachine: {platform.machine()}, {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}. Date: {time.strftime('%Y-%m-%d')}. Command: `{command}`.\n",
              "Settings were chosen on the dev halves only (file lists in benchmarks/splits/); the figures in the "
              "test-half tables were not looked at for the choice.\n",
              "## Dev halves: every configuration (mean over sets of image AUROC, pixel AUROC, AUPRO)\n",
-             "| config | variant | map cells | " + " | ".join(f"{s} img/pix/pro" for s in sets) + " | mean |",
-             "|---|---|---|" + "---|" * (len(sets) + 1)]
+             "| config | variant | map cells | " + " | ".join(f"{s} img/pix/pro" for s in sets)
+             + " | mean | below previous default |",
+             "|---|---|---|" + "---|" * (len(sets) + 2)]
     dev: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in rows:
         if r["half"] == "dev":
             dev.setdefault((r["config"], r["variant"]), {})[r["set"]] = r
+    today_rows = dev.get(("today", Variant().name), {})
     for (config, variant), by_set in sorted(dev.items()):
         cells = "x".join(str(c) for c in next(iter(by_set.values()))["map_cells"])
         parts = [f"{by_set[s]['image_auroc']:.3f}/{by_set[s]['pixel_auroc']:.3f}/{by_set[s]['aupro']:.3f}"
                  if s in by_set else "-" for s in sets]
         mean = (f"{np.mean([[by_set[s][m] for m in METRICS[:3]] for s in sets]):.3f}"
                 if all(s in by_set for s in sets) else "-")
-        lines.append(f"| {config} | {variant} | {cells} | " + " | ".join(parts) + f" | {mean} |")
+        lines.append(f"| {config} | {variant} | {cells} | " + " | ".join(parts)
+                     + f" | {mean} | {_below_today(by_set, today_rows, sets)} |")
     today = _dev_scores(rows, sets).get(("today", Variant().name), {})
     chosen = _dev_scores(rows, sets).get(best, {})
     safe = bool(today) and all(chosen.get(s, 0.0) >= today[s] for s in sets)
@@ -291,7 +426,8 @@ def table(rows: list[dict[str, Any]], sets: list[str], command: str) -> str:
                  + (", and no set below the previous default on dev)." if safe else
                     "; NOTE: no candidate was at least as good as the previous default on every set's dev half).")
                  + "\n")
-    for label, key in (("previous default (today)", ("today", Variant().name)), ("chosen default", best)):
+    for label, key in () if dev_only else (("previous default (today)", ("today", Variant().name)),
+                                           ("chosen default", best)):
         lines += [f"## Test halves: {label}: {key[0]} / {key[1]}\n",
                   "| set | type | n defective | image AUROC | pixel AUROC | AUPRO | recall@1% FA | recall@0.1% FA "
                   "| train s |", "|---|---|---|---|---|---|---|---|---|"]
@@ -322,6 +458,9 @@ def main() -> None:
     parser.add_argument("--max-train", type=int, default=120,
                         help="seeded subsample of at most N good training images per set, the same for every "
                              "configuration (the sweep's budget on 2 cores); 0: all")
+    parser.add_argument("--dev-only", action="store_true",
+                        help="table without the test halves: make the choice before seeing any test figure")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where --phase table writes its table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sets = data_sets()
@@ -341,11 +480,12 @@ def main() -> None:
         for config in configs:
             for name, root in sets.items():
                 if checkpoint_path(name, config.name).is_file():
-                    rows += evaluate_one(name, root, config)
+                    rows += evaluate_one(name, root, config, args.max_train)
     if args.phase in ("table", "all"):
         text = table(rows, list(sets), f"python benchmarks/model_accuracy.py --phase {args.phase} "
-                                       f"--configs {args.configs} --max-train {args.max_train}")
-        RESULTS.write_text(text)
+                                       f"--configs {args.configs} --max-train {args.max_train}"
+                                       + (" --dev-only" if args.dev_only else ""), args.dev_only)
+        args.out.write_text(text)
         print(text)
 
 
