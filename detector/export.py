@@ -9,9 +9,11 @@ model size).
 
 The runtime backends (:mod:`linewatch.detector.backends`) run a second graph, :func:`export_graph`: the
 same CalibratedSTFPM from the pre-processed (N, 3, S, S) input on, with a ``thresholds`` (N,) input so
-per-camera thresholds go through the graph's own head. Their pre-processing is ``STFPM.preprocess`` in
-the one shared wrapper (:class:`~linewatch.detector.inference.AnomalyModel`), so letterboxed models and
-batches of mixed frame sizes work alike everywhere. ``--format openvino`` writes such a graph as OpenVINO
+per-camera thresholds go through the graph's own head, and a ``masks`` (N, S, S) input, so per-camera
+regions of interest (``detector/roi.py``) are applied by that head too (all ones: no region). Their
+pre-processing is ``STFPM.preprocess`` in the one shared wrapper
+(:class:`~linewatch.detector.inference.AnomalyModel`), so letterboxed models and batches of mixed frame
+sizes work alike everywhere. ``--format openvino`` writes such a graph as OpenVINO
 IR into a folder with ``linewatch.json`` (the checkpoint metadata), optionally INT8-quantized with NNCF
 on the model's own good training images.
 """
@@ -35,7 +37,8 @@ from linewatch.detector.stfpm.calibrated import CalibratedSTFPM
 
 FORMATS = ("onnx", "torchscript", "openvino")
 OUTPUT_NAMES = ("scores", "normalised_scores", "anomalous", "maps")
-GRAPH_INPUTS = ("pixels", "thresholds")
+GRAPH_INPUTS = ("pixels", "thresholds", "masks")
+GRAPH_VERSION = 2  # 2: region masks are a graph input; cached graphs of another version are exported again
 EXPORT_INFO = "linewatch.json"  # metadata file of an export folder
 # OpenVINO op types of the map fusion and calibrated head (layer distance, product, upsampling, score,
 # normalisation, verdict); the backbones (convolutions, residual adds, activations) get INT8
@@ -81,25 +84,27 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", ops
 
 
 class ScoredGraph(nn.Module):
-    """CalibratedSTFPM from the pre-processed input on: (pixels, thresholds) -> scores, normalised, verdicts, maps."""
+    """CalibratedSTFPM from the pre-processed input on: (pixels, thresholds, masks) -> scores, normalised,
+    verdicts, maps."""
 
     def __init__(self, calibrated: CalibratedSTFPM) -> None:
         super().__init__()
         self.calibrated = calibrated
 
-    def forward(self, pixels: torch.Tensor, thresholds: torch.Tensor
+    def forward(self, pixels: torch.Tensor, thresholds: torch.Tensor, masks: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The same head as the torch runtime, so per-frame thresholds need no second implementation."""
-        return self.calibrated.head(self.calibrated.model.maps_from_input(pixels), thresholds)
+        """The same head as the torch runtime, so per-frame thresholds and regions need no second implementation."""
+        return self.calibrated.head(self.calibrated.model.maps_from_input(pixels), thresholds, masks)
 
 
 def export_graph(model: AnomalyModel, out: str | Path, opset: int = 18) -> Path:
-    """ONNX of :class:`ScoredGraph` (inputs ``pixels`` (N, 3, S, S) float32 and ``thresholds`` (N,)); dynamic N."""
+    """ONNX of :class:`ScoredGraph` (inputs ``pixels`` (N, 3, S, S) float32, ``thresholds`` (N,) and
+    ``masks`` (N, S, S)); dynamic N."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     graph = ScoredGraph(model.calibrated).to("cpu").eval()
     size = model.image_size
-    example = (torch.randn(2, 3, size, size), torch.full((2,), model.image_threshold))
+    example = (torch.randn(2, 3, size, size), torch.full((2,), model.image_threshold), torch.ones(2, size, size))
     axes = {name: {0: "batch"} for name in (*GRAPH_INPUTS, *OUTPUT_NAMES)}
     try:
         # the TorchScript-based exporter: this graph has no shape branches, and it exports in a few
@@ -118,7 +123,8 @@ def export_graph(model: AnomalyModel, out: str | Path, opset: int = 18) -> Path:
 def export_info(model: AnomalyModel, precision: str, **extra: Any) -> dict[str, Any]:
     """What an export folder's ``linewatch.json`` holds: the checkpoint metadata and the graph's contract."""
     return {"metadata": model.metadata.to_dict(), "model_version": model.model_version, "precision": precision,
-            "inputs": list(GRAPH_INPUTS), "outputs": list(OUTPUT_NAMES), "torch": torch.__version__, **extra}
+            "inputs": list(GRAPH_INPUTS), "outputs": list(OUTPUT_NAMES), "graph_version": GRAPH_VERSION,
+            "torch": torch.__version__, **extra}
 
 
 def export_openvino(model_path: str | Path, out_dir: str | Path, *, int8: bool = False,
@@ -185,4 +191,5 @@ def _calibration_items(model: AnomalyModel, images: Sequence[np.ndarray]) -> Ite
     with torch.inference_mode():
         for image in images:
             pixels = model.model.preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])
-            yield {"pixels": pixels.numpy(), "thresholds": np.array([model.image_threshold], np.float32)}
+            yield {"pixels": pixels.numpy(), "thresholds": np.array([model.image_threshold], np.float32),
+                   "masks": np.ones((1, model.image_size, model.image_size), np.float32)}

@@ -50,8 +50,9 @@ class InferenceModel(Protocol):
     image_size: int
     device: torch.device
 
-    def predict(self, frames: Frames, thresholds: Sequence[float] | np.ndarray | None = None) -> Prediction:
-        """Calibrated scores, verdicts and maps of uint8 RGB frames."""
+    def predict(self, frames: Frames, thresholds: Sequence[float] | np.ndarray | None = None,
+                masks: np.ndarray | None = None) -> Prediction:
+        """Calibrated scores, verdicts and maps of uint8 RGB frames; ``masks`` (N, S, S) zero ignored cells."""
         ...
 
     def map_to_image(self, anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -142,13 +143,28 @@ class AnomalyModel:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @torch.inference_mode()
-    def _run(self, frames: Frames, thresholds: torch.Tensor | None) -> list[np.ndarray]:
+    def _run(self, frames: Frames, thresholds: torch.Tensor | None, masks: np.ndarray | None) -> list[np.ndarray]:
         maps = self.model.maps_from_input(self._inputs(frames))
+        cells = None if masks is None else torch.from_numpy(masks).to(self.device)
         return [t.float().cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy()
-                for t in self.calibrated.head(maps, thresholds)]
+                for t in self.calibrated.head(maps, thresholds, cells)]
 
-    def predict(self, frames: Frames, thresholds: Sequence[float] | np.ndarray | None = None) -> Prediction:
-        """Scores, verdicts and maps for uint8 RGB frames; ``thresholds`` (N,) overrides the image threshold."""
+    def _checked_masks(self, masks: np.ndarray | None, n: int) -> np.ndarray | None:
+        """``masks`` as contiguous float32 (N, S, S), or a clear error naming the expected shape."""
+        if masks is None:
+            return None
+        masks = np.ascontiguousarray(masks, dtype=np.float32)
+        if masks.shape != (n, self.image_size, self.image_size):
+            raise ValueError(f"masks must be (N, S, S) = ({n}, {self.image_size}, {self.image_size}) "
+                             f"for {n} frames, got {masks.shape}")
+        return masks
+
+    def predict(self, frames: Frames, thresholds: Sequence[float] | np.ndarray | None = None,
+                masks: np.ndarray | None = None) -> Prediction:
+        """Scores, verdicts and maps for uint8 RGB frames; ``thresholds`` (N,) overrides the image threshold.
+
+        ``masks`` (N, S, S) of 0/1 over the model's map (``detector.roi``): cells at 0 are ignored.
+        """
         n = len(frames)
         if n == 0:
             empty = np.zeros((0,), np.float32)
@@ -156,10 +172,12 @@ class AnomalyModel:
                               np.zeros((0, self.image_size, self.image_size), np.float32), empty.copy())
         per_frame = (np.full(n, self.image_threshold, np.float32) if thresholds is None
                      else np.asarray(thresholds, np.float32).reshape(n))
+        cells = self._checked_masks(masks, n)
         parts: list[list[np.ndarray]] = []
         for start in range(0, n, self.batch_size):
             chunk = torch.from_numpy(per_frame[start:start + self.batch_size]).to(self.device)
-            parts.append(self._run(frames[start:start + self.batch_size], chunk))
+            chunk_cells = None if cells is None else cells[start:start + self.batch_size]
+            parts.append(self._run(frames[start:start + self.batch_size], chunk, chunk_cells))
         scores, normalised, anomalous, maps = (np.concatenate([p[i] for p in parts]) for i in range(4))
         return Prediction(image_scores=scores.astype(np.float32), normalised_scores=normalised.astype(np.float32),
                           anomalous=anomalous.astype(bool), maps=maps.astype(np.float32, copy=False),

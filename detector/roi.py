@@ -1,58 +1,28 @@
 """Regions of interest and ignore masks per camera: polygons -> which anomaly-map cells count.
 
-A camera's :class:`RoiConfig` lists polygons to ``include`` (none = the whole frame) and to
-``exclude`` (fixtures, conveyor edges, labels), in normalised (0..1) or pixel coordinates of the
-camera image. :func:`cell_mask` turns them into a 0/1 mask over the model's (S, S) anomaly map, through
-the same squash/letterbox geometry as the model input; a cell counts when at least ``min_cover`` of
-it lies inside the region. Anomaly maps are non-negative, so multiplying a map by the mask removes the
-masked cells from the image score (max or top-k), from the breach region and from the heatmap.
-
-The hook in the model output path (``CalibratedSTFPM.head``, before ``image_scores``) is one line::
-
-    maps = maps if masks is None else maps * masks.to(maps)   # masks: (N, S, S) from cell_mask
+A camera's :class:`~linewatch.ingest.regions.RoiConfig` (its camera config's ``roi``) lists polygons to
+``include`` (none = the whole frame) and to ``exclude`` (fixtures, conveyor edges, labels).
+:func:`cell_mask` turns them into a 0/1 mask over the model's (S, S) anomaly map, through the same
+squash/letterbox geometry as the model input; a cell counts when at least ``min_cover`` of it lies
+inside the region. Anomaly maps are non-negative, so multiplying a map by the mask removes the masked
+cells from the image score (max or top-k), from the verdict, the breach region and the heatmap. That
+product is taken in one place, ``CalibratedSTFPM.head``, which every backend runs (the exported graphs
+take the masks as an input); :class:`CameraMasks` gives each frame its camera's mask.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import threading
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
 
 from linewatch.detector.geometry import letterbox_box
+from linewatch.ingest.regions import Point, RoiConfig, RoiError
 
-Point = tuple[float, float]
-
-
-class RoiError(ValueError):
-    """A region configuration that cannot describe a region (the message says which polygon and why)."""
-
-
-class RoiConfig(BaseModel):
-    """One camera's regions: polygons of (x, y) points."""
-
-    units: Literal["normalised", "pixels"] = "normalised"
-    include: list[list[Point]] = Field(default_factory=list, description="Regions that count; none = all.")
-    exclude: list[list[Point]] = Field(default_factory=list, description="Ignore masks, applied after include.")
-    min_cover: float = Field(default=0.5, gt=0.0, le=1.0, description="Share of a map cell inside that counts it.")
-
-    @model_validator(mode="after")
-    def _valid_polygons(self) -> RoiConfig:
-        for kind, polygons in (("include", self.include), ("exclude", self.exclude)):
-            for i, polygon in enumerate(polygons):
-                if len(polygon) < 3:
-                    raise RoiError(f"{kind}[{i}] has {len(polygon)} points; a polygon needs at least 3")
-                if self.units == "normalised" and any(not (0 <= x <= 1 and 0 <= y <= 1) for x, y in polygon):
-                    raise RoiError(f"{kind}[{i}] has points outside 0..1 (units are normalised)")
-                if self.units == "pixels" and any(x < 0 or y < 0 for x, y in polygon):
-                    raise RoiError(f"{kind}[{i}] has negative pixel coordinates")
-        return self
-
-    @property
-    def is_whole_frame(self) -> bool:
-        """Whether the regions change nothing."""
-        return not self.include and not self.exclude
+__all__ = ["CameraMasks", "RoiConfig", "RoiError", "apply_cell_mask", "cell_mask", "image_mask", "masked_score",
+           "pixel_polygons"]
 
 
 def pixel_polygons(polygons: list[list[Point]], units: str, height: int, width: int) -> list[np.ndarray]:
@@ -63,6 +33,7 @@ def pixel_polygons(polygons: list[list[Point]], units: str, height: int, width: 
 
 def image_mask(roi: RoiConfig, height: int, width: int) -> np.ndarray:
     """(H, W) bool: True where the image counts."""
+    roi = roi.normalised()  # pixel regions scale with the frame they are applied to
     if not roi.include:
         mask = np.ones((height, width), np.uint8)
     else:
@@ -104,3 +75,44 @@ def masked_score(anomaly_map: np.ndarray, mask: np.ndarray, top_k: int = 1) -> f
     """Image score of one map over the counted cells: the mean of the ``top_k`` largest (1: the maximum)."""
     values = np.sort(apply_cell_mask(anomaly_map, mask).ravel())[::-1]
     return float(values[:max(1, top_k)].mean())
+
+
+class CameraMasks:
+    """Each camera's cell mask, built once per (camera, frame size, model geometry) and then reused.
+
+    Cameras without regions get no mask, and a batch in which no camera has one gets ``None``: the
+    model then runs its unmasked path.
+    """
+
+    MAX_ENTRIES = 4096  # a camera whose frame size keeps changing cannot grow the cache without bound
+
+    def __init__(self, regions: Mapping[str, RoiConfig]) -> None:
+        self.regions = {camera: roi for camera, roi in regions.items() if not roi.is_whole_frame}
+        self._cache: dict[tuple[str, int, int, int, str], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def mask(self, camera: str, image_hw: tuple[int, int], map_size: int, resize_mode: str) -> np.ndarray | None:
+        """(S, S) 0/1 mask of one frame of ``camera``; None when the camera has no regions."""
+        roi = self.regions.get(camera)
+        if roi is None:
+            return None
+        key = (camera, int(image_hw[0]), int(image_hw[1]), map_size, resize_mode)
+        with self._lock:
+            found = self._cache.get(key)
+        if found is None:
+            found = cell_mask(roi, image_hw, map_size, resize_mode)
+            found.setflags(write=False)  # shared by every later frame of this camera and size
+            with self._lock:
+                if len(self._cache) >= self.MAX_ENTRIES:
+                    self._cache.clear()
+                self._cache[key] = found
+        return found
+
+    def batch(self, frames: Sequence[tuple[str, tuple[int, int]]], map_size: int,
+              resize_mode: str) -> np.ndarray | None:
+        """(N, S, S) masks of (camera, (H, W)) frames; None when none of their cameras has regions."""
+        masks = [self.mask(camera, hw, map_size, resize_mode) for camera, hw in frames]
+        if all(m is None for m in masks):
+            return None
+        ones = np.ones((map_size, map_size), np.float32)
+        return np.stack([ones if m is None else m for m in masks])

@@ -17,6 +17,7 @@ all cameras and are merged key by key, nested ``kafka``/``topics`` too)::
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from pydantic import ValidationError
 from linewatch.common.settings import describe_validation_error
 from linewatch.ingest.camera import CameraStats, run_camera
 from linewatch.ingest.metrics import CameraMetrics
+from linewatch.ingest.regions import RoiConfig, describe_roi_error
 from linewatch.ingest.settings import CameraSettings
+from linewatch.ingest.wire import CAMERA_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +49,37 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_fleet(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[list[CameraSettings], int | None]:
-    """Camera settings from ``path`` (env vars below the file, ``overrides`` above it) and the metrics port."""
-    path = Path(path)
+def _read(path: Path) -> dict[str, Any]:
+    """The file as a mapping with a non-empty ``cameras`` list."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise FleetConfigError(f"{path}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("cameras"), list) or not data["cameras"]:
         raise FleetConfigError(f"{path}: expected a mapping with a non-empty 'cameras' list")
+    return data
+
+
+def _camera_entries(path: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The file's camera entries, each merged over ``defaults``."""
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise FleetConfigError(f"{path}: 'defaults' must be a mapping")
-    cameras: list[CameraSettings] = []
+    entries = []
     for index, entry in enumerate(data["cameras"]):
         if not isinstance(entry, dict):
             raise FleetConfigError(f"{path}: cameras[{index}] must be a mapping")
-        values = _merge(_merge(defaults, entry), overrides or {})
+        entries.append(_merge(defaults, entry))
+    return entries
+
+
+def load_fleet(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[list[CameraSettings], int | None]:
+    """Camera settings from ``path`` (env vars below the file, ``overrides`` above it) and the metrics port."""
+    path = Path(path)
+    data = _read(path)
+    cameras: list[CameraSettings] = []
+    for index, entry in enumerate(_camera_entries(path, data)):
+        values = _merge(entry, overrides or {})
         if "source" in values:
             values["source"] = str(values["source"])  # a YAML device index is an int
         try:
@@ -78,6 +95,27 @@ def load_fleet(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
     if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):
         raise FleetConfigError(f"{path}: metrics_port must be a port number, got {port!r}")
     return cameras, port
+
+
+def load_fleet_regions(path: str | Path) -> dict[str, RoiConfig]:
+    """Each camera's ``roi`` from a cameras file (what the detector and the operator page read).
+
+    Only ids and regions are validated here, and no ``LINEWATCH_*`` variable of the reading process
+    leaks in: the detector's environment is not the cameras' environment.
+    """
+    path = Path(path)
+    regions: dict[str, RoiConfig] = {}
+    for index, entry in enumerate(_camera_entries(path, _read(path))):
+        camera = entry.get("camera_id", CameraSettings.model_fields["camera_id"].default)
+        if not isinstance(camera, str) or not re.fullmatch(CAMERA_ID_PATTERN, camera):
+            raise FleetConfigError(f"{path}: cameras[{index}]: camera_id {camera!r} does not match {CAMERA_ID_PATTERN}")
+        if entry.get("roi") is None:
+            continue
+        try:
+            regions[camera] = RoiConfig.model_validate(entry["roi"])
+        except ValidationError as exc:
+            raise FleetConfigError(f"{path}: camera {camera}: {describe_roi_error(exc)}") from None
+    return regions
 
 
 def run_fleet(cameras: list[CameraSettings], *, metrics: CameraMetrics | None = None,

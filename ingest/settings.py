@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings
 
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.ingest.regions import RoiConfig
 from linewatch.ingest.wire import CAMERA_ID_PATTERN, LINE_ID_PATTERN
 
 
@@ -22,6 +23,8 @@ class CameraSettings(BaseSettings):
     line_id: str = Field(default="line-1", pattern=LINE_ID_PATTERN)
     product: str | None = Field(default=None, pattern=CAMERA_ID_PATTERN, description="Product (part type) the line "
                                   "makes now: sent as lw-product, it chooses the detector's model.")
+    roi: RoiConfig | None = Field(default=None, description="Regions of interest / ignore masks of this camera "
+                                  "(ingest/regions.py); the detector reads them from the same cameras file.")
     source: str = Field(default="synthetic:", description="SOURCE string, see ingest.sources.open_source.")
     fps: float | None = Field(default=None, gt=0, description="Frame rate cap; None: as fast as the source gives.")
     resize: tuple[int, int] | None = Field(default=None, description="(width, height) to resize to before encoding.")

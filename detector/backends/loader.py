@@ -28,7 +28,7 @@ from linewatch.detector.backends.runners import openvino_runner, ort_runner
 from linewatch.detector.bench import measure
 from linewatch.detector.checkpoint import CheckpointError
 from linewatch.detector.device import select_device
-from linewatch.detector.export import EXPORT_INFO, ExportError, export_graph
+from linewatch.detector.export import EXPORT_INFO, GRAPH_VERSION, ExportError, export_graph
 from linewatch.detector.inference import AnomalyModel, InferenceModel, build_model
 from linewatch.detector.metadata import MetadataError, ModelMetadata
 
@@ -114,8 +114,8 @@ def _load_checkpoint(path: Path, backend: str, device: torch.device, precision: 
 
 
 def _cached_graph(model: AnomalyModel) -> Path:
-    """The model's exported graph (ONNX), exported once per model version and torch version."""
-    target = cache_dir() / "graphs" / f"{model.model_version}-torch{torch.__version__}.onnx"
+    """The model's exported graph (ONNX), exported once per model version, graph version and torch version."""
+    target = cache_dir() / "graphs" / f"{model.model_version}-g{GRAPH_VERSION}-torch{torch.__version__}.onnx"
     if not target.is_file():
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         try:

@@ -31,13 +31,21 @@ def ort_runner(onnx_path: Path, threads: int, device: str) -> GraphRunner:
     # lesson of benchmarks/results/detector_pipeline.md)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+    _require_masks_input([i.name for i in session.get_inputs()], onnx_path)
     lock = threading.Lock()
 
-    def run(pixels: np.ndarray, thresholds: np.ndarray) -> list[np.ndarray]:
+    def run(pixels: np.ndarray, thresholds: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
         with lock:
-            return list(session.run(None, {"pixels": pixels, "thresholds": thresholds}))
+            return list(session.run(None, {"pixels": pixels, "thresholds": thresholds, "masks": masks}))
 
     return run
+
+
+def _require_masks_input(names: list[str], path: Path) -> None:
+    """Refuse a graph exported before region masks were a graph input (it would ignore every region)."""
+    if "masks" not in names:
+        raise BackendError(f"{path} has no 'masks' input (exported by an older linewatch, inputs {names}); "
+                           "export it again: linewatch export --format openvino ...")
 
 
 def openvino_capabilities() -> set[str]:
@@ -64,12 +72,13 @@ def openvino_runner(model_path: Path, threads: int, device: str, precision: str)
     config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
     compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
+    _require_masks_input([name for port in compiled.inputs for name in port.get_names()], model_path)
     request = compiled.create_infer_request()
     lock = threading.Lock()
 
-    def run(pixels: np.ndarray, thresholds: np.ndarray) -> list[np.ndarray]:
+    def run(pixels: np.ndarray, thresholds: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
         with lock:
-            results = request.infer({"pixels": pixels, "thresholds": thresholds})
+            results = request.infer({"pixels": pixels, "thresholds": thresholds, "masks": masks})
             # copies: the request's output buffers are overwritten by its next call
             return [np.array(results[output]) for output in compiled.outputs]
 

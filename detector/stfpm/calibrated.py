@@ -31,14 +31,18 @@ class CalibratedSTFPM(nn.Module):
         """uint8 NHWC frames -> image scores (N,), normalised scores (N,), anomalous (N,), maps (N, S, S)."""
         return self.head(self.model.maps_from_input(self.model.preprocess(frames)))
 
-    def head(self, maps: torch.Tensor, thresholds: torch.Tensor | None = None
+    def head(self, maps: torch.Tensor, thresholds: torch.Tensor | None = None, masks: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores, normalised scores and verdicts of fused maps; ``thresholds`` (N,) overrides per frame.
 
+        ``masks`` (N, S, S) of 0/1 (``detector/roi.py``): cells outside a camera's regions are zeroed
+        before the score, so they count toward nothing (score, verdict, breach region, returned map).
         Normalised score: a logistic in log-score centred on the threshold (-> 0.5), scaled by the spread
         of the good calibration scores, so per-frame thresholds keep "0.5 = the threshold" true.
         """
         maps = maps.float()
+        if masks is not None:
+            maps = maps * masks.to(maps)
         scores = self.model.image_scores(maps)
         threshold = self.threshold if thresholds is None else thresholds.to(scores)
         return scores, self.normalise(scores, threshold), scores >= threshold, maps

@@ -19,6 +19,7 @@ import pytest
 from linewatch.detector.backends import BackendError, load_model
 from linewatch.detector.backends.runners import openvino_capabilities
 from linewatch.detector.inference import AnomalyModel, Prediction
+from linewatch.detector.roi import RoiConfig, cell_mask
 from linewatch.ingest.synthetic import render_sample
 
 pytestmark = pytest.mark.unit
@@ -67,6 +68,30 @@ def test_per_frame_thresholds_go_through_the_graph_head(backend: str, tiny_model
     actual = load_model(tiny_model, backend, "cpu").predict(frames, thresholds)
     assert_same(actual, expected)
     assert actual.anomalous.tolist() == [True, False] * 3
+
+
+@pytest.mark.parametrize("backend", FP32_BACKENDS)
+def test_region_masks_go_through_the_graph_head(backend: str, tiny_model: Path, reference: AnomalyModel,
+                                                frames: np.ndarray) -> None:
+    unmasked = reference.predict(frames)
+    # each frame's hottest cell sits under its own ignore mask, so every score must drop
+    size = reference.image_size
+    masks = np.ones((len(frames), size, size), np.float32)
+    for i, anomaly_map in enumerate(unmasked.maps):
+        row, col = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
+        masks[i, max(0, row - 6):row + 7, max(0, col - 6):col + 7] = 0
+    masks[0] = cell_mask(RoiConfig(exclude=[[(0, 0), (0.5, 0), (0.5, 1), (0, 1)]]), frames.shape[1:3], size) * masks[0]
+    expected = reference.predict(frames, masks=masks)
+    assert (expected.image_scores < unmasked.image_scores).all()
+    assert not expected.maps[masks == 0].any()  # ignored cells count toward nothing, the returned map included
+    actual = load_model(tiny_model, backend, "cpu").predict(frames, masks=masks)
+    assert_same(actual, expected)
+    np.testing.assert_array_equal(actual.maps[masks == 0], 0.0)
+
+
+def test_masks_of_the_wrong_shape_are_refused(reference: AnomalyModel, frames: np.ndarray) -> None:
+    with pytest.raises(ValueError, match=r"masks must be \(N, S, S\)"):
+        reference.predict(frames, masks=np.ones((len(frames), 8, 8), np.float32))
 
 
 @pytest.mark.parametrize("backend", FP32_BACKENDS)

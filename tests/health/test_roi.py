@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linewatch.detector.roi import RoiConfig, RoiError, cell_mask, image_mask, masked_score, pixel_polygons
+from linewatch.detector.roi import (
+    CameraMasks,
+    RoiConfig,
+    RoiError,
+    cell_mask,
+    image_mask,
+    masked_score,
+    pixel_polygons,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -50,14 +58,33 @@ def test_letterbox_puts_the_image_in_the_middle_and_padding_never_counts() -> No
 
 
 def test_pixel_units_and_whole_frame() -> None:
-    pixels = RoiConfig(units="pixels", exclude=[[(0, 0), (50, 0), (50, 100), (0, 100)]])
+    pixels = RoiConfig(units="pixels", frame_size=(100, 100), exclude=[[(0, 0), (50, 0), (50, 100), (0, 100)]])
     assert image_mask(pixels, 100, 100)[:, :50].sum() == 0 and image_mask(pixels, 100, 100)[:, 51:].all()
+    # a frame of another size (a camera resize) scales the pixel polygons instead of shifting them
+    assert image_mask(pixels, 50, 200)[:, :100].sum() == 0 and image_mask(pixels, 50, 200)[:, 101:].all()
     assert cell_mask(RoiConfig(), (30, 40), 4).all()
     assert pixel_polygons([LABEL], "normalised", 200, 400)[0].tolist() == [[0, 0], [100, 0], [100, 50], [0, 50]]
 
 
-@pytest.mark.parametrize("bad", [{"exclude": [[(0, 0), (1, 1)]]}, {"include": [[(0, 0), (2, 0), (0, 1)]]},
-                                 {"units": "pixels", "exclude": [[(-1, 0), (5, 0), (0, 5)]]}])
-def test_impossible_regions_are_refused(bad: dict) -> None:
-    with pytest.raises((RoiError, ValueError)):
+@pytest.mark.parametrize(("bad", "why"), [
+    ({"exclude": [[(0, 0), (1, 1)]]}, "a polygon needs at least 3"),
+    ({"include": [[(0, 0), (2, 0), (0, 1)]]}, "outside 0..1"),
+    ({"units": "pixels", "frame_size": (10, 10), "exclude": [[(-1, 0), (5, 0), (0, 5)]]}, "outside the 10x10 frame"),
+    ({"units": "pixels", "exclude": [[(1, 0), (5, 0), (0, 5)]]}, "needs frame_size"),
+    ({"exlude": [[(0, 0), (1, 0), (0, 1)]]}, "Extra inputs"),  # a typo must not mean "no mask"
+])
+def test_impossible_regions_are_refused(bad: dict, why: str) -> None:
+    with pytest.raises((RoiError, ValueError), match=why):
         RoiConfig.model_validate(bad)
+
+
+def test_camera_masks_are_cached_per_camera_and_frame_size() -> None:
+    masks = CameraMasks({"cam-1": RoiConfig(exclude=[LABEL]), "cam-2": RoiConfig()})
+    assert masks.mask("cam-2", (64, 64), S, "squash") is None  # whole frame: no mask at all
+    assert masks.batch([("cam-2", (64, 64)), ("cam-9", (64, 64))], S, "squash") is None
+    first = masks.mask("cam-1", (64, 64), S, "squash")
+    assert first is not None and first is masks.mask("cam-1", (64, 64), S, "squash")
+    assert masks.mask("cam-1", (64, 128), S, "letterbox") is not first
+    batch = masks.batch([("cam-1", (64, 64)), ("cam-9", (64, 64))], S, "squash")
+    assert batch is not None and batch.shape == (2, S, S)
+    assert batch[0].tolist() == first.tolist() and batch[1].all()
