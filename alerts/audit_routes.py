@@ -15,6 +15,7 @@ opened on first use; while it is unreachable these routes answer 503 and the res
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from linewatch.common import cache_keys
+from linewatch.common.heatmap_codec import HeatmapDataError, read_overlay
 from linewatch.detector.registry.audit import query_audit
 from linewatch.detector.registry.db import Database
 from linewatch.detector.registry.feedback import FeedbackError, record_feedback
@@ -89,7 +91,8 @@ def router(user: Callable[..., str], *, database: Database | None = None, redis:
     def feedback(body: FeedbackRequest, by: str = who) -> dict[str, Any]:
         heatmap = None
         if redis is not None:
-            heatmap = redis.hget(cache_keys.heatmap_key(prefix, body.camera_id, body.sequence), "overlay")
+            with contextlib.suppress(HeatmapDataError):  # an undrawable heatmap: the feedback is saved without it
+                heatmap = read_overlay(redis, cache_keys.heatmap_key(prefix, body.camera_id, body.sequence))
         try:
             entry = record_feedback(registry.get(), camera_id=body.camera_id, sequence=body.sequence,
                                     verdict=body.verdict, by=by, defect_type=body.defect_type,

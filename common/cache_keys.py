@@ -6,11 +6,17 @@ With ``p`` the configured key prefix (default ``lw``):
 - ``p:cam:{camera}:latest``        hash: line_id, sequence, capture_ns, image_score,
                                    normalised_score, anomalous (0/1), heatmap_key, updated_ns;
 - ``p:cam:{camera}:recent``        list of the latest N heatmap keys, newest first (LTRIM);
-- ``p:hm:{camera}:{sequence}``     hash: ``overlay`` (PNG of the colour overlay on the frame),
+- ``p:hm:{camera}:{sequence}``     hash: ``frame`` (JPEG of the frame, downscaled),
                                    ``map`` (PNG, 16-bit grayscale low-resolution anomaly map),
                                    ``map_scale`` (float: map value = pixel / 65535 * map_scale),
+                                   ``colour_scale`` (float: the map value drawn as full red),
                                    image_score, normalised_score, anomalous, capture_ns, line_id;
-                                   expires after ``heatmap_ttl_s``, or ``breach_ttl_s`` for breaches.
+                                   (detectors before issue 12 wrote a rendered ``overlay`` PNG
+                                   instead of ``frame``/``colour_scale``; readers still accept it);
+                                   expires after ``heatmap_ttl_s``, or ``breach_ttl_s`` for breaches;
+- ``p:ov:{camera}:{sequence}``     hash: ``overlay`` (PNG rendered on request by the operator API from
+                                   the heatmap hash, :mod:`common.heatmap_codec`) and the ``capture_ns``
+                                   of the frame it was drawn from; kept ``OVERLAY_CACHE_TTL_S``.
 
 Memory is bounded by N per camera, the TTLs, and the server's ``maxmemory`` policy.
 """
@@ -38,6 +44,17 @@ def heatmap_key(prefix: str, camera_id: str, sequence: int) -> str:
     return f"{prefix}:hm:{camera_id}:{sequence}"
 
 
+def overlay_cache_key(heatmap_key: str) -> str:
+    """Where a reader caches the overlay it rendered from ``heatmap_key`` (``p:hm:..`` -> ``p:ov:..``)."""
+    prefix, marker, rest = heatmap_key.rpartition(":hm:")
+    return f"{prefix}:ov:{rest}" if marker else f"{heatmap_key}:ov"
+
+
+# A rendered overlay is kept this long: a page refresh or a second operator does not re-render it,
+# and an operator who comes back later pays one render (a few ms) again.
+OVERLAY_CACHE_TTL_S = 300
+
+
 # Hash field names, shared by the writer (detector heatmap cache) and the readers (alerts API, demo report).
 # Both hashes:
 FIELD_LINE_ID = "line_id"
@@ -50,6 +67,8 @@ FIELD_SEQUENCE = "sequence"
 FIELD_HEATMAP_KEY = "heatmap_key"
 FIELD_UPDATED_NS = "updated_ns"
 # heatmap hash only:
-FIELD_OVERLAY = "overlay"
+FIELD_OVERLAY = "overlay"  # a rendered PNG: only in hashes written by detectors before issue 12
+FIELD_FRAME = "frame"
+FIELD_COLOUR_SCALE = "colour_scale"
 FIELD_MAP = "map"
 FIELD_MAP_SCALE = "map_scale"

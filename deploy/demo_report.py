@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from linewatch.common.heatmap_codec import read_overlay
 from linewatch.deploy.demo_collect import Collected
 from linewatch.detector.events import FrameResult
 
@@ -157,7 +158,8 @@ def pick_examples(results: list[FrameResult], redis_client: Any) -> list[dict[st
             if result.source_id and any(p["source_id"] == result.source_id for p in picked):
                 continue  # cameras replay the same images: show different parts
             try:
-                png = redis_client.hget(result.heatmap_key, "overlay")
+                # drawn from the stored map and frame (the pool holds only results with a key)
+                png = read_overlay(redis_client, result.heatmap_key) if result.heatmap_key else None
             except Exception:  # an example image is a nicety; the summary does not depend on it
                 png = None
             if png:

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from linewatch.alerts.routes.deps import Context, User, overlay_url, text
 from linewatch.common import cache_keys as ck
+from linewatch.common.heatmap_codec import HeatmapDataError, read_overlay
 
 router = APIRouter()
 
@@ -26,9 +27,37 @@ def camera_row(camera: str, latest: dict[Any, Any]) -> dict[str, Any]:
     }
 
 
+def cached_overlay(redis: Any, key: str) -> bytes | None:
+    """The overlay PNG of heatmap hash ``key``, rendered on the first request and then kept a few minutes
+    (``OVERLAY_CACHE_TTL_S``) so page refreshes and other operators do not render it again; None once expired.
+
+    The cached copy is used only while the heatmap exists with the same capture time, so a camera that
+    restarts its sequence numbers never gets an older frame's overlay.
+    """
+    cache_key = ck.overlay_cache_key(key)
+    pipe = redis.pipeline(transaction=False)
+    pipe.hget(key, ck.FIELD_CAPTURE_NS)
+    pipe.hmget(cache_key, [ck.FIELD_CAPTURE_NS, ck.FIELD_OVERLAY])
+    capture_ns, (cached_capture_ns, cached) = pipe.execute()
+    if capture_ns is None:
+        return None
+    if cached is not None and cached_capture_ns == capture_ns:
+        return bytes(cached)
+    try:
+        data = read_overlay(redis, key)
+    except HeatmapDataError as exc:
+        raise HTTPException(422, f"the cached heatmap cannot be drawn: {exc}") from None
+    if data is not None:
+        pipe = redis.pipeline(transaction=True)  # never a cached overlay without its TTL
+        pipe.hset(cache_key, mapping={ck.FIELD_CAPTURE_NS: capture_ns, ck.FIELD_OVERLAY: data})
+        pipe.expire(cache_key, ck.OVERLAY_CACHE_TTL_S)
+        pipe.execute()
+    return data
+
+
 def overlay_png(redis: Any, key: str) -> Response:
     """The overlay PNG of heatmap hash ``key``; 404 once it expired."""
-    data = redis.hget(key, ck.FIELD_OVERLAY)
+    data = cached_overlay(redis, key)
     if data is None:
         raise HTTPException(404, "heatmap not in Redis (expired or never cached)")
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})

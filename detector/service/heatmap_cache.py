@@ -1,7 +1,9 @@
 """Redis heatmap cache (key and field schema in :mod:`common.cache_keys`), written off the result path.
 
-Batches of heatmaps go through a bounded queue to one writer thread that renders the PNGs and
-writes each batch in one pipeline. Results never wait for Redis. A result carries a
+Batches of heatmaps go through a bounded queue to one writer thread that encodes each frame's map
+(16-bit PNG) and downscaled frame (JPEG), about 0.5 ms per frame, and writes each batch in one
+pipeline. No overlay is rendered here: readers render one from these fields when someone looks
+(:mod:`common.heatmap_codec`). Results never wait for Redis. A result carries a
 ``heatmap_key`` only when its batch was queued to a healthy writer; a queued batch is written
 even across a Redis outage (the writer retries it with exponential backoff and full jitter, so
 detectors do not reconnect in lockstep). While Redis is down, the writer is stuck on one write
@@ -30,6 +32,7 @@ import numpy as np
 import redis
 
 from linewatch.common import cache_keys
+from linewatch.common.heatmap_codec import encode_frame_jpeg, encode_map_png
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.detector.service.metrics import DetectorMetrics
 
@@ -59,17 +62,6 @@ class HeatmapEntry:
     image: np.ndarray  # uint8 RGB frame (any size)
 
 
-def render_map_png(anomaly_map: np.ndarray, size: int) -> tuple[bytes, float]:
-    """16-bit grayscale PNG of the map at ``size``; value = pixel / 65535 * scale."""
-    small = cv2.resize(anomaly_map.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-    scale = float(max(float(small.max()), 1e-12))
-    pixels = np.clip(np.rint(small / scale * 65535), 0, 65535).astype(np.uint16)
-    ok, buf = cv2.imencode(".png", pixels)
-    if not ok:
-        raise ValueError("OpenCV could not encode the map PNG")
-    return bytes(buf.tobytes()), scale
-
-
 def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
     """``image`` with its longer side at most ``max_side`` (area interpolation, aspect kept)."""
     height, width = image.shape[:2]
@@ -78,20 +70,6 @@ def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
         return image
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def render_overlay_png(image: np.ndarray, anomaly_map: np.ndarray, colour_scale: float, max_side: int) -> bytes:
-    """PNG of the frame with the map in JET colours blended on top (map / colour_scale clipped to [0, 1])."""
-    frame = downscale(image, max_side)
-    size = (frame.shape[1], frame.shape[0])
-    heat = cv2.resize(anomaly_map.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-    heat_u8 = np.clip(heat / max(colour_scale, 1e-12) * 255, 0, 255).astype(np.uint8)
-    colour = cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET)  # BGR
-    blended = cv2.addWeighted(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), 0.6, colour, 0.4, 0)
-    ok, buf = cv2.imencode(".png", blended, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("OpenCV could not encode the overlay PNG")
-    return bytes(buf.tobytes())
 
 
 class HeatmapCache:
@@ -183,7 +161,7 @@ class HeatmapCache:
 
         Meanwhile (writer stalled or Redis down) :meth:`submit` skips new batches, so only the
         batches already queued wait; they are written once Redis answers again. Only a bug in
-        rendering, or stopping the detector, drops a queued batch (its keys are then reported).
+        encoding, or stopping the detector, drops a queued batch (its keys are then reported).
         """
         self._writing_since = time.monotonic()
         try:
@@ -203,8 +181,8 @@ class HeatmapCache:
                         self._skip(entries)
                         return
                     continue
-                except Exception:  # a render bug: skip the batch, never stop the writer
-                    log.exception("could not render %d heatmaps; skipped", len(entries))
+                except Exception:  # an encoding bug: skip the batch, never stop the writer
+                    log.exception("could not encode %d heatmaps; skipped", len(entries))
                     self._metrics.redis_errors.inc()
                     self._skip(entries)
                     return
@@ -217,24 +195,26 @@ class HeatmapCache:
             self._writing_since = None
 
     def write(self, entries: list[HeatmapEntry]) -> None:
-        """Render and write one batch in one pipeline (plus one eviction call when lists overflow)."""
+        """Encode and write one batch in one pipeline (plus one eviction call when lists overflow)."""
         now_ns = time.time_ns()
         pipe = self._client.pipeline(transaction=False)
         by_camera: dict[str, list[HeatmapEntry]] = {}
+        encode_start = time.perf_counter()
         for entry in entries:
             by_camera.setdefault(entry.camera_id, []).append(entry)
             key = cache_keys.heatmap_key(self.prefix, entry.camera_id, entry.sequence)
-            map_png, scale = render_map_png(entry.anomaly_map, self._map_size)
+            map_png, scale = encode_map_png(entry.anomaly_map, self._map_size)
             pipe.hset(key, mapping={
-                cache_keys.FIELD_OVERLAY: render_overlay_png(entry.image, entry.anomaly_map, self.colour_scale,
-                                                             self._overlay_max_side),
+                cache_keys.FIELD_FRAME: encode_frame_jpeg(entry.image),  # downscaled in submit()
                 cache_keys.FIELD_MAP: map_png, cache_keys.FIELD_MAP_SCALE: repr(scale),
+                cache_keys.FIELD_COLOUR_SCALE: repr(self.colour_scale),
                 cache_keys.FIELD_IMAGE_SCORE: repr(entry.image_score),
                 cache_keys.FIELD_NORMALISED_SCORE: repr(entry.normalised_score),
                 cache_keys.FIELD_ANOMALOUS: int(entry.anomalous), cache_keys.FIELD_CAPTURE_NS: entry.capture_ns,
                 cache_keys.FIELD_LINE_ID: entry.line_id,
             })
             pipe.expire(key, self._breach_ttl_s if entry.anomalous else self._ttl_s)
+        self._metrics.stage_seconds.labels(stage="heatmap_encode").observe(time.perf_counter() - encode_start)
         for camera, cam_entries in by_camera.items():
             cam_entries.sort(key=lambda e: e.sequence)
             newest = cam_entries[-1]

@@ -30,6 +30,10 @@ class DetectorMetrics:
                                     buckets=_BATCH_BUCKETS, registry=reg)
         self.stage_seconds = Histogram("linewatch_detector_stage_seconds", "Time per pipeline stage and batch.",
                                        ["stage"], buckets=_LATENCY_BUCKETS, registry=reg)
+        # Per frame, before the batch reaches the model: broker append -> polled ("fetch"; includes
+        # fetch.wait.max.ms holds and the consumer's prefetch queue), polled -> batch closed ("batch").
+        self.frame_wait_seconds = Histogram("linewatch_detector_frame_wait_seconds", "Waits of each frame before "
+                                            "its batch closes.", ["stage"], buckets=_LATENCY_BUCKETS, registry=reg)
         self.end_to_end_seconds = Histogram("linewatch_detector_end_to_end_seconds",
                                             "Capture time to result produced.", buckets=_LATENCY_BUCKETS,
                                             registry=reg)

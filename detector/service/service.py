@@ -121,7 +121,7 @@ class DetectorService:
                                            breaches_topic=s.topics.breaches, dead_letters_topic=s.topics.dead_letters,
                                            retries=s.delivery_retries)
             processor = BatchProcessor(self.model, self._outputs, self.tracker, self.metrics, cache,
-                                       s.camera_thresholds, router=self.router)
+                                       s.camera_thresholds, router=self.router, regions=s.regions())
             self._worker = worker = threading.Thread(target=self._work_loop, args=(processor, cache),
                                                      name="detector-infer", daemon=True)
             worker.start()
@@ -227,6 +227,7 @@ class DetectorService:
         if not records:
             return
         item = (records, decoder.submit(records), time.time_ns())
+        self._observe_waits(records, item[2])
         while not self._worker_failed():
             try:
                 self._work.put(item, timeout=_PUT_WAIT_S)
@@ -234,6 +235,14 @@ class DetectorService:
             except queue.Full:
                 continue
         log.error("detector worker is dead; %d frames left uncommitted for the next owner", len(records))
+
+    def _observe_waits(self, records: list[Record], closed_ns: int) -> None:
+        """Per-frame waits before the model (broker -> poll, poll -> batch closed), for the stage breakdown."""
+        fetch = self.metrics.frame_wait_seconds.labels(stage="fetch")
+        batch = self.metrics.frame_wait_seconds.labels(stage="batch")
+        for record in records:
+            fetch.observe(max(0.0, record.received_ns / 1e9 - record.timestamp_ms / 1e3))
+            batch.observe(max(0.0, (closed_ns - record.received_ns) / 1e9))
 
     def _work_loop(self, processor: BatchProcessor, cache: HeatmapCache) -> None:
         assert self._outputs is not None

@@ -61,6 +61,33 @@ def png(width: int = 64, height: int = 48, hot: tuple[int, int] = (20, 10)) -> b
     return bytes(data)
 
 
+def heatmap_fields(width: int = 64, height: int = 48, hot: tuple[int, int] = (20, 10)) -> dict[str, Any]:
+    """What the detector stores for a frame (common.heatmap_codec): a grey frame as JPEG and a 16x16
+    map that is 1 around ``hot`` (x, y in frame pixels) and 0 elsewhere, drawn with colour scale 1."""
+    import cv2
+    import numpy as np
+
+    from linewatch.common import cache_keys as ck
+    from linewatch.common.heatmap_codec import encode_frame_jpeg, encode_map_png
+
+    anomaly = np.zeros((height, width), np.float32)
+    cv2.circle(anomaly, hot, 8, 1.0, -1)
+    map_png, scale = encode_map_png(anomaly, 16)
+    return {ck.FIELD_FRAME: encode_frame_jpeg(np.full((height, width, 3), 40, np.uint8)), ck.FIELD_MAP: map_png,
+            ck.FIELD_MAP_SCALE: repr(scale), ck.FIELD_COLOUR_SCALE: "1.0"}
+
+
+def hot_spot(overlay_png: bytes) -> tuple[float, float, tuple[int, int]]:
+    """(x, y) centre of the red (hot) pixels of an overlay PNG, and its (width, height)."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(overlay_png, np.uint8), cv2.IMREAD_COLOR).astype(int)
+    ys, xs = np.nonzero(image[..., 2] > image[..., 0] + 30)  # BGR: red well above blue
+    assert len(xs), "no hot pixel in the overlay"
+    return float(xs.mean()), float(ys.mean()), (image.shape[1], image.shape[0])
+
+
 def seed_redis(client: Any, prefix: str, camera: str = "cam-7", line: str = "line-3") -> str:
     """Write a camera's latest frame and heatmaps the detector's way, and one alert; returns its id."""
     from linewatch.alerts.history import AlertHistory
@@ -73,7 +100,7 @@ def seed_redis(client: Any, prefix: str, camera: str = "cam-7", line: str = "lin
     state, pipe = CameraState(camera_id=camera), client.pipeline(transaction=True)
     for seq, score in enumerate([0.2, 0.8, 0.95, 0.7]):
         key = cache_keys.heatmap_key(prefix, camera, seq)
-        pipe.hset(key, mapping={"overlay": png(hot=(10 + 10 * seq, 20)), "normalised_score": score,
+        pipe.hset(key, mapping={**heatmap_fields(hot=(10 + 10 * seq, 20)), "normalised_score": score,
                                 "anomalous": int(score >= 0.5), "capture_ns": T0 + seq * FRAME_NS, "line_id": line})
         pipe.expire(key, 600)
         state, events = step(state, frame(camera, seq, score, line=line, heatmap=key), rule)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from alerts_helpers import API_TOKEN, DANA_TOKEN, png, seed_redis
+from alerts_helpers import API_TOKEN, DANA_TOKEN, hot_spot, png, seed_redis
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from linewatch.alerts.api import create_app
 from linewatch.alerts.metrics import AlertsMetrics
 from linewatch.alerts.settings import AlertsSettings
+from linewatch.common import cache_keys
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
@@ -49,15 +50,38 @@ def test_cameras_and_heatmaps_come_from_redis(api: tuple[TestClient, AlertsSetti
     assert (camera["camera_id"], camera["line_id"], camera["sequence"]) == ("cam-7", "line-3", 3)
     assert camera["anomalous"] is True
     assert camera["normalised_score"] == 0.7
-    image = http.get(camera["overlay_url"], headers=AUTH)
-    assert image.headers["content-type"] == "image/png" and image.content == png(hot=(40, 20))
+    image = http.get(camera["overlay_url"], headers=AUTH)  # rendered on request from the stored map and frame
+    assert image.headers["content-type"] == "image/png"
+    x, y, size = hot_spot(image.content)
+    assert size == (64, 48) and abs(x - 40) <= 3 and abs(y - 20) <= 3
     assert http.get("/api/cameras/cam-7/frames/99/overlay.png", headers=AUTH).status_code == 404
     detail = http.get(f"/api/alerts/{alert_id}", headers=AUTH).json()
     assert detail["alert"]["worst_sequence"] == 2 and detail["alert"]["state"] == "firing"
     assert [f["sequence"] for f in detail["frames"]] == [0, 1, 2, 3]
     assert [f["worst"] for f in detail["frames"]] == [False, False, True, False]
-    assert http.get(detail["heatmap_url"], headers=AUTH).content == png(hot=(30, 20))
+    x, y, _ = hot_spot(http.get(detail["heatmap_url"], headers=AUTH).content)
+    assert abs(x - 30) <= 3 and abs(y - 20) <= 3
     assert http.get("/api/alerts/nope", headers=AUTH).status_code == 404
+
+
+def test_an_overlay_is_rendered_once_then_served_from_its_short_lived_cache(
+        api: tuple[TestClient, AlertsSettings, str]) -> None:
+    http, settings, _ = api
+    client, prefix = settings.redis.client(), settings.redis.key_prefix
+    heatmap = cache_keys.heatmap_key(prefix, "cam-7", 1)
+    first = http.get("/api/cameras/cam-7/frames/1/overlay.png", headers=AUTH).content
+    cached = cache_keys.overlay_cache_key(heatmap)
+    assert 0 < client.ttl(cached) <= cache_keys.OVERLAY_CACHE_TTL_S
+    # A second request does not render: it returns what the cache holds, even if the map changed since.
+    client.hset(heatmap, cache_keys.FIELD_MAP, b"not a png")
+    assert http.get("/api/cameras/cam-7/frames/1/overlay.png", headers=AUTH).content == first
+    # A new frame under the same key (a camera that restarted its sequence numbers) is drawn afresh.
+    client.hset(heatmap, cache_keys.FIELD_CAPTURE_NS, 1)
+    response = http.get("/api/cameras/cam-7/frames/1/overlay.png", headers=AUTH)
+    assert response.status_code == 422 and "16-bit" in response.json()["detail"]
+    # A hash from a detector that rendered overlays itself is served as stored.
+    client.hset(heatmap, cache_keys.FIELD_OVERLAY, png(hot=(5, 5)))
+    assert http.get("/api/cameras/cam-7/frames/1/overlay.png", headers=AUTH).content == png(hot=(5, 5))
 
 
 def test_alert_list_history_and_acknowledgement(api: tuple[TestClient, AlertsSettings, str]) -> None:

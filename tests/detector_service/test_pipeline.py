@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import redis
@@ -14,6 +15,7 @@ from confluent_kafka import Producer
 from service_helpers import create_topics, produce_frames, read_topic, settings_for, topic_names
 
 from linewatch.common import cache_keys
+from linewatch.common.heatmap_codec import overlay_from_fields
 from linewatch.detector.events import Breach, FrameResult
 from linewatch.detector.service import DetectorService
 from linewatch.ingest.wire import encode_frame, meta_to_headers
@@ -87,7 +89,7 @@ def test_every_frame_yields_one_result_bad_frames_are_dead_lettered(bootstrap: s
     assert "linewatch_detector_frames_processed_total" in metrics_text
     assert 'linewatch_detector_dead_letters_total{reason="oversized"} 1.0' in metrics_text
 
-    # Heatmaps: the latest N=4 per camera, each with overlay PNG and 16-bit map; older ones deleted
+    # Heatmaps: the latest N=4 per camera, each with frame JPEG and 16-bit map; older ones deleted
     # unless they are breaches (those keep their longer TTL).
     client = redis.Redis.from_url(redis_url)
     prefix = f"lwt-{unique}"
@@ -97,7 +99,12 @@ def test_every_frame_yields_one_result_bad_frames_are_dead_lettered(bootstrap: s
     latest = client.hgetall(cache_keys.latest_key(prefix, "cam-0"))
     assert latest[b"sequence"] == b"9"
     stored = client.hgetall(recent[0])
-    assert stored[b"overlay"].startswith(b"\x89PNG") and stored[b"map"].startswith(b"\x89PNG")
+    # The detector stores the map (16-bit PNG) and a small JPEG of the frame, not a rendered overlay;
+    # readers draw the overlay from them when someone looks.
+    assert cache_keys.FIELD_OVERLAY.encode() not in stored
+    assert stored[b"map"].startswith(b"\x89PNG") and stored[b"frame"].startswith(b"\xff\xd8")
+    overlay = cv2.imdecode(np.frombuffer(overlay_from_fields(stored) or b"", np.uint8), cv2.IMREAD_COLOR)
+    assert overlay is not None and overlay.shape[2] == 3 and max(overlay.shape[:2]) <= 256
     verdicts = {r.sequence: r.anomalous for r in parsed if r.camera_id == "cam-0"}
     for seq, anomalous in verdicts.items():
         key = cache_keys.heatmap_key(prefix, "cam-0", seq)

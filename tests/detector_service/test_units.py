@@ -351,3 +351,60 @@ def test_heatmap_queue_holds_only_downscaled_frames_and_reports_skipped_keys() -
     cache.submit([entry(2)])
     cache.submit([entry(3)])  # the queue (1 batch) is full: skipped
     assert cache.take_skipped() == {"p:hm:cam:3"} and cache.take_skipped() == set()
+
+
+def test_stored_map_and_frame_draw_the_overlay_the_detector_used_to_render() -> None:
+    """Issue 12 item 5: the detector stores map + JPEG; the overlay drawn from them matches one drawn from the
+    full-precision map and frame (JPEG and 16-bit quantisation only), and the hot region stays where it was."""
+    import cv2
+
+    from linewatch.common import cache_keys as ck
+    from linewatch.common.heatmap_codec import (
+        encode_frame_jpeg,
+        encode_map_png,
+        overlay_from_fields,
+        render_overlay_png,
+    )
+    from linewatch.ingest.synthetic import render_sample
+
+    frame = render_sample(3, size=256).image
+    anomaly = np.zeros((48, 48), np.float32)
+    anomaly[30:38, 10:16] = 3.0
+    anomaly += np.linspace(0, 0.5, 48, dtype=np.float32)[None, :]
+    map_png, scale = encode_map_png(anomaly, 64)
+    fields = {ck.FIELD_FRAME.encode(): encode_frame_jpeg(frame), ck.FIELD_MAP.encode(): map_png,
+              ck.FIELD_MAP_SCALE.encode(): repr(scale).encode(), ck.FIELD_COLOUR_SCALE.encode(): b"2.0"}
+    drawn = cv2.imdecode(np.frombuffer(overlay_from_fields(fields) or b"", np.uint8), cv2.IMREAD_COLOR)
+    direct = cv2.imdecode(np.frombuffer(render_overlay_png(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), anomaly, 2.0),
+                                        np.uint8), cv2.IMREAD_COLOR)
+    assert drawn.shape == direct.shape == (256, 256, 3)
+    difference = np.abs(drawn.astype(int) - direct.astype(int))
+    assert difference.mean() < 4, difference.mean()
+    red = drawn[..., 2].astype(int) - drawn[..., 0]
+    rows, cols = np.nonzero(red >= np.percentile(red, 99))  # the reddest pixels: around the hot cells
+    cell = 256 / 48
+    assert 30 * cell <= rows.mean() < 38 * cell and 10 * cell <= cols.mean() < 16 * cell, (rows.mean(), cols.mean())
+
+
+def test_a_heatmap_hash_that_cannot_be_drawn_is_a_clear_error_and_an_expired_one_is_none() -> None:
+    from linewatch.common import cache_keys as ck
+    from linewatch.common.heatmap_codec import HeatmapDataError, overlay_from_fields
+
+    assert overlay_from_fields({}) is None
+    with pytest.raises(HeatmapDataError, match="no frame"):
+        overlay_from_fields({ck.FIELD_MAP: b"x"})
+    with pytest.raises(HeatmapDataError, match="not a number"):
+        overlay_from_fields({ck.FIELD_MAP: b"x", ck.FIELD_FRAME: b"y", ck.FIELD_MAP_SCALE: b"nan?"})
+    with pytest.raises(HeatmapDataError, match="readable image"):
+        overlay_from_fields({ck.FIELD_MAP: b"x", ck.FIELD_FRAME: b"y", ck.FIELD_MAP_SCALE: b"1",
+                             ck.FIELD_COLOUR_SCALE: b"1"})
+    assert ck.overlay_cache_key(ck.heatmap_key("lw:plant", "cam-1", 7)) == "lw:plant:ov:cam-1:7"
+
+
+def test_the_consumer_does_not_let_the_broker_hold_an_empty_fetch_for_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """librdkafka's default fetch.wait.max.ms (500) put a ~200 ms p50 floor under light load (issue 12 item 5)."""
+    from linewatch.detector.service.settings import DetectorSettings
+
+    assert DetectorSettings().consumer_config()["fetch.wait.max.ms"] == 10
+    monkeypatch.setenv("LINEWATCH_FETCH_WAIT_MAX_MS", "100")
+    assert DetectorSettings().consumer_config()["fetch.wait.max.ms"] == 100
