@@ -34,18 +34,21 @@ class EnvField:
 
 def settings_classes() -> dict[str, type[BaseSettings]]:
     """The settings class behind each service (imported lazily: alerts/detector are heavy-ish)."""
+    from linewatch.alerts.health.settings import HealthSettings
     from linewatch.alerts.settings import AlertsSettings
+    from linewatch.alerts.verdicts.settings import VerdictsSettings
     from linewatch.detector.registry.settings import RegistrySettings
     from linewatch.detector.service.settings import DetectorSettings
     from linewatch.ingest.settings import CameraSettings
 
     return {"camera": CameraSettings, "detector": DetectorSettings, "alerts": AlertsSettings,
-            "registry": RegistrySettings}
+            "registry": RegistrySettings, "verdicts": VerdictsSettings, "camera-health": HealthSettings}
 
 
 # Which settings class each ``linewatch`` subcommand reads.
 COMMAND_SETTINGS = {"camera": "camera", "cameras": "camera", "topics": "camera", "detect": "detector",
-                    "alerts": "alerts", "models": "registry", "audit": "registry", "dataset": "registry"}
+                    "alerts": "alerts", "models": "registry", "audit": "registry", "dataset": "registry",
+                    "verdicts": "verdicts", "camera-health": "camera-health"}
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:

@@ -34,4 +34,6 @@ topic dead-letters "$PARTITIONS" compression.type=producer max.message.bytes=$((
   retention.ms=1209600000 cleanup.policy=delete
 topic alerts "$PARTITIONS" compression.type=zstd retention.ms=2592000000 cleanup.policy=delete
 topic alert-dead-letters "$PARTITIONS" compression.type=zstd retention.ms=2592000000 cleanup.policy=delete
+# Camera-health alert events of `linewatch camera-health` (LINEWATCH_HEALTH_TOPIC), key = camera.
+topic camera-health "$PARTITIONS" compression.type=zstd retention.ms=2592000000 cleanup.policy=delete
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --describe

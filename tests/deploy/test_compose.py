@@ -22,6 +22,7 @@ from deploy_helpers import (
 )
 from deploy_tools import load_compose_model
 
+from linewatch.alerts.health.settings import HealthSettings
 from linewatch.common.settings import TopicSettings
 from linewatch.common.topics import all_topic_names
 from linewatch.deploy.cli import build_parser
@@ -29,7 +30,8 @@ from linewatch.deploy.settings_doc import COMMAND_SETTINGS, is_known, settings_c
 from linewatch.detector.service.settings import DetectorSettings
 
 # Where each long-running service answers its container health probe.
-HEALTH_PATHS = {"detect": "/healthz", "alerts": "/health", "camera": "/metrics"}
+HEALTH_PATHS = {"detect": "/healthz", "alerts": "/health", "camera": "/metrics", "verdicts": "/metrics",
+                "camera-health": "/metrics"}
 
 
 def settings_under_env(cls: type, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> object:
@@ -47,7 +49,7 @@ def test_compose_parses_and_every_image_is_pinned() -> None:
     compose = load_compose()
     services = compose["services"]
     assert {"kafka", "topics", "redis", "prometheus", "alertmanager", "grafana", "detector", "detector-gpu",
-            "alerts", "camera-sim"} <= set(services)
+            "alerts", "camera-sim", "verdicts", "camera-health", "mosquitto"} <= set(services)
     for name, svc in services.items():
         assert image_is_pinned(svc["image"]), f"{name}: image {svc['image']!r} is not pinned to a tag"
     assert not image_is_pinned("redis") and not image_is_pinned("redis:latest")  # the check itself can fail
@@ -63,7 +65,7 @@ def test_kafka_runs_kraft_without_zookeeper() -> None:
     assert "zookeeper" not in text
 
 
-@pytest.mark.parametrize("service", ["detector", "detector-gpu", "alerts", "camera-sim"])
+@pytest.mark.parametrize("service", ["detector", "detector-gpu", "alerts", "camera-sim", "verdicts", "camera-health"])
 def test_service_command_env_and_health_match_the_code(service: str, monkeypatch: pytest.MonkeyPatch,
                                                        tmp_path: Path) -> None:
     svc = linewatch_services(load_compose())[service]
@@ -121,7 +123,8 @@ def _topic_configs() -> dict[str, dict[str, str]]:
 def test_topic_job_creates_every_topic_with_frame_sized_limits() -> None:
     compose = load_compose()
     topics = _topic_configs()
-    assert sorted(topics) == sorted(all_topic_names(TopicSettings()))
+    health_topic = HealthSettings.model_fields["health_topic"].default
+    assert sorted(topics) == sorted([*all_topic_names(TopicSettings()), health_topic])
     frames = topics["frames"]
     assert frames["compression.type"] == "uncompressed"  # JPEG does not compress
     env = env_example()
@@ -172,7 +175,8 @@ def test_healthcheck_script_reports_the_detector_probe() -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("service", ["redis", "grafana", "prometheus", "alertmanager", "alerts", "kafka",
-                                     "detector", "detector-gpu", "camera-sim", "topics"])
+                                     "detector", "detector-gpu", "camera-sim", "topics", "verdicts",
+                                     "camera-health", "mosquitto"])
 def test_compose_service_is_bounded_and_keeps_secrets_out_of_argv(service: str, deploy_checks: Path) -> None:
     model = load_compose_model(deploy_checks)  # `docker-compose ... config --format json`, gpu profile on
     svc = model["services"][service]

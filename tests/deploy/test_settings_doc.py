@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from deploy_helpers import DEPLOY
 
+from linewatch.alerts.health.settings import HealthSettings
 from linewatch.alerts.settings import AlertsSettings
+from linewatch.alerts.verdicts.settings import VerdictsSettings
 from linewatch.deploy.cli import main
-from linewatch.deploy.settings_doc import env_fields, is_known, render_markdown
+from linewatch.deploy.settings_doc import COMMAND_SETTINGS, env_fields, is_known, render_markdown, settings_classes
 from linewatch.detector.service.settings import DetectorSettings
 from linewatch.ingest.settings import CameraSettings
 
@@ -33,10 +35,28 @@ def test_is_known_accepts_fields_and_rejects_typos() -> None:
 
 def test_reference_lists_every_variable_and_the_committed_copy_is_current(capsys) -> None:  # type: ignore[no-untyped-def]
     text = render_markdown()
-    for cls in (CameraSettings, DetectorSettings, AlertsSettings):
+    for cls in (CameraSettings, DetectorSettings, AlertsSettings, VerdictsSettings, HealthSettings):
         assert all(f"`{field.name}`" in text for field in env_fields(cls))
     assert main(["config-doc"]) == 0
     assert capsys.readouterr().out.strip() == text.strip()
     committed = (DEPLOY / "CONFIGURATION.md").read_text()
     assert committed.strip() == text.strip(), (
         "deploy/CONFIGURATION.md is out of date: run `linewatch config-doc --output deploy/CONFIGURATION.md`")
+
+
+def test_verdicts_and_camera_health_are_documented_under_their_commands() -> None:
+    classes = settings_classes()
+    assert classes[COMMAND_SETTINGS["verdicts"]] is VerdictsSettings
+    assert classes[COMMAND_SETTINGS["camera-health"]] is HealthSettings
+    verdicts = {f.name: f for f in env_fields(VerdictsSettings)}
+    assert verdicts["LINEWATCH_METRICS_PORT"].default == "9110"
+    assert verdicts["LINEWATCH_MQTT__PASSWORD"].default == "None"
+    assert verdicts["LINEWATCH_DEADLINES__CAMERAS"].is_mapping
+    assert is_known(VerdictsSettings, "LINEWATCH_OPCUA__PLC_NODES__CAM_7")  # a camera's nodes, as JSON
+    assert not is_known(VerdictsSettings, "LINEWATCH_REDIS__URL")  # verdicts never touch Redis
+    health = {f.name: f for f in env_fields(HealthSettings)}
+    assert health["LINEWATCH_METRICS_PORT"].default == "9111"
+    assert health["LINEWATCH_CHECKS__DEFAULT__FOCUS_RATIO"].default == "0.25"
+    text = render_markdown()
+    assert "## verdicts (" in text and "Read by: `linewatch verdicts`." in text
+    assert "## camera-health (" in text and "Read by: `linewatch camera-health`." in text
