@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from linewatch.alerts.rules import Acknowledgement, Alert, AlertEvent
 
-EventKind = Literal["firing", "resolved", "silent", "acknowledged"]
+EventKind = Literal["firing", "resolved", "silent", "suspect", "acknowledged"]  # suspect: alerts.state
 
 
 class HistoryEntry(BaseModel):

@@ -11,11 +11,18 @@ are refused (:func:`admit`), and an open alert whose camera stopped sending goes
 Which frames count (:func:`admit`): duplicates are recognised by (camera, sequence) in a bitmap of
 recent sequences, not by "not newer than the last", so frames arriving out of order still count,
 and a forged sequence or capture time far ahead is rejected instead of hiding every later real frame.
+
+Suspect alerts: the caller passes the camera-health checks failing now (``unhealthy``, read once per batch
+from ``alerts/health``). An alert that fires, or is open, while its camera is unhealthy is marked suspect:
+its scores may come from the camera fault, not from the parts. The mark stays for the alert's lifetime
+(the evidence was taken through a faulty camera); the turn from clean to suspect of an open alert is
+its own event kind, ``suspect``, so that deliveries can update what they show.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -24,6 +31,7 @@ from linewatch.alerts.settings import GuardSettings, RuleConfig
 from linewatch.detector.events import FrameResult
 
 AlertState = Literal["firing", "resolved", "silent"]
+EventKind = Literal["firing", "resolved", "silent", "suspect"]
 Admission = Literal["new", "duplicate", "future", "sequence_jump"]
 
 
@@ -54,12 +62,15 @@ class Alert(BaseModel):
     rule: RuleConfig
     ack: Acknowledgement | None = Field(default=None, description="The first acknowledgement.")
     acks: list[Acknowledgement] = Field(default_factory=list, description="Every acknowledgement, oldest first.")
+    suspect: bool = Field(default=False, description="The camera was unhealthy while the alert was open.")
+    suspect_checks: list[str] = Field(default_factory=list,
+                                      description="The camera-health checks that were failing (alerts/health).")
 
 
 class AlertEvent(BaseModel):
     """A transition to deliver: the alert as it was right after it."""
 
-    kind: AlertState
+    kind: EventKind
     alert: Alert
 
     @property
@@ -164,9 +175,10 @@ def mark_seen(state: CameraState, result: FrameResult, guard: GuardSettings) -> 
 
 
 def step(state: CameraState, result: FrameResult, rule: RuleConfig, guard: GuardSettings | None = None,
-         now_ns: int | None = None) -> tuple[CameraState, list[AlertEvent]]:
+         now_ns: int | None = None, unhealthy: Collection[str] = ()) -> tuple[CameraState, list[AlertEvent]]:
     """Apply one frame; returns the new state (``state`` is not changed) and the transitions.
 
+    ``unhealthy``: the camera-health checks failing for this camera now (makes its alert suspect).
     A frame that :func:`admit` refuses returns ``state`` itself when nothing needs saving.
     """
     guard = guard or GuardSettings()
@@ -183,11 +195,23 @@ def step(state: CameraState, result: FrameResult, rule: RuleConfig, guard: Guard
                         score=result.normalised_score, heatmap_key=result.heatmap_key)
     new.window = [*new.window, frame][-rule.n:]
     if new.alert is None:
-        return new, _maybe_fire(new, rule)
-    return new, _update_firing(new, frame, rule)
+        return new, _maybe_fire(new, rule, unhealthy)
+    return new, _update_firing(new, frame, rule) + mark_suspect(new, unhealthy)
 
 
-def _maybe_fire(state: CameraState, rule: RuleConfig) -> list[AlertEvent]:
+def mark_suspect(state: CameraState, unhealthy: Collection[str]) -> list[AlertEvent]:
+    """Mark the open alert of ``state`` (changed in place) suspect when checks fail; the ``suspect`` event
+    when it just turned suspect. Later failing checks are added to the mark without a new event."""
+    alert = state.alert
+    new_checks = sorted(set(unhealthy) - set(alert.suspect_checks)) if alert is not None else []
+    if alert is None or not new_checks:
+        return []
+    turned = not alert.suspect
+    alert.suspect, alert.suspect_checks = True, [*alert.suspect_checks, *new_checks]
+    return [AlertEvent(kind="suspect", alert=alert.model_copy(deep=True))] if turned else []
+
+
+def _maybe_fire(state: CameraState, rule: RuleConfig, unhealthy: Collection[str]) -> list[AlertEvent]:
     breaches = [f for f in state.window if f.breach]
     if len(breaches) < rule.k:
         return []
@@ -202,6 +226,7 @@ def _maybe_fire(state: CameraState, rule: RuleConfig) -> list[AlertEvent]:
         severity=rule.severity(worst.score), start_ns=first.capture_ns, start_sequence=first.sequence,
         peak_score=worst.score, frame_count=len(breaches), worst_sequence=worst.sequence,
         worst_heatmap_key=worst.heatmap_key, rule=rule,
+        suspect=bool(unhealthy), suspect_checks=sorted(set(unhealthy)),
     )
     state.clean_streak = 0
     return [AlertEvent(kind="firing", alert=state.alert.model_copy(deep=True))]

@@ -12,6 +12,11 @@ entry is moved aside (:mod:`alerts.outbox`). Writes are fenced by partition epoc
 Every ``housekeeping_s`` the open alerts of the owned partitions are read from Redis: silent cameras'
 alerts become ``silent``, and the rest are re-sent to Alertmanager every ``alertmanager_resend_s`` and
 at once after an assignment (a restart or rebalance), so Alertmanager never times out a live alert.
+
+Suspect alerts: once per batch, the camera-health checks failing for the batch's cameras are read from
+the heatmap Redis (``alerts.health.state``, one round trip) and passed to the rule, which marks the
+alerts of unhealthy cameras suspect. Health that cannot be read leaves alerts unmarked (logged): a
+monitoring aid must not stop defect alerts.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from linewatch.alerts.channels import build_channels
 from linewatch.alerts.deliveries import Channel
 from linewatch.alerts.deliveries.alertmanager import AlertmanagerChannel
+from linewatch.alerts.health.state import failing_checks
 from linewatch.alerts.history import AlertHistory
 from linewatch.alerts.intake import RejectedRecordError, bounded_dead_letter, decode_result
 from linewatch.alerts.metrics import AlertsMetrics
@@ -58,6 +64,7 @@ class AlertsService:
         self.stop_event = stop_event or threading.Event()
         self.topic = settings.topics.results
         self.redis = settings.state_store_redis().client()
+        self.health_redis = settings.redis.client()  # where `linewatch camera-health` keeps its state
         self.history = history_for(settings, self.redis)
         self.store = StateStore(self.redis, settings.redis.key_prefix, self.history,
                                 state_ttl_s=settings.state_ttl_s)
@@ -159,6 +166,7 @@ class AlertsService:
         partitions: dict[str, int] = {}
         offsets: dict[int, int] = {}
         now_ns = time.time_ns()
+        unhealthy = self._unhealthy(messages)
         for msg in messages:
             partition = msg.partition() or 0
             if partition not in self.epochs:
@@ -168,7 +176,7 @@ class AlertsService:
             if result is None:
                 continue
             state = changed.get(result.camera_id) or self._state(result.camera_id)
-            new, transitions = self._apply(state, result, now_ns)
+            new, transitions = self._apply(state, result, now_ns, unhealthy.get(result.camera_id, []))
             if new is state:
                 continue  # redelivered frame
             new.partition = partition
@@ -181,7 +189,19 @@ class AlertsService:
             self.gate.hold(partition, offset)
         self.drain()
 
-    def _apply(self, state: CameraState, result: FrameResult, now_ns: int) -> tuple[CameraState, list[AlertEvent]]:
+    def _unhealthy(self, messages: list[Message]) -> dict[str, list[str]]:
+        """Camera id -> its failing camera-health checks, for the cameras of this batch (record key = camera)."""
+        cameras = sorted({key.decode(errors="replace") for msg in messages if isinstance(key := msg.key(), bytes)})
+        if not cameras:
+            return {}
+        try:
+            return failing_checks(self.health_redis, self.settings.redis.key_prefix, cameras)
+        except redis.RedisError as exc:
+            log.warning("camera health unreadable, alerts of this batch not marked suspect: %s", exc)
+            return {}
+
+    def _apply(self, state: CameraState, result: FrameResult, now_ns: int,
+               unhealthy: list[str]) -> tuple[CameraState, list[AlertEvent]]:
         """The rule step, counting the frames the guard refuses."""
         admission = admit(state, result, self.settings.guard, now_ns)
         if admission in ("future", "sequence_jump"):
@@ -189,7 +209,7 @@ class AlertsService:
             log.warning("camera %s: frame %d refused (%s; highest sequence %d)", result.camera_id, result.sequence,
                         admission, state.last_sequence)
         rule = self.settings.rules.for_camera(result.line_id, result.camera_id)
-        return step(state, result, rule, self.settings.guard, now_ns)
+        return step(state, result, rule, self.settings.guard, now_ns, unhealthy)
 
     def _persist(self, states: list[CameraState], events: list[AlertEvent], partitions: dict[str, int]) -> None:
         entries = [OutboxEntry(channel=c.name, event=e) for e in events for c in self.channels.values()
@@ -225,6 +245,10 @@ class AlertsService:
         if event.kind == "firing":
             self.metrics.fired.labels(alert.line_id, alert.camera_id, alert.severity).inc()
             self.metrics.firing.labels(alert.line_id, alert.camera_id).set(1)
+        elif event.kind == "suspect":
+            log.warning("alert %s is suspect: camera %s unhealthy (%s)", alert.alert_id, alert.camera_id,
+                        ", ".join(alert.suspect_checks))
+            return
         elif event.kind == "silent":
             self.metrics.silent.labels(alert.line_id, alert.camera_id).inc()
             self.metrics.firing.labels(alert.line_id, alert.camera_id).set(0)

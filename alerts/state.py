@@ -117,13 +117,22 @@ class StateStore:
             for state in states:
                 pipe.set(self.state_key(state.camera_id), state.model_dump_json(), ex=self.state_ttl_s)
             for event in events:
-                self.history.stage_event(pipe, event)
+                self._stage_history(pipe, event)
             for entry in entries:
                 pipe.rpush(self.outbox_key(topic, partitions[entry.event.alert.camera_id]), entry.model_dump_json())
             try:
                 pipe.execute()
             except redis.WatchError as exc:
                 raise FencedError(f"partitions {involved} of {topic} changed owner during the write") from exc
+
+    def _stage_history(self, pipe: Any, event: AlertEvent) -> None:
+        """A transition goes to the history; a ``suspect`` mark (no state change) only updates the alert's
+        record, keeping its expiry, so that the page and a re-send after a restart show the mark."""
+        if event.kind != "suspect":
+            self.history.stage_event(pipe, event)
+            return
+        pipe.set(self.history.alert_key(event.alert.alert_id), event.alert.model_dump_json(exclude={"ack", "acks"}),
+                 keepttl=True)
 
     def _check_fence(self, pipe: Any, topic: str, epochs: dict[int, int]) -> None:
         """WATCH the epoch keys (the pipeline is in immediate mode) and fail unless they are still ours."""

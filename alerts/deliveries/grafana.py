@@ -21,11 +21,14 @@ def annotation(alert: Alert, public_base_url: str) -> dict[str, Any]:
     end_ns = alert.end_ns if alert.end_ns is not None else alert.start_ns
     e = html.escape
     ended = " (camera went silent)" if alert.state == "silent" else ""
-    text = (f"Defect alert {e(alert.alert_id)} on {e(alert.line_id)}/{e(alert.camera_id)}: {e(alert.severity)}, "
+    suspect = f"Suspect (camera unhealthy: {e(', '.join(alert.suspect_checks))}). " if alert.suspect else ""
+    text = (f"{suspect}Defect alert {e(alert.alert_id)} on {e(alert.line_id)}/{e(alert.camera_id)}: "
+            f"{e(alert.severity)}, "
             f"peak score {alert.peak_score:.2f}, {alert.frame_count} breaching frames{ended}. "
             f"<a href=\"{e(alert_links(public_base_url, alert)['alert_url'])}\">Open alert</a>")
     return {"time_from": alert.start_ns // 1_000_000, "time_to": end_ns // 1_000_000, "text": text,
-            "tags": ["linewatch", f"line:{alert.line_id}", f"camera:{alert.camera_id}", f"severity:{alert.severity}"]}
+            "tags": ["linewatch", f"line:{alert.line_id}", f"camera:{alert.camera_id}", f"severity:{alert.severity}"]
+            + (["suspect"] if alert.suspect else [])}
 
 
 class GrafanaChannel:

@@ -7,7 +7,8 @@ time are signed with the body, a receiver can refuse a captured request replayed
 ``standardwebhooks`` library refuses timestamps more than 5 minutes off) or twice (same id).
 Receivers verify with e.g. ``standardwebhooks.Webhook(secret).verify(body, headers)``, given the same
 secret string: ``whsec_`` + base64 of the key bytes (a secret without that prefix is used as its UTF-8
-bytes; hand receivers :func:`receiver_secret` of it). ``X-Linewatch-Event`` says firing, resolved or silent;
+bytes; hand receivers :func:`receiver_secret` of it). ``X-Linewatch-Event`` says firing, resolved, silent or
+suspect (an open alert whose camera turned unhealthy: ``alert.suspect`` and ``alert.suspect_checks``);
 ``X-Linewatch-Event-Id`` repeats the id for older receivers.
 """
 
@@ -82,7 +83,7 @@ class WebhookChannel:
     """POSTs signed alert transitions to one URL (which may hold credentials: never printed)."""
 
     name = "webhook"
-    kinds: tuple[str, ...] = ("firing", "resolved", "silent")
+    kinds: tuple[str, ...] = ("firing", "resolved", "silent", "suspect")
 
     def __init__(self, url: str, secret: str, *, public_base_url: str, timeout_s: float = 5.0) -> None:
         secret_bytes(secret)  # fail at start-up, not at the first alert
