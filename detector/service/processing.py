@@ -12,6 +12,7 @@ import numpy as np
 from linewatch.common.kafka import CommitGate
 from linewatch.detector.events import Breach, FrameResult, Latency
 from linewatch.detector.inference import InferenceModel, Prediction
+from linewatch.detector.roi import CameraMasks, RoiConfig
 from linewatch.detector.service.decoding import (
     DecodedFrame,
     PendingBatch,
@@ -34,10 +35,12 @@ class BatchProcessor:
 
     def __init__(self, model: InferenceModel, outputs: OutputProducer, tracker: CommitGate,
                  metrics: DetectorMetrics, cache: HeatmapCache | None,
-                 camera_thresholds: Mapping[str, float] | None = None, router: Any = None) -> None:
+                 camera_thresholds: Mapping[str, float] | None = None, router: Any = None,
+                 regions: Mapping[str, RoiConfig] | None = None) -> None:
         self.model = model
         self._router = router  # registry.routing.ModelRouter: a model per lw-product; None: ``model`` for all
         self._camera_thresholds = dict(camera_thresholds or {})
+        self._masks = CameraMasks(regions or {})  # each camera's ignore mask, built once per frame size
         self._outputs = outputs
         self._tracker = tracker
         self._metrics = metrics
@@ -90,7 +93,9 @@ class BatchProcessor:
         start = time.perf_counter()
         try:
             thresholds = [self._camera_thresholds.get(f.meta.camera_id, model.image_threshold) for f in group]
-            prediction = model.predict(stack_images(group), thresholds)
+            masks = self._masks.batch([(f.meta.camera_id, (f.meta.height, f.meta.width)) for f in group],
+                                      model.image_size, model.metadata.resize_mode)
+            prediction = model.predict(stack_images(group), thresholds, masks=masks)
         except Exception as exc:  # one bad group must not stop the service; its frames stay retrievable
             log.exception("model failed on a group of %d frames", len(group))
             for frame in group:

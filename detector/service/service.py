@@ -121,7 +121,7 @@ class DetectorService:
                                            breaches_topic=s.topics.breaches, dead_letters_topic=s.topics.dead_letters,
                                            retries=s.delivery_retries)
             processor = BatchProcessor(self.model, self._outputs, self.tracker, self.metrics, cache,
-                                       s.camera_thresholds, router=self.router)
+                                       s.camera_thresholds, router=self.router, regions=s.regions())
             self._worker = worker = threading.Thread(target=self._work_loop, args=(processor, cache),
                                                      name="detector-infer", daemon=True)
             worker.start()
