@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, Message, Producer
 from pydantic import ValidationError
 
 from linewatch.alerts.health.alertmanager import HealthAlertmanager
-from linewatch.alerts.health.checks import CameraMonitor, HealthEvent
+from linewatch.alerts.health.checks import CHECKS, CameraMonitor, HealthEvent
 from linewatch.alerts.health.metrics import HealthMetrics
 from linewatch.alerts.health.settings import HealthSettings, ScoreReference
 from linewatch.alerts.health.state import record, refresh
@@ -65,7 +65,8 @@ class HealthService:
                              if settings.alertmanager_url else None)
         self.redis = settings.redis.client() if settings.redis_state else None
         self.monitors: dict[str, CameraMonitor] = {}
-        self.last_resend = self.last_refresh = time.monotonic()
+        self.last_resend = time.monotonic()
+        self.last_refresh = -float("inf")  # the first tick refreshes: the heartbeat shows the service at once
 
     def run(self) -> None:
         """Consume until stopped."""
@@ -95,6 +96,8 @@ class HealthService:
         if camera_id not in self.monitors:
             self.monitors[camera_id] = CameraMonitor(camera_id, line_id, self.settings.checks.for_camera(camera_id),
                                                      baseline=self.settings.baselines.get(camera_id))
+            for check in CHECKS:  # 0 from the start: a healthy camera is a series at 0 on the dashboard, not a gap
+                self.metrics.unhealthy.labels(line_id, camera_id, check).set(0)
         return self.monitors[camera_id]
 
     def _frame(self, msg: Message) -> None:

@@ -6,7 +6,9 @@ service stops, cameras stop being reported unhealthy instead of staying so forev
 
 ``p:health:cameras`` is a sorted set of the cameras that had a check firing (score: the last firing time),
 expiring like the hashes: the operator page lists them even when the detector never saw the camera
-(a camera that is silent or dead from the start).
+(a camera that is silent or dead from the start). ``p:health:heartbeat`` (the service's wall clock, ns)
+expires ``ttl_s`` after the service's last refresh: without it, "no check firing" means "not watched",
+not "healthy".
 
 Defect alerts: the alerts service reads :func:`failing_checks` once per consumed batch (one round trip
 for every camera in it) and marks the alerts of unhealthy cameras suspect (``alerts.rules.mark_suspect``).
@@ -15,6 +17,7 @@ for every camera in it) and marks the alerts of unhealthy cameras suspect (``ale
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from linewatch.alerts.health.checks import HealthEvent
@@ -28,6 +31,11 @@ def health_key(prefix: str, camera_id: str) -> str:
 def index_key(prefix: str) -> str:
     """Sorted set of the cameras that had a health check firing recently."""
     return f"{prefix}:health:cameras"
+
+
+def heartbeat_key(prefix: str) -> str:
+    """Set while a camera-health service refreshes its state."""
+    return f"{prefix}:health:heartbeat"
 
 
 def record(client: Any, prefix: str, event: HealthEvent, ttl_s: int) -> None:
@@ -47,8 +55,9 @@ def record(client: Any, prefix: str, event: HealthEvent, ttl_s: int) -> None:
 
 
 def refresh(client: Any, prefix: str, camera_ids: list[str], ttl_s: int) -> None:
-    """Extend the expiry of the hashes of cameras that are unhealthy now."""
+    """Extend the expiry of the hashes of cameras that are unhealthy now, and the service's heartbeat."""
     pipe = client.pipeline(transaction=False)
+    pipe.set(heartbeat_key(prefix), time.time_ns(), ex=ttl_s)
     for camera_id in camera_ids:
         pipe.expire(health_key(prefix, camera_id), ttl_s)
     if camera_ids:
@@ -93,3 +102,8 @@ def _details(raw: Any) -> dict[str, Any]:
     except ValueError:
         return {"detail": "unreadable health record"}
     return found if isinstance(found, dict) else {"detail": "unreadable health record"}
+
+
+def monitored(client: Any, prefix: str) -> bool:
+    """True while a camera-health service is refreshing its state."""
+    return bool(client.exists(heartbeat_key(prefix)))

@@ -1,12 +1,16 @@
-"""Liveness, readiness and Prometheus metrics of the alerts service."""
+"""Liveness, readiness and Prometheus metrics of the alerts service, and the cameras' health for the page."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from linewatch.alerts.routes.deps import Context, User
+from linewatch.alerts.health.state import health_details, monitored, recently_unhealthy
+from linewatch.alerts.routes.deps import Context, User, text
+from linewatch.common import cache_keys as ck
 
 
 def _livez() -> dict[str, str]:
@@ -31,10 +35,35 @@ def _protected_metrics(ctx: Context, _who: User) -> Response:
     return _metrics_body(ctx)
 
 
+def camera_health_row(camera_id: str, checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One camera's entry of ``/api/camera-health``: healthy, or its failing checks oldest first."""
+    failing = sorted(({"check": name, "detail": str(d.get("detail", "")), "since_ns": _nanoseconds(d.get("since_ns")),
+                       "value": d.get("value"), "threshold": d.get("threshold")} for name, d in checks.items()),
+                     key=lambda c: (c["since_ns"], c["check"]))
+    line = next((str(d["line_id"]) for d in checks.values() if d.get("line_id")), "")
+    return {"camera_id": camera_id, "line_id": line, "healthy": not failing, "checks": failing}
+
+
+def _nanoseconds(value: Any) -> int:
+    """A stored time, 0 when it is missing or not a number (a damaged record must not fail the page)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _camera_health(ctx: Context, _who: User) -> dict[str, Any]:
+    """Read-only: each camera's failing health checks (``linewatch camera-health``), and whether that service
+    is reporting at all. Cameras: those the detector saw, plus those with a recent health alert."""
+    cameras = sorted({text(c) for c in ctx.redis.smembers(ck.cameras_key(ctx.prefix))}
+                     | set(recently_unhealthy(ctx.redis, ctx.prefix)))
+    details = health_details(ctx.redis, ctx.prefix, cameras) if cameras else {}
+    return {"monitored": monitored(ctx.redis, ctx.prefix),
+            "cameras": [camera_health_row(camera, details[camera]) for camera in cameras]}
+
+
 def router(*, metrics_public: bool) -> APIRouter:
     """The routes; ``/metrics`` needs the bearer token unless ``metrics_public``."""
     routes = APIRouter()
     routes.get("/livez")(_livez)
     routes.get("/health")(_health)
     routes.get("/metrics")(_metrics_body if metrics_public else _protected_metrics)
+    routes.get("/api/camera-health")(_camera_health)
     return routes

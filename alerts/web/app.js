@@ -58,9 +58,9 @@ async function refreshLive() {
   grid.replaceChildren(...cards);
   old.forEach((u) => URL.revokeObjectURL(u));
   const rows = alerts.map((a) => {
-    const row = el("tr", { class: a.state, "data-alert": a.alert_id });
+    const row = el("tr", { class: a.state + (a.suspect ? " suspect" : ""), "data-alert": a.alert_id });
     const link = el("a", { href: "#/alert/" + encodeURIComponent(a.alert_id) }, a.camera_id);
-    const cells = [a.state, a.severity, a.line_id, null, time(a.start_ns), a.peak_score.toFixed(2),
+    const cells = [stateText(a), a.severity, a.line_id, null, time(a.start_ns), a.peak_score.toFixed(2),
       String(a.frame_count), a.ack ? a.ack.by : "—"];
     cells.forEach((text, i) => {
       const td = el("td", i === 1 ? { class: "sev-" + a.severity } : {}, text === null ? "" : text);
@@ -70,6 +70,7 @@ async function refreshLive() {
     return row;
   });
   $("alerts").querySelector("tbody").replaceChildren(...rows);
+  await refreshCameraHealth();
 }
 
 async function refreshAlert(alertId) {
@@ -82,8 +83,9 @@ async function refreshAlert(alertId) {
   $("ack-button").disabled = Boolean(a.ack);
   const facts = [["Line", a.line_id], ["Camera", a.camera_id], ["Severity", a.severity],
     ["Started", time(a.start_ns)], ["Ended", time(a.end_ns)], ["Peak score", a.peak_score.toFixed(3)],
-    ["Breaching frames", a.frame_count], ["Worst frame", "#" + a.worst_sequence]];
+    ["Breaching frames", a.frame_count], ["Worst frame", "#" + a.worst_sequence], ["Suspect", suspectText(a)]];
   $("alert-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
+  showSuspectBanner(a);
   if (!$("worst-heatmap").dataset.loaded) {
     releaseImages();
     await showImage($("worst-heatmap"), detail.heatmap_url);
@@ -97,6 +99,43 @@ async function refreshAlert(alertId) {
     }));
     $("frames").replaceChildren(...figures);
   }
+}
+
+// Camera health (GET /api/camera-health, from `linewatch camera-health`) and suspect defect alerts:
+// an alert raised while its camera was unhealthy may come from the camera fault, not from the parts.
+function stateText(a) { return a.suspect ? `${a.state} · suspect` : a.state; }
+function suspectText(a) {
+  return a.suspect ? "yes: camera unhealthy (" + a.suspect_checks.join(", ") + ")" : "no";
+}
+function showSuspectBanner(a) {
+  $("alert-suspect").hidden = !a.suspect;
+  $("alert-suspect").textContent = a.suspect ? "Suspect: the camera was unhealthy (" +
+    a.suspect_checks.join(", ") + ") while this alert was open; check the camera before the parts." : "";
+}
+
+function healthRow(cam) {
+  const row = el("tr", { class: cam.healthy ? "healthy" : "unhealthy", "data-camera": cam.camera_id });
+  const failing = cam.checks.map((c) => `${c.check}: ${c.detail} (since ${time(c.since_ns)})`).join("; ");
+  [cam.camera_id, cam.line_id || "—", cam.healthy ? "healthy" : "unhealthy", failing || "—"]
+    .forEach((text) => row.append(el("td", {}, text)));
+  return row;
+}
+
+function markUnhealthyCards(cameras) {
+  cameras.filter((cam) => !cam.healthy).forEach((cam) => {
+    const card = document.querySelector(`#cameras .card[data-camera="${CSS.escape(cam.camera_id)}"]`);
+    if (!card) return;
+    card.classList.add("unhealthy");
+    card.append(el("div", { class: "health" }, "unhealthy: " + cam.checks.map((c) => c.check).join(", ")));
+  });
+}
+
+async function refreshCameraHealth() {
+  const health = await (await api("/api/camera-health")).json();
+  $("health-monitor").textContent = health.monitored ? "" :
+    "The camera-health service is not reporting: no check is running, cameras are not known to be healthy.";
+  $("camera-health").querySelector("tbody").replaceChildren(...health.cameras.map(healthRow));
+  markUnhealthyCards(health.cameras);
 }
 
 async function acknowledge(event) {

@@ -88,8 +88,10 @@ def hot_spot(overlay_png: bytes) -> tuple[float, float, tuple[int, int]]:
     return float(xs.mean()), float(ys.mean()), (image.shape[1], image.shape[0])
 
 
-def seed_redis(client: Any, prefix: str, camera: str = "cam-7", line: str = "line-3") -> str:
-    """Write a camera's latest frame and heatmaps the detector's way, and one alert; returns its id."""
+def seed_redis(client: Any, prefix: str, camera: str = "cam-7", line: str = "line-3",
+               unhealthy: tuple[str, ...] = ()) -> str:
+    """Write a camera's latest frame and heatmaps the detector's way, and one alert (suspect when the camera
+    has ``unhealthy`` checks); returns its id."""
     from linewatch.alerts.history import AlertHistory
     from linewatch.alerts.rules import CameraState, step
     from linewatch.alerts.settings import RuleConfig
@@ -103,7 +105,7 @@ def seed_redis(client: Any, prefix: str, camera: str = "cam-7", line: str = "lin
         pipe.hset(key, mapping={**heatmap_fields(hot=(10 + 10 * seq, 20)), "normalised_score": score,
                                 "anomalous": int(score >= 0.5), "capture_ns": T0 + seq * FRAME_NS, "line_id": line})
         pipe.expire(key, 600)
-        state, events = step(state, frame(camera, seq, score, line=line, heatmap=key), rule)
+        state, events = step(state, frame(camera, seq, score, line=line, heatmap=key), rule, unhealthy=unhealthy)
         for event in events:
             history.stage_event(pipe, event)
     pipe.sadd(cache_keys.cameras_key(prefix), camera)

@@ -97,3 +97,68 @@ def test_page_shows_heatmaps_and_acknowledges(make_settings: Callable[..., Alert
         assert marks == [("cam-7", worst, "real_defect", "scratch", "operator", alert_id)]
     finally:
         server.stop()
+
+
+def test_page_shows_camera_health_and_suspect_alerts(make_settings: Callable[..., AlertsSettings],
+                                                     browser: object) -> None:
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from linewatch.alerts.health.checks import HealthEvent
+    from linewatch.alerts.health.state import heartbeat_key, record, refresh
+    from linewatch.common import cache_keys
+
+    driver: WebDriver = browser  # type: ignore[assignment]
+    port = free_port()
+    settings = make_settings(http=HttpSettings(enabled=True, host="127.0.0.1", port=port))
+    client, prefix = settings.redis.client(), settings.redis.key_prefix
+    alert_id = seed_redis(client, prefix, unhealthy=("exposure",))  # cam-7's alert fired while it was dark
+    client.sadd(cache_keys.cameras_key(prefix), "cam-8")  # a healthy camera the detector knows
+
+    def health(camera: str, check: str, status: str, detail: str) -> None:
+        """A transition written the way `linewatch camera-health` writes it."""
+        record(client, prefix, HealthEvent(check=check, status=status, camera_id=camera,  # type: ignore[arg-type]
+                                           line_id="line-3", alert_id=f"{camera}-{check}", value=0.0,
+                                           threshold=0.0, detail=detail, at_ns=time.time_ns()), ttl_s=300)
+
+    health("cam-7", "exposure", "firing", "dark share 0.93 >= 0.6")
+    health("cam-9", "silence", "firing", "no frame for 41 s")  # never reached the detector: known from health
+    refresh(client, prefix, ["cam-7", "cam-9"], 300)  # the service's heartbeat
+    server = start_server(settings, AlertsMetrics())
+    wait = WebDriverWait(driver, 20)
+
+    # Read in one script: the page re-renders every 2 s, so element handles go stale between calls.
+    def health_rows(d: WebDriver) -> dict[str, str]:
+        return dict(d.execute_script("return Array.from(document.querySelectorAll('#camera-health tbody tr'))"
+                                     ".map(r => [r.dataset.camera, r.innerText])"))
+
+    def text_of(d: WebDriver, selector: str) -> str:
+        return str(d.execute_script("const n = document.querySelector(arguments[0]); return n ? n.innerText : ''",
+                                    selector))
+
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        driver.find_element(By.ID, "token").send_keys(API_TOKEN)
+        driver.find_element(By.ID, "login").click()
+        rows = wait.until(lambda d: (r := health_rows(d)) and len(r) == 3 and r)
+        assert "unhealthy" in rows["cam-7"] and "exposure: dark share 0.93" in rows["cam-7"]
+        assert "unhealthy" in rows["cam-9"] and "silence" in rows["cam-9"]
+        assert "healthy" in rows["cam-8"] and "unhealthy" not in rows["cam-8"]
+        assert text_of(driver, "#health-monitor") == ""
+        wait.until(lambda d: "unhealthy: exposure" in text_of(d, "#cameras .card.unhealthy[data-camera='cam-7']"))
+        wait.until(lambda d: "firing · suspect" in text_of(d, f"tr.suspect[data-alert='{alert_id}']"))
+        # The health clears without a reload; the service stopping is shown, not taken for health.
+        health("cam-7", "exposure", "resolved", "")
+        wait.until(lambda d: "unhealthy" not in health_rows(d)["cam-7"])
+        client.delete(heartbeat_key(prefix))
+        wait.until(lambda d: "not reporting" in text_of(d, "#health-monitor"))
+        # The alert page says why the alert is suspect.
+        driver.execute_script(f"document.querySelector(\"tr[data-alert='{alert_id}'] a\").click()")
+        banner = wait.until(lambda d: text_of(d, "#alert-suspect"))
+        assert "camera was unhealthy (exposure)" in banner
+        assert "yes: camera unhealthy (exposure)" in driver.find_element(By.ID, "alert-facts").text
+    finally:
+        server.stop()

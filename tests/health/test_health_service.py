@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, Producer
 from linewatch.alerts.health.metrics import HealthMetrics
 from linewatch.alerts.health.service import HealthService
 from linewatch.alerts.health.settings import CheckConfig, ChecksSettings, HealthSettings, ScoreReference
-from linewatch.alerts.health.state import unhealthy_checks
+from linewatch.alerts.health.state import monitored, recently_unhealthy, unhealthy_checks
 from linewatch.common.images import list_train_good
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings
@@ -124,6 +124,13 @@ def test_healthy_replay_raises_nothing_and_a_blurred_one_raises_a_focus_alert(he
     client = settings.redis.client()
     assert list(unhealthy_checks(client, settings.redis.key_prefix, "blurred")) == ["focus"]
     assert unhealthy_checks(client, settings.redis.key_prefix, "healthy") == {}
+    # What the operator page reads: the service is reporting, and which cameras had a check firing.
+    assert monitored(client, settings.redis.key_prefix)
+    assert recently_unhealthy(client, settings.redis.key_prefix) == ["blurred"]
+    assert unhealthy_checks(client, settings.redis.key_prefix, "blurred")["focus"]["line_id"] == "line-1"
+    assert metrics.value("linewatch_camera_health_unhealthy", line="line-1", camera="healthy", check="focus") == 0
+    assert "healthy" in {s.labels["camera"] for m in metrics.registry.collect() for s in m.samples
+                         if s.name == "linewatch_camera_health_unhealthy"}  # a series at 0, not a gap
 
 
 def test_darkened_replay_raises_an_exposure_alert(health: Any) -> None:
