@@ -1,7 +1,8 @@
 """Load soak at 80% of the rated pipeline throughput: memory of each process, p99 latency, consumer lag.
 
-The rate comes from benchmarks/results/detector_pipeline.md (median "pipeline, frames/s", measured with the
-default 128 px efficientnet_lite0 model). Full size runs that model for 10 minutes; reduced size runs the tiny
+The rate comes from benchmarks/results/detector_pipeline.md ("line rating with its cameras, frames/s": the
+highest camera rate the line kept up with, cameras on the same host, measured with the default model).
+Full size runs that model for 10 minutes; reduced size runs the tiny
 64 px model for ~24 s at the same rate (the timing is not asserted there).
 
 Memory: RSS of each process is sampled every 2 s and reported over time. The first half of the run is
@@ -57,11 +58,14 @@ def memory_figures(series: dict[str, list[tuple[float, float]]]) -> dict[str, di
 
 
 def rated_fps() -> float:
-    """Median pipeline frames/s from the detector benchmark's results."""
+    """The line's rating from the detector benchmark's results: the highest total camera rate it kept up with
+    while its cameras ran on the same host (issue 12), else the median pipeline frames/s on a backlog."""
     text = (ROOT / "benchmarks" / "results" / "detector_pipeline.md").read_text()
-    row = re.search(r"\| pipeline, frames/s \|(.+)\|\s*$", text, re.MULTILINE)
-    assert row, "no 'pipeline, frames/s' row in benchmarks/results/detector_pipeline.md"
-    return float(row.group(1).split("|")[-1])
+    for label in ("line rating with its cameras, frames/s", "pipeline, frames/s"):
+        row = re.search(rf"^\| {re.escape(label)} \|(.+)\|\s*$", text, re.MULTILINE)
+        if row:
+            return float(row.group(1).split("|")[-1])
+    raise AssertionError("no rating row in benchmarks/results/detector_pipeline.md")
 
 
 def _lag(port: int) -> float:
@@ -136,7 +140,7 @@ def test_soak_at_80_percent_of_rated_throughput(bootstrap: str, redis_url: str, 
     period_ms = 1000 / fps
     valid_lags = [x for x in lags if x == x]
     figures = {"rated_fps": rated_fps(), "offered_fps": round(total_fps, 2), "cameras": CAMERAS,
-               "duration_s": duration_s, "model": "default efficientnet_lite0 128px" if FULL else "tiny 64px",
+               "duration_s": duration_s, "model": "default (TrainConfig) 1 epoch" if FULL else "tiny 64px",
                "results": len(results.items), "memory": memory_figures(series),
                "p50_ms": round(float(np.percentile(latencies, 50)), 1),
                "p99_ms": round(float(np.percentile(latencies, 99)), 1), "two_periods_ms": round(2 * period_ms, 1),
