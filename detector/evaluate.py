@@ -9,6 +9,10 @@ Pixel scores are streamed into binned histograms (:mod:`detector.pixel_metrics`)
 pixel AUROC and AUPRO is computed and stored beside them.
 
 Image verdicts use the model's own rule (``Prediction.anomalous``: score >= calibrated threshold).
+
+``roi``: one camera's regions (``linewatch evaluate --roi FILE``) applied to every test image through
+the model's own head, as the detector applies them, so the metrics show what an ignore mask costs or
+gains: masked cells score 0 in the image score and in the pixel maps.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from linewatch.detector.evaluation import Evaluation
 from linewatch.detector.metrics import auroc, best_f1, f1_score, recall_at_false_alarm_rate, roc_curve
 from linewatch.detector.pixel_metrics import DEFAULT_BINS, PixelAccumulator, quantile_edges
 from linewatch.detector.report import write_report
+from linewatch.detector.roi import CameraMasks, RoiConfig
 
 if TYPE_CHECKING:
     from linewatch.detector.inference import InferenceModel
@@ -38,12 +43,15 @@ OPERATING_POINTS = (0.01, 0.001)  # image false-alarm rates plants run at
 EDGE_SAMPLE = 4_000_000  # model-size map values used to place the histogram bin edges
 
 
-def _predict_all(model: InferenceModel, records: list[ImageRecord],
-                 batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+def _predict_all(model: InferenceModel, records: list[ImageRecord], batch_size: int,
+                 roi: RoiConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
     scores, flagged, maps, shapes = [], [], [], []
+    regions = CameraMasks({"evaluate": roi} if roi is not None else {})  # one mask per image size
     for start in range(0, len(records), batch_size):
         images = [load_rgb(r.path) for r in records[start:start + batch_size]]
-        prediction = model.predict(images)
+        masks = regions.batch([("evaluate", (i.shape[0], i.shape[1])) for i in images], model.image_size,
+                              model.metadata.resize_mode)
+        prediction = model.predict(images) if masks is None else model.predict(images, masks=masks)
         scores.append(np.asarray(prediction.image_scores, np.float64))
         flagged.append(np.asarray(prediction.anomalous, bool))
         maps.append(np.asarray(prediction.maps, np.float32))
@@ -67,24 +75,24 @@ def _finite(value: float) -> float | None:
 
 
 def evaluate(model: InferenceModel, data_dir: str | Path, out_dir: str | Path, batch_size: int = 16, *,
-             n_bins: int = DEFAULT_BINS, report: bool = True) -> dict[str, Any]:
+             n_bins: int = DEFAULT_BINS, report: bool = True, roi: RoiConfig | None = None) -> dict[str, Any]:
     """Run ``model`` on ``data_dir/test``; write ``metrics.json`` (and ``report.html``) to ``out_dir``.
 
     Returns:
         The metrics dict written to ``metrics.json`` (undefined metrics are ``None``).
     """
-    return run_evaluation(model, data_dir, out_dir, batch_size, n_bins=n_bins, report=report).metrics
+    return run_evaluation(model, data_dir, out_dir, batch_size, n_bins=n_bins, report=report, roi=roi).metrics
 
 
 def run_evaluation(model: InferenceModel, data_dir: str | Path, out_dir: str | Path, batch_size: int = 16, *,
-                   n_bins: int = DEFAULT_BINS, report: bool = True) -> Evaluation:
+                   n_bins: int = DEFAULT_BINS, report: bool = True, roi: RoiConfig | None = None) -> Evaluation:
     """As :func:`evaluate`, returning the full :class:`Evaluation` (curves, scores, maps)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     records = list_test(data_dir)
     started = time.perf_counter()
-    scores, flagged, maps, shapes = _predict_all(model, records, batch_size)
+    scores, flagged, maps, shapes = _predict_all(model, records, batch_size, roi)
     inference_s = time.perf_counter() - started
     pixels = _pixel_groups(model, records, maps, shapes, n_bins)
     pixel_s = time.perf_counter() - started - inference_s
@@ -95,6 +103,7 @@ def run_evaluation(model: InferenceModel, data_dir: str | Path, out_dir: str | P
                "settings": {"data_dir": str(data_dir.resolve()), "resolution": "image (map resized to each test image)",
                             "resize_mode": model.metadata.resize_mode, "aupro_fpr_limit": 0.3,
                             "batch_size": batch_size, "image_rule": "anomalous if score >= image_threshold",
+                            "roi": roi.model_dump(mode="json") if roi is not None else None,
                             "model": model.metadata.to_dict()},
                "timing_s": {"inference": round(inference_s, 3), "pixel_metrics": round(pixel_s, 3)}}
     out_dir.mkdir(parents=True, exist_ok=True)

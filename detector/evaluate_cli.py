@@ -21,12 +21,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from linewatch.detector.checkpoint import CheckpointError
     from linewatch.detector.device import DeviceError
     from linewatch.detector.evaluate import evaluate
+    from linewatch.ingest.regions import load_roi_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        roi = load_roi_file(args.roi) if args.roi else None  # before the model: a bad file fails fast
         model = load_model(args.model, args.backend, args.device, threads=args.threads)
-        metrics = evaluate(model, args.data_dir, args.report, batch_size=args.batch_size)
+        metrics = evaluate(model, args.data_dir, args.report, batch_size=args.batch_size, roi=roi)
     except (CheckpointError, DataError, DeviceError, FileNotFoundError, ValueError) as exc:
         print(f"linewatch evaluate: {exc}", file=sys.stderr)
         return 2
@@ -58,4 +60,6 @@ def register_evaluate(subparsers: Any) -> None:
     parser.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="torch",
                         help="model runtime (auto: the fastest measured here); an export folder implies openvino")
+    parser.add_argument("--roi", metavar="FILE", help="regions of interest / ignore masks (YAML or JSON, a camera's "
+                        "`roi` shape: units, include, exclude) applied to every test image, to measure their effect")
     parser.set_defaults(func=_evaluate)

@@ -17,8 +17,10 @@ the detector applies them (``detector/roi.py``) and the operator page draws them
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Point = tuple[float, float]
@@ -83,3 +85,21 @@ def describe_roi_error(exc: ValidationError) -> str:
         where = ".".join(["roi", *(str(item) for item in error["loc"])])
         parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
+
+
+def load_roi_file(path: str | Path) -> RoiConfig:
+    """One camera's regions from a YAML or JSON file: the ``roi`` mapping itself, or a mapping with an
+    ``roi`` key (a camera entry pasted from the cameras file). Any problem is a :class:`RoiError`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RoiError(f"{path}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("roi"), dict):
+        data = data["roi"]
+    if not isinstance(data, dict):
+        raise RoiError(f"{path}: expected a region mapping (units, include, exclude, ...), got {type(data).__name__}")
+    try:
+        return RoiConfig.model_validate(data)
+    except ValidationError as exc:
+        raise RoiError(f"{path}: {describe_roi_error(exc)}") from None
