@@ -107,6 +107,9 @@ def prometheus_config(tmp: Path, ports: dict[str, int]) -> Path:
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     targets = {"linewatch-detector": ports["detector"], "linewatch-alerts": ports["alerts"],
                "linewatch-camera": ports["camera"], "prometheus": ports["prometheus"]}
+    # Not run by this stream (their rules have promtool unit tests): their jobs are left out.
+    config["scrape_configs"] = [job for job in config["scrape_configs"]
+                                if job["job_name"] not in {"linewatch-verdicts", "linewatch-camera-health"}]
     for job in config["scrape_configs"]:
         job.pop("dns_sd_configs", None)
         job["static_configs"] = [{"targets": [f"127.0.0.1:{targets.pop(job['job_name'])}"]}]

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 
 PROBE_PATHS = {"detect": {"livenessProbe": "/healthz", "readinessProbe": "/readyz"},
                "alerts": {"livenessProbe": "/livez", "readinessProbe": "/health"},
-               "camera": {"livenessProbe": "/metrics"}, "audit": {}}
+               "camera": {"livenessProbe": "/metrics"}, "audit": {}, "verdicts": {"livenessProbe": "/metrics"},
+               "camera-health": {"livenessProbe": "/metrics"}}
 SECRETS = K8S / "secrets"
 PEM = "-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n"
 
@@ -111,7 +112,7 @@ def test_topics_are_strimzi_v1_where_the_topic_operator_watches(deploy_checks: P
     # Strimzi's bootstrap Service: <cluster>-kafka-bootstrap.<namespace>.svc
     match = re.match(r"^(?P<cluster>[a-z0-9-]+)-kafka-bootstrap\.(?P<namespace>[a-z0-9-]+)\.svc", bootstrap)
     assert match, bootstrap
-    assert len(topics) == 6
+    assert len(topics) == 7
     for topic in topics:
         assert topic["apiVersion"] == "kafka.strimzi.io/v1", topic["metadata"]["name"]
         assert topic["metadata"]["namespace"] == match["namespace"], topic["metadata"]
@@ -239,7 +240,7 @@ def test_containers_match_cli_settings_and_probes(overlay: str, deploy_checks: P
     docs = app(deploy_checks, overlay)
     containers = linewatch_containers(docs)
     assert {name for name, _ in containers} == {"linewatch-detector", "linewatch-alerts", "linewatch-camera-sim",
-                                                "linewatch-audit"}
+                                                "linewatch-audit", "linewatch-verdicts", "linewatch-camera-health"}
     for name, container in containers:
         args = build_parser().parse_args(container["args"])
         cls = settings_classes()[COMMAND_SETTINGS[args.command]]
@@ -263,6 +264,12 @@ def test_containers_match_cli_settings_and_probes(overlay: str, deploy_checks: P
             assert get["path"] == path and ports[get["port"]] == served, (name, probe)
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert str(Path(settings.kafka.ssl_ca_location).parent) in mounts
+        if args.command == "verdicts":  # the plant broker's CA is mounted where the settings look for it
+            assert settings.mqtt.tls and str(Path(settings.mqtt.tls_ca_file).parent) in mounts
+        if args.command == "camera-health":  # the drift reference is the model the init container copies
+            assert settings.reference_checkpoints == [one(docs, "ConfigMap", "linewatch-detector")["data"][
+                "LINEWATCH_MODEL"]]
+            assert str(Path(settings.reference_checkpoints[0]).parent) in mounts
 
 
 def test_keda_caps_replicas_at_the_partition_count(deploy_checks: Path) -> None:
@@ -296,3 +303,27 @@ def test_topics_match_the_compose_topic_job(deploy_checks: Path) -> None:
         assert topic["spec"]["config"]["compression.type"] == compose[name]["compression.type"]
         if "retention.ms" in compose[name] and compose[name]["retention.ms"].isdigit():
             assert topic["spec"]["config"]["retention.ms"] == int(compose[name]["retention.ms"])
+
+
+# --- issue 17: verdicts and camera-health -----------------------------------------------------------
+
+def test_camera_health_writes_to_a_managed_topic_and_copies_the_model_like_the_detector(deploy_checks: Path) -> None:
+    docs = app(deploy_checks)
+    health = one(docs, "ConfigMap", "linewatch-camera-health")["data"]
+    topics = {t["metadata"]["name"] for t in find(load_rendered(deploy_checks / "topics.yaml"), "KafkaTopic")}
+    assert health["LINEWATCH_HEALTH_TOPIC"] in topics, "with ACLs the service may not create its own topic"
+    spec = pod_spec(one(docs, "Deployment", "linewatch-camera-health"))
+    detector_init = pod_spec(one(docs, "Deployment", "linewatch-detector"))["initContainers"][0]
+    assert spec["initContainers"][0]["image"] == detector_init["image"]  # one model tag for both
+    assert spec["initContainers"][0]["command"] == detector_init["command"]
+    deployment = one(docs, "Deployment", "linewatch-camera-health")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_verdicts_are_never_interrupted_by_a_rollout(deploy_checks: Path) -> None:
+    deployment = one(app(deploy_checks), "Deployment", "linewatch-verdicts")
+    rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate" and rolling["maxUnavailable"] == 0
+    verdicts = one(app(deploy_checks), "ConfigMap", "linewatch-verdicts")["data"]
+    assert verdicts["LINEWATCH_DEADLINES__LATE_POLICY"] == "reject", "a late part must fail safe"
+    assert "LINEWATCH_MQTT__PASSWORD" in secret_example_keys()["linewatch-verdicts-credentials"]

@@ -46,6 +46,8 @@ def test_every_alert_has_a_firing_and_a_quiet_promtool_case(deploy_checks: Path)
     quiet = {case["alertname"] for case in cases if not case.get("exp_alerts")}
     names = alert_names()
     assert {"LinewatchCameraDown", "LinewatchCameraGone", "LinewatchCameraAbsent"} <= set(names)
+    assert {"LinewatchVerdictsDown", "LinewatchVerdictsStalled", "LinewatchVerdictSinkFailing",
+            "LinewatchVerdictsLate", "LinewatchCameraHealthDown", "LinewatchCameraHealthStalled"} <= set(names)
     assert not set(names) - fired, f"never tested firing: {sorted(set(names) - fired)}"
     assert not set(names) - quiet, f"never tested quiet: {sorted(set(names) - quiet)}"
     assert not (fired | quiet) - set(names), "tests name an alert that does not exist"
@@ -67,6 +69,8 @@ def test_podmonitor_jobs_are_the_jobs_the_rules_select(deploy_checks: Path, tmp_
     compose_jobs = {c["job_name"] for c in yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())[
         "scrape_configs"]}
     assert rule_jobs() <= set(jobs.values()) and rule_jobs() <= compose_jobs, (jobs, rule_jobs())
+    assert {"linewatch-verdicts", "linewatch-camera-health"} <= rule_jobs()
+    assert all(jobs[name] == name for name in ("linewatch-verdicts", "linewatch-camera-health")), jobs
     detector, camera = jobs["linewatch-detector"], jobs["linewatch-camera-sim"]
     # The rules under the PodMonitor's own labels: a healthy detector does not page, a dead one does.
     target = 'namespace="linewatch", endpoint="metrics", instance="{instance}", pod="{pod}", container="{container}"'
@@ -108,3 +112,37 @@ def test_prometheus_rule_is_generated_from_the_rule_files(deploy_checks: Path) -
     groups = [g for name in files for g in yaml.safe_load((RULES / name).read_text())["groups"]]
     assert rule["spec"]["groups"] == groups
     assert rule["metadata"]["namespace"] == "linewatch"
+
+
+# --- issue 17: verdict and camera-health alerts reach the people who act on them ---------------------
+
+ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
+
+
+def receivers(*labels: str) -> list[str]:
+    """Receivers the committed Alertmanager routes an alert with ``labels`` to (amtool's route test)."""
+    result = run_tool(["amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels])
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(",")
+
+
+@pytest.mark.parametrize(("labels", "expected"), [
+    # Gates reject every part while no verdict arrives: the line is paged, the platform team fixes it.
+    (["alertname=LinewatchVerdictsDown", "severity=critical"], ["line-operators-page", "platform-team"]),
+    (["alertname=LinewatchVerdictSinkFailing", "sink=opcua_plc"], ["line-operators-page", "platform-team"]),
+    (["alertname=LinewatchVerdictsLate", "camera=cam-1"], ["line-operators"]),
+    (["alertname=LinewatchCameraHealthDown"], ["platform-team"]),
+    # Camera faults from the service go to the line, never to the defect page.
+    (["alertname=LinewatchCameraHealth", "kind=camera_health", "check=focus", "severity=critical"],
+     ["line-operators"]),
+    (["alertname=LinewatchDefect", "severity=critical"], ["line-operators-page"]),
+], ids=["verdicts-down", "sink-failing", "late", "camera-health-down", "camera-fault", "defect-unchanged"])
+def test_alertmanager_routes_verdict_and_camera_health_alerts(labels: list[str], expected: list[str],
+                                                              deploy_checks: Path) -> None:
+    assert receivers(*labels) == expected
+
+
+def test_camera_faults_are_grouped_per_check() -> None:
+    routes = yaml.safe_load(ALERTMANAGER.read_text())["route"]["routes"]
+    health = next(r for r in routes if r["matchers"] == ['alertname="LinewatchCameraHealth"'])
+    assert {"camera", "check"} <= set(health["group_by"]), "a focus and a drift alert must not merge"
