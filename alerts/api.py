@@ -77,7 +77,8 @@ def api_context(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = 
                            retention_s=settings.alert_retention_s, recent=settings.recent_alerts,
                            open_ttl_s=settings.state_ttl_s)
     return ApiContext(redis=redis, state_client=state_client, prefix=prefix, history=history, metrics=metrics,
-                      tokens=api_tokens(settings))
+                      tokens=api_tokens(settings),
+                      regions={camera: roi.normalised() for camera, roi in settings.regions().items()})
 
 
 def add_routes(app: FastAPI, router: APIRouter) -> None:

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
 from linewatch.detector.registry.settings import RegistryConfig
+from linewatch.ingest.fleet import CameraRegionsSettings
 
 _RNG = random.SystemRandom()
 MIN_TOKEN_BITS = 256  # 32 random bytes' worth
@@ -157,7 +158,7 @@ class HttpSettings(BaseModel):
                                                             "a port that is not published; see alerts/README.md).")
 
 
-class AlertsSettings(BaseSettings):
+class AlertsSettings(BaseSettings, CameraRegionsSettings):
     """Everything ``linewatch alerts`` needs."""
 
     model_config = settings_config()

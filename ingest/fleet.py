@@ -20,10 +20,10 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from linewatch.common.settings import describe_validation_error
 from linewatch.ingest.camera import CameraStats, run_camera
@@ -142,3 +142,37 @@ def run_fleet(cameras: list[CameraSettings], *, metrics: CameraMetrics | None = 
         while thread.is_alive():
             thread.join(timeout=0.5)
     return results
+
+
+class CameraRegionsSettings(BaseModel):
+    """Where a service finds each camera's regions (a mixin of the detector's and the operator API's
+    settings, so both read the same ``LINEWATCH_CAMERA_REGIONS_FILE`` / ``LINEWATCH_CAMERA_REGIONS``)."""
+
+    camera_regions_file: Path | None = Field(
+        default=None, description="The cameras file (`linewatch cameras --config FILE`): each camera's `roi` "
+        "(regions of interest / ignore masks) is applied to its frames and drawn on the operator page. Read "
+        "once at start-up; a bad polygon stops the service with an error naming the camera.")
+    camera_regions: dict[str, RoiConfig] = Field(
+        default_factory=dict, description="Regions per camera as JSON (the `roi` shape, ingest/regions.py), e.g. "
+        '{"cam-1": {"exclude": [[[0, 0], [0.2, 0], [0.2, 0.1], [0, 0.1]]]}}; an entry here replaces that '
+        "camera's entry of camera_regions_file.")
+
+    _file_regions: dict[str, RoiConfig] = PrivateAttr(default_factory=dict)
+
+    @field_validator("camera_regions_file")
+    @classmethod
+    def _regions_file_readable(cls, value: Path | None) -> Path | None:
+        # checked here, so a bad file is one clear error naming the setting before anything starts
+        if value is not None:
+            load_fleet_regions(value)  # FleetConfigError is a ValueError
+        return value
+
+    @model_validator(mode="after")
+    def _read_regions_file(self) -> Self:
+        if self.camera_regions_file is not None:
+            self._file_regions = load_fleet_regions(self.camera_regions_file)
+        return self
+
+    def regions(self) -> dict[str, RoiConfig]:
+        """Each camera's regions: the cameras file's, replaced per camera by ``camera_regions``."""
+        return {**self._file_regions, **self.camera_regions}

@@ -77,3 +77,13 @@ def cameras(ctx: Context, _who: User) -> list[dict[str, Any]]:
 def overlay(camera_id: str, sequence: int, ctx: Context, _who: User) -> Response:
     """One frame's heatmap overlay."""
     return overlay_png(ctx.redis, ck.heatmap_key(ctx.prefix, camera_id, sequence))
+
+
+@router.get("/api/cameras/{camera_id}/regions")
+def regions(camera_id: str, ctx: Context, _who: User) -> dict[str, Any]:
+    """The camera's regions of interest / ignore masks in normalised (0..1) frame coordinates, as the
+    detector applies them (``LINEWATCH_CAMERA_REGIONS_FILE`` / ``LINEWATCH_CAMERA_REGIONS``); a camera
+    without regions has empty lists (its whole frame counts)."""
+    roi = ctx.regions.get(camera_id)
+    return {"camera_id": camera_id, "units": "normalised",
+            "include": roi.include if roi is not None else [], "exclude": roi.exclude if roi is not None else []}

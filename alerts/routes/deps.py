@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -26,6 +26,7 @@ class ApiContext:
     history: AlertHistory
     metrics: AlertsMetrics
     tokens: dict[str, str]
+    regions: dict[str, Any] = field(default_factory=dict)  # camera -> RoiConfig in normalised units (page drawing)
 
 
 def context(request: Request) -> ApiContext:

@@ -42,6 +42,39 @@ function ackText(alert) {
     (alert.ack.note ? ` (${alert.ack.note})` : "") : "not acknowledged";
 }
 
+// Regions of interest (GET /api/cameras/{id}/regions, normalised 0..1): drawn as an SVG over the heatmap,
+// ignore masks shaded, included regions outlined. Fetched once per camera: they change only on a restart.
+const SVG_NS = "http://www.w3.org/2000/svg";
+const regionsByCamera = new Map();
+function cameraRegions(camera) {
+  if (!regionsByCamera.has(camera)) {
+    regionsByCamera.set(camera, api("/api/cameras/" + encodeURIComponent(camera) + "/regions")
+      .then((r) => r.json()).catch(() => { regionsByCamera.delete(camera); return null; }));
+  }
+  return regionsByCamera.get(camera);
+}
+async function withRegions(img, camera) {
+  const regions = await cameraRegions(camera);
+  if (!regions || (!regions.include.length && !regions.exclude.length)) return img;
+  const svg = document.createElementNS(SVG_NS, "svg");
+  Object.entries({ class: "regions", viewBox: "0 0 1 1", preserveAspectRatio: "none" })
+    .forEach(([k, v]) => svg.setAttribute(k, v));
+  Object.assign(svg.style, { position: "absolute", left: "0", top: "0", width: "100%", height: "100%",
+    pointerEvents: "none" });
+  const shapes = [["roi-include", regions.include, "none", "#3fb950"], ["roi-exclude", regions.exclude, "#000", "#8b949e"]];
+  shapes.forEach(([kind, polygons, fill, stroke]) => polygons.forEach((points) => {
+    const polygon = document.createElementNS(SVG_NS, "polygon");
+    Object.entries({ class: kind, points: points.map(([x, y]) => `${x},${y}`).join(" "), fill, "fill-opacity": "0.45",
+      stroke, "stroke-width": "2", "vector-effect": "non-scaling-stroke" }).forEach(([k, v]) => polygon.setAttribute(k, v));
+    svg.append(polygon);
+  }));
+  const frame = el("div", { class: "overlay-frame" });
+  frame.style.position = "relative";
+  img.style.display = "block";
+  frame.append(img, svg);
+  return frame;
+}
+
 async function refreshLive() {
   const [cameras, alerts] = await Promise.all([
     api("/api/cameras").then((r) => r.json()), api("/api/alerts?limit=100").then((r) => r.json())]);
@@ -51,7 +84,7 @@ async function refreshLive() {
     const card = el("div", { class: "card" + (cam.anomalous ? " anomalous" : ""), "data-camera": cam.camera_id });
     const img = el("img", { alt: "heatmap of " + cam.camera_id, class: "overlay" });
     await showImage(img, cam.overlay_url);
-    card.append(img, el("div", {}, `${cam.line_id} / ${cam.camera_id} · #${cam.sequence}`),
+    card.append(await withRegions(img, cam.camera_id), el("div", {}, `${cam.line_id} / ${cam.camera_id} · #${cam.sequence}`),
       el("div", { class: "score" }, cam.normalised_score.toFixed(2)));
     return card;
   }));

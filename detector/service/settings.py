@@ -6,20 +6,19 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
 from linewatch.detector.registry.settings import RegistryConfig, RoutingConfig
-from linewatch.ingest.fleet import load_fleet_regions
-from linewatch.ingest.regions import RoiConfig
+from linewatch.ingest.fleet import CameraRegionsSettings
 from linewatch.ingest.wire import CAMERA_ID_PATTERN, MAX_PIXELS, MAX_SIDE
 
 DecodeMode = Literal["cpu", "gpu", "auto"]
 
 
-class DetectorSettings(BaseSettings):
+class DetectorSettings(BaseSettings, CameraRegionsSettings):
     """Everything ``linewatch detect`` and :func:`detector.service.run_detector` need."""
 
     model_config = settings_config()
@@ -83,14 +82,6 @@ class DetectorSettings(BaseSettings):
     camera_thresholds: dict[str, float] = Field(
         default_factory=dict, description="Per-camera image thresholds (raw score), e.g. from `linewatch calibrate "
         "--print-threshold` on that camera's good frames; other cameras use the model's calibrated threshold.")
-    camera_regions_file: Path | None = Field(
-        default=None, description="The cameras file (`linewatch cameras --config FILE`): each camera's `roi` "
-        "(regions of interest / ignore masks) is applied to its frames. Read once at start-up; a bad polygon "
-        "stops the detector with an error naming the camera.")
-    camera_regions: dict[str, RoiConfig] = Field(
-        default_factory=dict, description="Regions per camera as JSON (the `roi` shape, ingest/regions.py), e.g. "
-        '{"cam-1": {"exclude": [[[0, 0], [0.2, 0], [0.2, 0.1], [0, 0.1]]]}}; an entry here replaces that '
-        "camera's entry of camera_regions_file.")
     delivery_retries: int = Field(default=3, ge=0, description="Re-sends of an output whose delivery failed.")
     output_max_bytes: int = Field(default=1_000_000, ge=1000, description="Largest output record (librdkafka "
                                   "message.max.bytes); outputs that cannot fit are dead-lettered, cut to fit.")
@@ -102,19 +93,6 @@ class DetectorSettings(BaseSettings):
         if bad:
             raise ValueError(f"camera ids {bad[:5]} do not match {CAMERA_ID_PATTERN}")
         return value
-
-    _file_regions: dict[str, RoiConfig] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _regions_file_readable(self) -> DetectorSettings:
-        # read here, so a bad file is one clear error before anything starts (FleetConfigError is a ValueError)
-        if self.camera_regions_file is not None:
-            self._file_regions = load_fleet_regions(self.camera_regions_file)
-        return self
-
-    def regions(self) -> dict[str, RoiConfig]:
-        """Each camera's regions: the cameras file's, replaced per camera by ``camera_regions``."""
-        return {**self._file_regions, **self.camera_regions}
 
     def consumer_config(self) -> dict[str, Any]:
         """librdkafka consumer settings (see docs in service.py for why each is set)."""

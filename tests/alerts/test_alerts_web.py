@@ -162,3 +162,43 @@ def test_page_shows_camera_health_and_suspect_alerts(make_settings: Callable[...
         assert "yes: camera unhealthy (exposure)" in driver.find_element(By.ID, "alert-facts").text
     finally:
         server.stop()
+
+
+def test_page_draws_the_camera_regions_over_the_heatmap(make_settings: Callable[..., AlertsSettings],
+                                                         browser: object) -> None:
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver: WebDriver = browser  # type: ignore[assignment]
+    port = free_port()
+    # pixel units of a 64x64 snapshot: the page gets them normalised, as the detector applies them
+    label = {"units": "pixels", "frame_size": (64, 64), "exclude": [[(0, 0), (16, 0), (16, 16), (0, 16)]],
+             "include": [[(0, 0), (64, 0), (64, 48), (0, 48)]]}
+    settings = make_settings(http=HttpSettings(enabled=True, host="127.0.0.1", port=port),
+                             camera_regions={"cam-7": label})
+    seed_redis(settings.redis.client(), settings.redis.key_prefix)
+    server = start_server(settings, AlertsMetrics())
+    polygons = ("return Array.from(document.querySelectorAll(\"#cameras [data-camera='cam-7'] svg.regions polygon\"))"
+                ".map(p => [p.getAttribute('class'), p.getAttribute('points')])")
+    try:
+        headers = {"Authorization": f"Bearer {API_TOKEN}"}
+        other = httpx.get(f"http://127.0.0.1:{port}/api/cameras/cam-8/regions", headers=headers).json()
+        assert (other["include"], other["exclude"]) == ([], [])  # no regions: the whole frame counts
+        assert httpx.get(f"http://127.0.0.1:{port}/api/cameras/cam-7/regions").status_code == 401
+        driver.get(f"http://127.0.0.1:{port}/")
+        driver.find_element(By.ID, "token").send_keys(API_TOKEN)
+        driver.find_element(By.ID, "login").click()
+        drawn = WebDriverWait(driver, 20).until(lambda d: d.execute_script(polygons))
+        assert sorted(drawn) == [["roi-exclude", "0,0 0.25,0 0.25,0.25 0,0.25"],
+                                 ["roi-include", "0,0 1,0 1,0.75 0,0.75"]]
+        # drawn over the heatmap itself: the outline's box is the overlay image's box
+        boxes = driver.execute_script(
+            "const card = document.querySelector(\"#cameras [data-camera='cam-7']\");"
+            "const a = card.querySelector('img.overlay').getBoundingClientRect(),"
+            " b = card.querySelector('svg.regions').getBoundingClientRect();"
+            "return [a.left, a.top, a.width, a.height, b.left, b.top, b.width, b.height].map(Math.round)")
+        assert boxes[:4] == boxes[4:] and boxes[2] > 0
+    finally:
+        server.stop()
