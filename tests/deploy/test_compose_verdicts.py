@@ -3,8 +3,10 @@ Mosquitto, by running the compose start-up script and configuration with the Deb
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import threading
@@ -15,7 +17,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from deploy_helpers import DEPLOY, TEST_SECRETS, load_compose
+from deploy_helpers import DEPLOY, TEST_SECRETS, compose_env, load_compose
+from deploy_tools import run_tool
 
 from linewatch.alerts.verdicts.settings import MqttSettings
 from linewatch.deploy.cli import build_parser
@@ -52,6 +55,24 @@ def test_camera_health_reads_the_detectors_checkpoint_and_posts_to_alertmanager(
     assert args.reference_checkpoint == [detector["environment"]["LINEWATCH_MODEL"]]
     assert any(v.endswith(":/models:ro") for v in health["volumes"])
     assert health["depends_on"]["redis"] == {"condition": "service_healthy"}  # suspect marking lives in Redis
+
+
+@pytest.mark.integration
+def test_readmes_plant_broker_override_is_valid_compose(tmp_path: Path) -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    section = readme[readme.index("## Verdicts to the plant"):]
+    override = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert override, "the README's compose.override.yaml example"
+    shutil.copytree(DEPLOY / "compose", tmp_path / "compose")
+    (tmp_path / "compose" / "compose.override.yaml").write_text(override.group(1))
+    env_file = tmp_path / "test.env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in compose_env().items()))
+    result = run_tool(["docker-compose", "-f", "compose.yaml", "-f", "compose.override.yaml", "--env-file",
+                       str(env_file), "config", "--format", "json"], cwd=tmp_path / "compose")
+    assert result.returncode == 0, result.stderr
+    verdicts = json.loads(result.stdout)["services"]["verdicts"]
+    assert verdicts["environment"]["LINEWATCH_MQTT__HOST"] != "mosquitto"
+    assert "mosquitto" not in verdicts["depends_on"], "--scale mosquitto=0 would still start it"
 
 
 # --- the bundled Mosquitto, run for real --------------------------------------------------------------
