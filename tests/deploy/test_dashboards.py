@@ -38,6 +38,11 @@ def datasource_refs(node: Any) -> Iterator[dict[str, Any]]:
             yield from datasource_refs(item)
 
 
+def queried_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """The panels that query (rows only group them)."""
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
 def test_dashboards_have_unique_uids_panel_ids_and_resolving_datasources() -> None:
     dashboards = load_dashboards()
     uids = [d["uid"] for d in dashboards]
@@ -52,7 +57,7 @@ def test_dashboards_have_unique_uids_panel_ids_and_resolving_datasources() -> No
         variables = {v["name"]: v for v in dashboard["templating"]["list"]}
         assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
         assert not provisioned_datasource_uids() & set(json.dumps(dashboard).split('"')), "a hard-coded uid"
-        for panel in dashboard["panels"]:
+        for panel in queried_panels(dashboard):
             assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"]), panel["title"]
             ref_ids = [t["refId"] for t in panel["targets"]]
             assert len(ref_ids) == len(set(ref_ids))
@@ -63,6 +68,31 @@ def test_dashboards_have_unique_uids_panel_ids_and_resolving_datasources() -> No
             mine = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
             assert not cells & mine, f"panel {panel['title']!r} overlaps another"
             cells |= mine
+
+
+def test_camera_health_row_has_a_panel_per_check_on_the_real_metric_names() -> None:
+    """Each health check's panel queries the metric the camera-health service really exports (issue 17)."""
+    import re
+
+    from linewatch.alerts.health.checks import CHECKS
+    from linewatch.alerts.health.metrics import HealthMetrics
+
+    dashboard = next(d for d in load_dashboards() if d["uid"] == "linewatch-line")
+    panels = dashboard["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == "Camera health")
+    row = panels[start + 1:]
+    row = row[:next((i for i, p in enumerate(row) if p["type"] == "row"), len(row))]
+    exported = {m.name for m in HealthMetrics().registry.collect()}
+    queried = {name for p in row for t in p["targets"] for name in re.findall(r"linewatch_[a-z_]+", t["expr"])}
+    assert queried and queried <= exported, queried - exported
+    # The check each panel shows is named first in its title; the overview shows every check's state.
+    titles = {p["title"].split(":")[0].split(" ")[0].lower() for p in row}
+    assert set(CHECKS) - {"drift"} <= titles and "score" in titles, titles
+    assert any("linewatch_camera_health_unhealthy" in t["expr"] for p in row for t in p["targets"])
+    for panel in row:
+        for target in panel["targets"]:
+            assert 'line=~"$line"' in target["expr"] and 'camera=~"$camera"' in target["expr"], target["expr"]
+    assert row[0]["gridPos"]["y"] > panels[start]["gridPos"]["y"]
 
 
 def test_provider_points_at_the_mounted_dashboard_folder() -> None:

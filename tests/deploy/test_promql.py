@@ -2,8 +2,9 @@
 
 A short stream on the local broker: two cameras sending synthetic parts (half defective) and one
 camera whose size guard rejects every frame (camera drops), a detector with a tiny model, the
-alerts service delivering to a real Alertmanager (started with the committed config), one garbage
-record (a dead letter). Prometheus runs the committed prometheus.yml and rules with 1 s intervals.
+alerts service delivering to a real Alertmanager (started with the committed config), the camera-health
+service (so the dashboard's camera-health row is checked against the metrics it really exports), one
+garbage record (a dead letter). Prometheus runs the committed prometheus.yml and rules with 1 s intervals.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from stream_helpers import (
     Running,
     create_topics,
     produce_garbage,
+    prometheus_config,
     query,
     start_alertmanager,
-    start_prometheus,
+    wait_http,
 )
 
 from linewatch.deploy.dashboards import load_dashboards
 from linewatch.deploy.local import free_port
 
+HEALTH_JOB = "linewatch-camera-health"
 pytestmark = pytest.mark.skipif(not (Path(PROMETHEUS).exists() and Path(ALERTMANAGER).exists()),
                                 reason="needs the Debian packages prometheus and prometheus-alertmanager")
 
@@ -44,7 +47,7 @@ def panel_queries() -> list[tuple[str, str]]:
     found = []
     for dashboard in load_dashboards():
         for panel in dashboard["panels"]:
-            for target in panel["targets"]:
+            for target in panel.get("targets", []):  # rows have none
                 found.append((f"{dashboard['uid']}/{panel['title']}", re.sub(r"\$(line|camera)\b", ".*",
                                                                             target["expr"])))
     return found
@@ -96,6 +99,7 @@ def start_line(running: Running, bootstrap: str, redis_url: str, unique: str, mo
                             http={"host": "127.0.0.1", "port": running.ports["alerts"], "metrics_public": True},
                             retry={"attempts": 2, "backoff_s": 0.1})
     running.thread("alerts", run_alerts, alerts, running.stop, AlertsMetrics())
+    start_health(running, kafka, topics, redis, unique)
     metrics = CameraMetrics()
     running.ports["camera"] = serve_metrics(free_port(), metrics.registry, addr="127.0.0.1")
     cameras = [("cam-a", "line-1", {}), ("cam-b", "line-2", {}),
@@ -108,6 +112,37 @@ def start_line(running: Running, bootstrap: str, redis_url: str, unique: str, mo
     produce_garbage(bootstrap, topics["frames"])
 
 
+def start_health(running: Running, kafka: dict[str, Any], topics: dict[str, str], redis: dict[str, str],
+                 unique: str) -> None:
+    """``linewatch camera-health`` on the same topics, short windows so that every gauge is set within seconds."""
+    from linewatch.alerts.health.metrics import HealthMetrics
+    from linewatch.alerts.health.service import run_health
+    from linewatch.alerts.health.settings import HealthSettings
+
+    running.ports["health"] = free_port()
+    settings = HealthSettings(kafka=kafka, topics=topics, redis=redis, group_id=f"health-{unique}",  # type: ignore[arg-type]
+                              health_topic=f"health-{unique}", start_from="earliest", metrics_host="127.0.0.1",
+                              metrics_port=running.ports["health"],
+                              checks={"default": {"baseline_frames": 5, "drift_window": 5}})  # type: ignore[arg-type]
+    running.thread("camera-health", run_health, settings, running.stop, HealthMetrics())
+
+
+def start_prometheus_with_health(running: Running, tmp: Path) -> str:
+    """The committed config (as the stream helpers adapt it) with the camera-health job on this test's port."""
+    path = prometheus_config(tmp, running.ports)
+    config = yaml.safe_load(path.read_text())
+    config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] != HEALTH_JOB] + [
+        {"job_name": HEALTH_JOB, "static_configs": [{"targets": [f"127.0.0.1:{running.ports['health']}"]}]}]
+    path.write_text(yaml.safe_dump(config))
+    port, log = running.ports["prometheus"], tmp / "prometheus.log"
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={path}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    running.processes.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/-/ready", proc, log)
+    return url
+
+
 def has_data(result: list[dict[str, Any]]) -> bool:
     """At least one series with a finite value."""
     return any(math.isfinite(float(series["value"][1])) for series in result)
@@ -118,11 +153,15 @@ def test_every_panel_and_recording_rule_returns_data(bootstrap: str, redis_url: 
                                                      deploy_model: Path, tmp_path: Path) -> None:
     expressions = panel_queries() + [(f"recording rule {name}", name) for name in recording_rules()]
     assert len(expressions) >= 20
+    from linewatch.alerts.health.metrics import HealthMetrics
+
+    health_metrics = {m.name for m in HealthMetrics().registry.collect()}
+    assert sum(any(name in expr for name in health_metrics) for _, expr in expressions) >= 8  # the health row
     running = Running()
     try:
         alertmanager = start_alertmanager(running, tmp_path)
         start_line(running, bootstrap, redis_url, unique, deploy_model, tmp_path, alertmanager)
-        prometheus = start_prometheus(running, tmp_path)
+        prometheus = start_prometheus_with_health(running, tmp_path)
         deadline = time.monotonic() + 120
         missing = expressions
         while missing and time.monotonic() < deadline:
@@ -140,7 +179,7 @@ def test_every_panel_and_recording_rule_returns_data(bootstrap: str, redis_url: 
         assert len(rules) >= len(recording_rules()) + 5
         assert all(rule["health"] == "ok" for rule in rules), [r for r in rules if r["health"] != "ok"]
         assert {s["metric"]["job"] for s in query(prometheus, "up == 1")} == {
-            "linewatch-detector", "linewatch-alerts", "linewatch-camera", "prometheus"}
+            "linewatch-detector", "linewatch-alerts", "linewatch-camera", HEALTH_JOB, "prometheus"}
     finally:
         running.close()
     assert not [t.name for t in running.threads if t.is_alive()], "a service did not stop on request"
