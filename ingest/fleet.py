@@ -12,6 +12,13 @@ all cameras and are merged key by key, nested ``kafka``/``topics`` too)::
       - {camera_id: cam-1, source: "0"}
       - {camera_id: cam-2, source: "rtsp://user:pass@10.0.0.7/stream1", queue_policy: drop-oldest}
       - {camera_id: cam-3, source: "replay:/data/magnetic_tile?shuffle=1", loop: true}
+      - camera_id: cam-4
+        source: "1"
+        roi:                      # regions of interest / ignore masks (ingest/regions.py)
+          exclude: [[[0, 0], [0.25, 0], [0.25, 0.2], [0, 0.2]]]   # a label sticker, top left
+
+The detector and the operator API read the ``roi`` entries of the same file
+(``LINEWATCH_CAMERA_REGIONS_FILE``, :func:`load_fleet_regions`).
 """
 
 from __future__ import annotations
