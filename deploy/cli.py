@@ -8,7 +8,9 @@ happen inside the handlers, so ``linewatch camera`` starts fast.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -19,6 +21,8 @@ from linewatch.alerts.verdicts import cli as verdicts_cli
 from linewatch.deploy import dashboards, stack_cli
 from linewatch.detector import cli as detector_cli
 from linewatch.ingest import cli as ingest_cli
+
+log = logging.getLogger(__name__)
 
 
 def installed_version() -> str:
@@ -45,10 +49,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _dump_stacks_on_sigusr1()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+
+
+def _dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` prints every thread's Python stack to stderr: how a stuck process is diagnosed."""
+    if not hasattr(signal, "SIGUSR1"):  # POSIX only
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    except (AttributeError, OSError, ValueError):  # stderr without a file descriptor (e.g. captured in tests)
+        log.debug("no stack dump on SIGUSR1: stderr has no file descriptor")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,19 @@ def run_stack(args: argparse.Namespace) -> int:
             print(f"KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap_servers}")
             print(f"REDIS_URL={stack.redis_url}")
             print(f"logs: {stack.log_dir}", flush=True)
-            threading.Event().wait()
+            _wait_for_a_signal()
         finally:
             stack.stop()
     return 0
+
+
+def _wait_for_a_signal() -> None:
+    """Sleep until a signal handler raises, waking every second.
+
+    Python runs signal handlers in the main thread, but the kernel may deliver a process signal to any
+    thread that does not block it (torch and OpenCV start native threads here). A signal delivered
+    elsewhere does not interrupt a lock wait in the main thread, so a bare ``Event().wait()`` could
+    sleep through it; a bounded sleep returns to the interpreter, which then runs the pending handler.
+    """
+    while True:
+        time.sleep(1.0)

@@ -7,7 +7,24 @@ exported from :class:`~linewatch.detector.stfpm.calibrated.CalibratedSTFPM` (wit
 as a graph input), so no backend re-implements any of them.
 """
 
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from linewatch.detector.backends.errors import BackendError
-from linewatch.detector.backends.loader import BACKENDS, available_backends, load_model
+from linewatch.detector.backends.names import BACKENDS
+
+if TYPE_CHECKING:
+    from linewatch.detector.backends.loader import available_backends, load_model
 
 __all__ = ["BACKENDS", "BackendError", "available_backends", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    """The loader imports torch: load it on first use, so ``linewatch --help`` and the CLI stay light."""
+    if name in ("available_backends", "load_model"):
+        from linewatch.detector.backends import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from linewatch.detector.backends.loader import BACKENDS, PRECISIONS
+from linewatch.detector.backends.names import BACKENDS, PRECISIONS
 from linewatch.detector.bench import FRAME_SIDE
 
 

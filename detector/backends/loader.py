@@ -24,6 +24,7 @@ import torch
 
 from linewatch.detector.backends.errors import BackendError
 from linewatch.detector.backends.graph import GraphModel
+from linewatch.detector.backends.names import BACKENDS, PRECISIONS
 from linewatch.detector.backends.runners import openvino_runner, ort_runner
 from linewatch.detector.bench import measure
 from linewatch.detector.checkpoint import CheckpointError
@@ -34,8 +35,6 @@ from linewatch.detector.metadata import MetadataError, ModelMetadata
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
 AUTO_BATCH = 8  # the detector's typical micro-batch under load
 AUTO_SECONDS = 0.6  # per backend and round; two interleaved rounds, the better of each backend counts
 AUTO_ROUNDS = 2
