@@ -26,7 +26,7 @@ class MqttSettings(BaseModel):
     port: int = Field(default=1883, ge=1, le=65535)
     topic_prefix: str = Field(default="linewatch/verdicts",
                               description="Verdicts go to <prefix>/<line>/<camera>; status to <prefix>/status.")
-    qos: Literal[0, 1, 2] = Field(default=1, description="1 = at least once (the default); 2 = exactly once.")
+    qos: int = Field(default=1, ge=0, le=2, description="MQTT QoS: 1 = at least once (default), 2 = exactly once.")
     client_id: str | None = Field(default=None, description="None: linewatch-verdicts-<host>-<pid>, so replicas "
                                                            "never take over each other's connection.")
     username: str | None = None

@@ -8,7 +8,7 @@ from verdict_helpers import result
 
 from linewatch.alerts.verdicts.mqtt import verdict_topic
 from linewatch.alerts.verdicts.opcua import field_value, to_variant
-from linewatch.alerts.verdicts.settings import DeadlineSettings, OpcUaSettings
+from linewatch.alerts.verdicts.settings import DeadlineSettings, MqttSettings, OpcUaSettings, VerdictsSettings
 from linewatch.alerts.verdicts.verdict import OrderGuard, ResultError, decide, parse_result
 
 pytestmark = pytest.mark.unit
@@ -92,3 +92,11 @@ def test_command_line_options_override_the_environment(monkeypatch: pytest.Monke
     assert settings.deadlines.for_camera("cam-9") == 90
     assert settings.opcua.serve and settings.opcua.server_endpoint == "opc.tcp://127.0.0.1:4999/x/"
     assert settings.opcua.plc_endpoint == "opc.tcp://plc:4840"
+
+
+def test_mqtt_qos_comes_from_the_environment_as_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    # environment values are strings: "2" must mean QoS 2, and an impossible QoS must be refused
+    monkeypatch.setenv("LINEWATCH_MQTT__QOS", "2")
+    assert VerdictsSettings().mqtt.qos == 2
+    with pytest.raises(ValueError, match="less than or equal to 2"):
+        MqttSettings.model_validate({"qos": "3"})
