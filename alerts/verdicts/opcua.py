@@ -119,10 +119,17 @@ class PlcWriter:
         for field, node_id in nodes.items():
             node = client.get_node(node_id)
             if node_id not in self.types:
-                self.types[node_id] = await node.read_data_type_as_variant_type()
+                try:
+                    self.types[node_id] = await node.read_data_type_as_variant_type()
+                except ua.UaStatusCodeError as exc:
+                    raise ua.UaError(f"the PLC has no usable node {node_id} for {field!r}: {exc}") from exc
             targets.append(node)
             values.append(ua.DataValue(to_variant(field_value(verdict, field), self.types[node_id])))
-        await client.write_values(targets, values)
+        statuses = await client.write_values(targets, values, raise_on_partial_error=False)
+        refused = [f"{node_id}: {status.name}" for node_id, status in zip(nodes.values(), statuses, strict=True)
+                   if not status.is_good()]
+        if refused:  # name the nodes: a wrong node id or type is a configuration fault the engineer must see
+            raise ua.UaError(f"the PLC refused {len(refused)} of {len(nodes)} writes ({'; '.join(refused)})")
 
     def close(self) -> None:
         """Disconnect from the PLC."""

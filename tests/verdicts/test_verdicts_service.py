@@ -14,8 +14,11 @@ from verdict_helpers import FakePlc, Mosquitto, MqttRecorder, result, wait_until
 
 from linewatch.alerts.verdicts.aio import LoopThread
 from linewatch.alerts.verdicts.metrics import VerdictsMetrics
+from linewatch.alerts.verdicts.mqtt import SinkError
+from linewatch.alerts.verdicts.opcua import PlcWriter
 from linewatch.alerts.verdicts.service import VerdictsService
 from linewatch.alerts.verdicts.settings import DeadlineSettings, MqttSettings, OpcUaSettings, VerdictsSettings
+from linewatch.alerts.verdicts.verdict import Verdict, decide, parse_result
 from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.common.topics import ensure_topics
 from linewatch.deploy.local import free_port
@@ -178,3 +181,24 @@ def test_a_plc_outage_holds_verdicts_back_and_late_ones_fail_safe(bootstrap: str
     assert [w["Gate.cam-a.Sequence"] for w in held_back] == [1, 2]
     assert all(w["Gate.cam-a.Late"] and w["Gate.cam-a.Reject"] for w in held_back), "late parts are rejected"
     assert metrics.value("linewatch_verdicts_late_total", line="line-1", camera="cam-a") >= 2
+
+
+def test_a_plc_without_the_configured_node_is_named_in_the_error() -> None:
+    plc = FakePlc(["cam-a"])  # no nodes for cam-b: a configuration fault, not an outage
+    loop = LoopThread("plc-writer")
+    writer = PlcWriter(OpcUaSettings(plc_endpoint=plc.endpoint, plc_node_template=plc.template(), timeout_s=5.0),
+                       loop)
+    try:
+        writer.send(verdict_of(result("cam-a", 0, 0.1, capture_ns=time.time_ns())))
+        with pytest.raises(SinkError, match=r"ns=2;s=Gate\.cam-b\.\w+.*BadNodeIdUnknown"):
+            writer.send(verdict_of(result("cam-b", 0, 0.1, capture_ns=time.time_ns())))
+    finally:
+        writer.close()
+        loop.stop()
+        plc.stop()
+    assert [w["Gate.cam-a.Sequence"] for w in plc.recorded()] == [0]
+
+
+def verdict_of(raw: bytes) -> Verdict:
+    parsed, body = parse_result(raw)
+    return decide(parsed, body, now_ns=time.time_ns(), deadline_ms=DEADLINE_MS, late_policy="reject")
