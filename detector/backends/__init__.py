@@ -24,7 +24,7 @@ __all__ = ["BACKENDS", "BackendError", "available_backends", "load_model"]
 def __getattr__(name: str) -> Any:
     """The loader imports torch: load it on first use, so ``linewatch --help`` and the CLI stay light."""
     if name in ("available_backends", "load_model"):
-        from linewatch.detector.backends import loader
+        import linewatch.detector.backends.loader as loader_module
 
-        return getattr(loader, name)
+        return getattr(loader_module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
