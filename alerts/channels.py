@@ -16,7 +16,7 @@ class KafkaChannel:
     """Writes alert transitions (JSON, key = camera) to the ``alerts`` topic."""
 
     name = "kafka"
-    kinds: tuple[str, ...] = ("firing", "resolved", "silent")
+    kinds: tuple[str, ...] = ("firing", "resolved", "silent", "suspect")
 
     def __init__(self, producer: DeliveryProducer, topic: str, timeout_s: float = 10.0) -> None:
         self.producer, self.topic, self.timeout_s = producer, topic, timeout_s

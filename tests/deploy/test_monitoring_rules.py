@@ -136,7 +136,11 @@ def receivers(*labels: str) -> list[str]:
     (["alertname=LinewatchCameraHealth", "kind=camera_health", "check=focus", "severity=critical"],
      ["line-operators"]),
     (["alertname=LinewatchDefect", "severity=critical"], ["line-operators-page"]),
-], ids=["verdicts-down", "sink-failing", "late", "camera-health-down", "camera-fault", "defect-unchanged"])
+    (["alertname=LinewatchDefect", "severity=critical", "suspect=false"], ["line-operators-page"]),
+    # A defect seen while the camera is unhealthy is more likely the camera: the line hears of it, no page.
+    (["alertname=LinewatchDefect", "severity=critical", "suspect=true"], ["line-operators"]),
+], ids=["verdicts-down", "sink-failing", "late", "camera-health-down", "camera-fault", "defect-unchanged",
+        "defect-not-suspect", "defect-suspect"])
 def test_alertmanager_routes_verdict_and_camera_health_alerts(labels: list[str], expected: list[str],
                                                               deploy_checks: Path) -> None:
     assert receivers(*labels) == expected
