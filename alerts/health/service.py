@@ -5,7 +5,8 @@ not from the detector: the detector's hot path stays as it is, a frozen or silen
 seen when the detector is down or lagging, and the health checks scale and fail on their own. The
 price is a second decode of every frame, at 1/2 to 1/8 scale (see the README for the cost). Score
 drift comes from the results topic. Health is monitoring, not a record: offsets are committed
-automatically and a restart starts from the latest frames (a new baseline is learned unless pinned).
+automatically and a restart starts from the latest frames. A camera's pixel baseline is pinned, or
+the one it learned before the restart (kept in Redis), or learned from its first frames (baselines.py).
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ from confluent_kafka import Consumer, Message, Producer
 from pydantic import ValidationError
 
 from linewatch.alerts.health.alertmanager import HealthAlertmanager
+from linewatch.alerts.health.baselines import (
+    LEARNED,
+    LEARNING,
+    PINNED,
+    refresh_baselines,
+    save_baseline,
+    starting_baseline,
+)
 from linewatch.alerts.health.checks import CHECKS, CameraMonitor, HealthEvent
 from linewatch.alerts.health.metrics import HealthMetrics
-from linewatch.alerts.health.settings import HealthSettings, ScoreReference
+from linewatch.alerts.health.settings import Baseline, HealthSettings, ScoreReference
 from linewatch.alerts.health.state import record, refresh
 from linewatch.alerts.health.stats import decode_grey, frame_stats
 from linewatch.common.kafka import records
@@ -65,6 +74,7 @@ class HealthService:
                              if settings.alertmanager_url else None)
         self.redis = settings.redis.client() if settings.redis_state else None
         self.monitors: dict[str, CameraMonitor] = {}
+        self.baseline_sources: dict[str, str] = {}  # camera -> pinned / stored / learning / learned
         self.last_resend = time.monotonic()
         self.last_refresh = -float("inf")  # the first tick refreshes: the heartbeat shows the service at once
 
@@ -94,8 +104,13 @@ class HealthService:
 
     def _monitor(self, camera_id: str, line_id: str) -> CameraMonitor:
         if camera_id not in self.monitors:
-            self.monitors[camera_id] = CameraMonitor(camera_id, line_id, self.settings.checks.for_camera(camera_id),
-                                                     baseline=self.settings.baselines.get(camera_id))
+            config = self.settings.checks.for_camera(camera_id)
+            start = starting_baseline(camera_id, self.settings.baselines.get(camera_id), self.redis,
+                                      self.settings.redis.key_prefix, self.settings.baseline_ttl_s,
+                                      config.baseline_frames)
+            log.info("camera %s baseline: %s", camera_id, start.detail)
+            self.baseline_sources[camera_id] = start.source
+            self.monitors[camera_id] = CameraMonitor(camera_id, line_id, config, baseline=start.baseline)
             for check in CHECKS:  # 0 from the start: a healthy camera is a series at 0 on the dashboard, not a gap
                 self.metrics.unhealthy.labels(line_id, camera_id, check).set(0)
         return self.monitors[camera_id]
@@ -113,11 +128,20 @@ class HealthService:
         monitor = self._monitor(meta.camera_id, meta.line_id)
         learning = monitor.baseline is None
         events = monitor.observe_frame(stats, time.monotonic(), time.time_ns())
-        if learning and monitor.baseline is not None:  # pin it with LINEWATCH_BASELINES to survive restarts
-            log.info("camera %s baseline learned: mean %.1f, focus %.1f", monitor.camera_id, monitor.baseline.mean,
-                     monitor.baseline.focus)
+        if learning and monitor.baseline is not None:
+            self._learned(monitor.camera_id, monitor.baseline)
         self._gauge_frame(monitor, stats.mean, stats.saturated_fraction, stats.dark_fraction, stats.focus)
         self.emit(events)
+
+    def _learned(self, camera_id: str, baseline: Baseline) -> None:
+        """Keep a freshly learned baseline in Redis, so a restart reuses it instead of learning the camera anew."""
+        self.baseline_sources[camera_id] = LEARNED
+        where = "not kept: no Redis state"
+        if self.redis is not None:
+            self._redis(save_baseline, camera_id, baseline, self.settings.baseline_ttl_s)
+            where = "kept in Redis for restarts"
+        log.info("camera %s baseline learned: mean %.1f, focus %.1f (%s)", camera_id, baseline.mean, baseline.focus,
+                 where)
 
     def _gauge_frame(self, monitor: CameraMonitor, mean: float, saturated: float, dark: float, focus: float) -> None:
         labels = (monitor.line_id, monitor.camera_id)
@@ -158,12 +182,22 @@ class HealthService:
             self.last_refresh = now_s
             self._redis(refresh, [m.camera_id for m in self.monitors.values() if m.unhealthy()],
                         self.settings.redis_ttl_s)
+            self._refresh_baselines(now_s)
         if self.alertmanager is not None and now_s - self.last_resend > 60:
             self.last_resend = now_s
             try:
                 self.alertmanager.resend()
             except httpx.HTTPError as exc:
                 log.warning("re-sending camera-health alerts failed: %s", exc)
+
+    def _refresh_baselines(self, now_s: float) -> None:
+        """Extend the stored baselines of cameras that sent a frame lately (a camera gone for good expires)."""
+        recent = self.settings.redis_ttl_s  # the refresh runs every redis_ttl_s / 4: no active camera is missed
+        active = [m.camera_id for m in self.monitors.values()
+                  if self.baseline_sources.get(m.camera_id) not in (PINNED, LEARNING)
+                  and m.last_frame_s is not None and now_s - m.last_frame_s < recent]
+        if active:
+            self._redis(refresh_baselines, active, self.settings.baseline_ttl_s)
 
     def emit(self, events: list[HealthEvent]) -> None:
         """Publish health transitions: topic, metrics, Alertmanager (best effort), log."""
