@@ -42,7 +42,8 @@ SPLIT_SEED = 20261129
 FALSE_ALARM_RATES = (0.01, 0.001)
 
 
-SCORE_RULES = ("map", "taps", "geomean")
+SCORE_RULES = ("map", "taps", "geomean", "zsum")
+SCORE_PREFIX = {"taps": "score", "geomean": "geo", "zsum": "zsum"}
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,9 @@ class Variant:
     ``normsum`` the sum of those layer maps each standardised by its own mean and spread on the
     training's held-out good images. The image score is the mean of the ``top_k`` largest map cells
     (``score="map"``), the maximum of the product over ``score_taps`` (``"taps"``: deep taps score,
-    fine taps localise), or the geometric mean of both maxima (``"geomean"``: a ranking that does not
-    depend on either map's scale). Empty tap tuples mean every tap of the model.
+    fine taps localise), the geometric mean of both maxima (``"geomean"``: a ranking that does not
+    depend on either map's scale), or the sum of both scores each standardised by its mean and spread
+    on the held-out good images (``"zsum"``). Empty tap tuples mean every tap of the model.
     """
 
     sigma: float = 0.0  # Gaussian smoothing of the map, in model-input pixels
@@ -76,7 +78,7 @@ class Variant:
         if self.map_taps or self.normsum:
             name += f"-{'normsum' if self.normsum else 'map'}{_taps_name(self.map_taps)}"
         if self.score != "map":
-            name += f"-{'score' if self.score == 'taps' else 'geo'}{_taps_name(self.score_taps)}"
+            name += f"-{SCORE_PREFIX[self.score]}{_taps_name(self.score_taps)}"
         return name
 
 
@@ -117,6 +119,8 @@ CONFIGS: dict[str, SweepConfig] = {
         Variant(map_taps=(2, 4, 10), score="geomean", score_taps=(10, 14)),
         Variant(map_taps=(2, 4, 10, 14), normsum=True),
         Variant(map_taps=(2, 4, 10), normsum=True, score="geomean", score_taps=(10, 14)),
+        Variant(map_taps=(2, 4, 10), score="zsum", score_taps=(10, 14)),
+        Variant(map_taps=(2, 4, 10, 14), normsum=True, score="zsum", score_taps=(10, 14)),
     )),
     "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox"),
     "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15),
@@ -235,21 +239,34 @@ def validation_images(root: Path, config: SweepConfig, max_train: int) -> list[n
     return [load_rgb(records[i].path) for i in order[:n_val]]
 
 
+def _map_and_scores(variant: Variant, layers: list[torch.Tensor], model: Any, good_layers: list[torch.Tensor]
+                    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The variant's maps (N, S, S), the top-k score of its map, and the max of its score taps' product."""
+    taps = tuple(model.model.taps)
+    stats = _good_stats(_pick(good_layers, taps, variant.map_taps)) if variant.normsum else None
+    fused = _fuse(_pick(layers, taps, variant.map_taps), model.image_size, stats)
+    if variant.sigma > 0:
+        fused = gaussian_blur(fused[:, None], variant.sigma)[:, 0]
+    fine = _image_scores(list(fused.numpy()), variant.top_k)
+    deep = (_fuse(_pick(layers, taps, variant.score_taps), model.image_size).flatten(1).amax(dim=1).numpy()
+            if variant.score_taps else fine)
+    return fused, fine, deep
+
+
 def _variant_maps(variant: Variant, layers: list[torch.Tensor], model: Any,
                   good_layers: list[torch.Tensor]) -> tuple[list[np.ndarray], np.ndarray]:
     """The variant's model-size maps and image scores."""
-    taps = tuple(model.model.taps)
-    chosen = _pick(layers, taps, variant.map_taps)
-    stats = _good_stats(_pick(good_layers, taps, variant.map_taps)) if variant.normsum else None
-    fused = _fuse(chosen, model.image_size, stats)
-    if variant.sigma > 0:
-        fused = gaussian_blur(fused[:, None], variant.sigma)[:, 0]
-    maps = list(fused.numpy())
-    scores = _image_scores(maps, variant.top_k)
-    if variant.score != "map":
-        deep = _fuse(_pick(layers, taps, variant.score_taps), model.image_size).flatten(1).amax(dim=1).numpy()
-        scores = deep if variant.score == "taps" else np.sqrt(np.maximum(scores, 0) * np.maximum(deep, 0))
-    return maps, scores
+    fused, fine, deep = _map_and_scores(variant, layers, model, good_layers)
+    if variant.score == "map":
+        scores = fine
+    elif variant.score == "taps":
+        scores = deep
+    elif variant.score == "geomean":
+        scores = np.sqrt(np.maximum(fine, 0) * np.maximum(deep, 0))
+    else:  # zsum: each score standardised by its mean and spread on the held-out good images
+        _, good_fine, good_deep = _map_and_scores(variant, good_layers, model, good_layers)
+        scores = sum((s - g.mean()) / (g.std() or 1.0) for s, g in ((fine, good_fine), (deep, good_deep)))
+    return list(fused.numpy()), np.asarray(scores)
 
 
 def _image_scores(maps: list[np.ndarray], top_k: int) -> np.ndarray:
@@ -312,34 +329,50 @@ def _metrics(records: list[ImageRecord], maps: list[np.ndarray], scores: np.ndar
     return {**image, "pixel_auroc": pixel["pixel_auroc"], "aupro": pixel["aupro"], "per_type": per_type}
 
 
+def _map_key(variant: Variant) -> tuple[Any, ...]:
+    return variant.map_taps, variant.normsum, variant.sigma
+
+
+def _cached_pixel(row: dict[str, Any]) -> dict[str, Any]:
+    """The pixel part of a cached row (shared by every variant with the same map)."""
+    return {"pixel_auroc": row["pixel_auroc"], "aupro": row["aupro"],
+            "per_type": {k: {"pixel_auroc": v["pixel_auroc"], "aupro": v["aupro"]} for k, v in row["per_type"].items()}}
+
+
 def evaluate_one(set_name: str, root: Path, config: SweepConfig, max_train: int) -> list[dict[str, Any]]:
-    """Metrics of every variant of a trained config on both halves (cached next to the checkpoint)."""
+    """Metrics of every variant of a trained config on both halves, cached next to the checkpoint; variants
+    added to a config later are computed alone (reusing the pixel metrics of cached variants with the same map)."""
     from linewatch.detector.inference import AnomalyModel
 
     path = checkpoint_path(set_name, config.name)
     cache = path.with_suffix(".eval.json")
+    wanted = {v.name: v for v in config.variants}
+    cached: list[dict[str, Any]] = []
     if cache.is_file() and cache.stat().st_mtime >= path.stat().st_mtime:
-        return list(json.loads(cache.read_text()))
+        cached = [r for r in json.loads(cache.read_text()) if r["variant"] in wanted]
+    todo = [v for v in config.variants if v.name not in {r["variant"] for r in cached}]
+    if not todo:
+        return cached
     halves = split(set_name, root)
     by_path = {str(r.path.relative_to(root)): r for r in list_test(root)}
-    rows: list[dict[str, Any]] = []
+    rows = list(cached)
     train_info = json.loads(path.with_suffix(".train.json").read_text())
     model = AnomalyModel.load(path, "cpu")
     good_layers = _layer_maps(model, validation_images(root, config, max_train))
     for half, files in halves.items():
         records = [by_path[f] for f in files]
         layers = _layer_maps(model, [load_rgb(r.path) for r in records])
-        pixel_cache: dict[tuple[Any, ...], dict[str, Any]] = {}  # variants sharing a map share its pixel metrics
-        for variant in config.variants:
+        # variants sharing a map share its pixel metrics (the costly part)
+        pixel_cache = {_map_key(wanted[r["variant"]]): _cached_pixel(r) for r in cached if r["half"] == half}
+        for variant in todo:
             maps, scores = _variant_maps(variant, layers, model, good_layers)
-            map_key = (variant.map_taps, variant.normsum, variant.sigma)
-            if map_key not in pixel_cache:
-                pixel_cache[map_key] = _pixel_metrics(records, maps, model)
+            if _map_key(variant) not in pixel_cache:
+                pixel_cache[_map_key(variant)] = _pixel_metrics(records, maps, model)
             cells = list(max((int(m.shape[-2]), int(m.shape[-1]))
                              for m in _pick(layers, tuple(model.model.taps), variant.map_taps)))
             rows.append({"set": set_name, "config": config.name, "variant": variant.name, "half": half,
                          "map_cells": cells, **train_info,
-                         **_metrics(records, maps, scores, model, pixel_cache[map_key])})
+                         **_metrics(records, maps, scores, model, pixel_cache[_map_key(variant)])})
             if half == "dev":  # test-half figures stay unseen until the choice is made (--phase table)
                 print(f"{set_name}/{config.name}/{variant.name}/dev: image {rows[-1]['image_auroc']:.3f} "
                       f"pixel {rows[-1]['pixel_auroc']:.3f} aupro {rows[-1]['aupro']:.3f}", flush=True)
