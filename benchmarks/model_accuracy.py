@@ -3,12 +3,15 @@
 Each data set's test images are split once, seeded, into a dev half and a test half (about half of
 every defect type and of the good images each); the split is written down as file lists in
 ``benchmarks/splits/<set>.json`` (never by moving files). A configuration is trained once per set on
-``train/good`` only; its raw anomaly maps are then scored on both halves with every post-processing
-variant (Gaussian smoothing, image score). ``--phase table`` picks the configuration with the best mean
-over sets on the DEV halves and writes the TEST-half table to ``benchmarks/results/model_accuracy.md``.
+``train/good`` only; its per-layer distance maps are then scored on both halves with every variant
+(which taps make the map, per-layer normalisation, Gaussian smoothing, which taps and rule make the image
+score), without retraining. ``--phase table`` picks the configuration with the best mean over sets on the
+DEV halves and writes the TEST-half table to ``benchmarks/results/model_accuracy.md`` (``--dev-only``:
+the dev table alone, to choose before any test figure is seen; ``--out``: another file).
 
     nice -n 10 .venv/bin/python benchmarks/model_accuracy.py --phase all       # train what is missing, evaluate, table
     .venv/bin/python benchmarks/model_accuracy.py --phase train --configs today,s4_256
+    .venv/bin/python benchmarks/model_accuracy.py --phase table --configs today,s4s32_192 --dev-only --out runs/dev.md
 """
 
 from __future__ import annotations
