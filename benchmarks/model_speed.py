@@ -22,12 +22,14 @@ Needs a venv with both linewatch and anomalib (see benchmarks/anomalib_env.sh)::
 Without anomalib (``--no-peer``) it runs from the project venv and measures ours only.
 
 ``--backends`` (issue 12) measures the default configuration (efficientnet_lite0, default taps) at the
-default 128 px and at 256 px through its whole ``predict`` path (uint8 frames -> calibrated scores,
+default input size (``--sizes``; 192 px, taps 2/4/10 since the accuracy sweep) through its whole
+``predict`` path (uint8 frames -> calibrated scores,
 verdicts and maps on the host) on every backend and precision of ``linewatch.detector.backends``
 (torch fp32, ONNX Runtime fp32, OpenVINO fp32, OpenVINO INT8 via NNCF, OpenVINO bf16 where the CPU
 has it), side by side with anomalib's STFPM torch model and anomalib's own OpenVINO export of it
 (``Stfpm.to_openvino``, run as its ``OpenVINOInferencer`` does: float frames in [0, 1], resize and
-normalisation inside the graph), all interleaved in the same worker thread. Run it with
+normalisation inside the graph) at its default 256 px (``--peer-sizes``), all interleaved in the same
+worker thread. Run it with
 ``OMP_WAIT_POLICY=PASSIVE``: with torch's OpenMP team spinning after each of its calls, the OpenVINO
 and ONNX Runtime pools of the same process (and torch itself, between them) lost up to 10x on 2 cores,
 which measures the mix, not the runtimes::
@@ -43,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import threading
@@ -57,8 +60,12 @@ from torch import nn
 from linewatch.detector.stfpm.backbones import get_spec
 from linewatch.detector.stfpm.loss import stfpm_loss
 from linewatch.detector.stfpm.torch_model import STFPM
+from linewatch.detector.train import TrainConfig
 
 FRAME_SIDE = 256  # camera frames; every model resizes them to its own input size
+PEER_DEFAULT_SIZE = 256  # anomalib's STFPM default input size
+# output stride of each efficientnet_lite0 block (16 blocks; the stem is stride 2)
+LITE0_BLOCK_STRIDES = {0: 2, 1: 4, 2: 4, 3: 8, 4: 8, 5: 16, 6: 16, 7: 16, 8: 16, 9: 16, 10: 16}
 TRAIN_BATCH = 32
 
 
@@ -329,6 +336,48 @@ def backend_tables(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pooled(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report whose medians are over the samples of every process's run (interleaved runs pooled)."""
+    fps: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for name, cells in report["inference_fps"].items():
+            for batch, cell in cells.items():
+                fps.setdefault(name, {}).setdefault(batch, {"runs": []})["runs"] += cell["runs"]
+    for cells in fps.values():
+        for cell in cells.values():
+            cell["median"] = round(statistics.median(cell["runs"]), 2)
+    return {"inference_fps": fps}
+
+
+def profile_default(size: int, batch: int, threads: int, calls: int) -> dict[str, float]:
+    """OpenVINO's per-node CPU time of our fp32 graph at ``size``, summed by part: where the time goes."""
+    import openvino as ov
+
+    from linewatch.detector.export import export_graph
+
+    base = calibrated_default(size)
+    with tempfile.TemporaryDirectory(prefix="model-speed-") as workdir:
+        graph = export_graph(base, f"{workdir}/lite0-{size}.onnx")
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                  "PERF_COUNT": True}
+        compiled = ov.Core().compile_model(ov.Core().read_model(str(graph)), "CPU", config)
+    request = compiled.create_infer_request()
+    inputs = {"pixels": torch.randn(batch, 3, size, size).numpy(),
+              "thresholds": torch.ones(batch).numpy(), "masks": torch.ones(batch, size, size).numpy()}
+    totals: dict[str, float] = {}
+    for _ in range(calls + 1):
+        request.infer(inputs)
+    for info in request.profiling_info:  # the last call's
+        name = info.node_name
+        block = re.search(r"_blocks\.(\d+)/", name)
+        stride = LITE0_BLOCK_STRIDES.get(int(block.group(1)), 32) if block else 2
+        kind = {"GroupConvolution": "depthwise conv", "Convolution": "conv 1x1/3x3"}.get(info.node_type, "other")
+        part = (f"backbones stride {stride}: {kind}" if "/teacher/" in name or "/student/" in name
+                else f"head: {info.node_type}")
+        totals[part] = totals.get(part, 0.0) + info.real_time.total_seconds() * 1000
+    return {k: round(v, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
 def main() -> None:
     """Measure, print progress and a JSON summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -342,11 +391,21 @@ def main() -> None:
     parser.add_argument("--out", help="write the JSON summary here too")
     parser.add_argument("--backends", action="store_true",
                         help="issue 12: ours per backend and precision (predict path) vs anomalib torch + OpenVINO")
-    parser.add_argument("--sizes", default="128,256", help="input sizes for --backends")
-    parser.add_argument("--markdown", metavar="JSON", help="print the tables of a --backends JSON and exit")
+    parser.add_argument("--sizes", default=str(TrainConfig().image_size),
+                        help="our input sizes for --backends (default: the default model's)")
+    parser.add_argument("--peer-sizes", default=str(PEER_DEFAULT_SIZE),
+                        help="anomalib's input sizes for --backends (default: its default, 256)")
+    parser.add_argument("--markdown", metavar="JSON", nargs="+",
+                        help="print the tables of --backends JSON files (their samples pooled) and exit")
+    parser.add_argument("--profile", action="store_true",
+                        help="where our fp32 OpenVINO graph spends its time at --sizes, batch 8 (ms per part)")
     args = parser.parse_args()
     if args.markdown:
-        print(backend_tables(json.loads(Path(args.markdown).read_text())))
+        print(backend_tables(pooled([json.loads(Path(f).read_text()) for f in args.markdown])))
+        return
+    if args.profile:
+        for size in (int(x) for x in args.sizes.split(",")):
+            print(size, json.dumps(profile_default(size, 8, args.threads, 3)))
         return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -369,8 +428,8 @@ def main() -> None:
             variants: list[Any] = []
             for size in (int(x) for x in args.sizes.split(",")):
                 variants += make_backend_variants(size, args.threads, workdir)
-                if peer:
-                    variants += make_peer_variants(size, args.threads, workdir, errors)
+            for size in (int(x) for x in args.peer_sizes.split(",")) if peer else ():
+                variants += make_peer_variants(size, args.threads, workdir, errors)
             report["inference_fps"] = bench_inference(variants, batches, args.repeats, args.min_seconds)
         report["errors"] = errors
 

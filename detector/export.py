@@ -25,6 +25,7 @@ import json
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ EXPORT_INFO = "linewatch.json"  # metadata file of an export folder
 HEAD_OP_TYPES = ("Subtract", "Divide", "ReduceL2", "Power", "ReduceSum", "Multiply", "GreaterEqual", "Interpolate",
                  "Maximum", "Minimum", "Log", "Sigmoid", "ReduceMax", "TopK", "ReduceMean", "Sqrt")
 CALIBRATION_SUBSET = 300  # NNCF's default subset size; more good images do not move the ranges
+FIDELITY_IMAGES = 48  # good images held out of the INT8 calibration to measure its fidelity to fp32
+INT8_RISK = ("On the shared sets INT8 moved image AUROC by more than 0.005 (benchmarks/results/model_speed.md); "
+             "check this export with `linewatch evaluate` on your own defects before using it.")
 
 
 class ExportError(ValueError):
@@ -133,7 +137,9 @@ def export_openvino(model_path: str | Path, out_dir: str | Path, *, int8: bool =
 
     INT8 ranges come from the model's own good training images (``calibration_data``: the folder it
     was trained on, MVTec layout or plain). Their names and sizes are hashed as training does; a
-    different folder is used but reported (``calibration.matches_training`` false).
+    different folder is used but reported (``calibration.matches_training`` false). The INT8 graph's
+    fidelity to fp32 on good images (:func:`fidelity`) is printed and kept as ``int8_fidelity``: only good
+    images exist at export time, and INT8 moved image AUROC on the shared sets.
     """
     import openvino as ov
 
@@ -145,18 +151,27 @@ def export_openvino(model_path: str | Path, out_dir: str | Path, *, int8: bool =
     onnx_path = export_graph(model, out_dir / "graph.onnx")
     ov_model = ov.Core().read_model(str(onnx_path))
     extra: dict[str, Any] = {}
+    checked: list[np.ndarray] = []
     if int8:
         assert calibration_data is not None
-        ov_model, extra["calibration"] = _quantize(model, ov_model, Path(calibration_data), subset)
+        ov_model, extra["calibration"], checked = _quantize(model, ov_model, Path(calibration_data), subset)
     ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
+    if checked:
+        extra["int8_fidelity"] = _int8_fidelity(model, onnx_path, out_dir / "model.xml", checked)
     onnx_path.unlink()
     info = export_info(model, "int8" if int8 else "fp32", format="openvino", **extra)
     (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=1))
     return out_dir
 
 
-def _quantize(model: AnomalyModel, ov_model: Any, data_dir: Path, subset: int) -> tuple[Any, dict[str, Any]]:
-    """NNCF post-training INT8 of ``ov_model`` on the pre-processed good images of ``data_dir``."""
+def _quantize(model: AnomalyModel, ov_model: Any, data_dir: Path, subset: int
+              ) -> tuple[Any, dict[str, Any], list[np.ndarray]]:
+    """NNCF post-training INT8 of ``ov_model`` on the pre-processed good images of ``data_dir``.
+
+    Also returns the good images the INT8 graph's fidelity to fp32 is measured on (at most
+    FIDELITY_IMAGES): ones beyond the calibration subset where the folder has them, else every 5th
+    calibration image (the ranges are per tensor over all of them, so one image weighs little).
+    """
     from linewatch.common.images import list_train_good, load_rgb
 
     records = list_train_good(data_dir)
@@ -170,20 +185,78 @@ def _quantize(model: AnomalyModel, ov_model: Any, data_dir: Path, subset: int) -
               "calibrating on it anyway", file=sys.stderr)
     images = [load_rgb(r.path) for r in records[:subset]]
     quantized = quantize_graph(model, ov_model, images)
+    spare = records[subset:]
+    checked = [load_rgb(r.path) for r in spare[::max(1, len(spare) // FIDELITY_IMAGES)][:FIDELITY_IMAGES]]
     return quantized, {"images": len(images), "folder": str(data_dir), "data_sha256": digest.hexdigest(),
-                       "matches_training": matches}
+                       "matches_training": matches, "fidelity_on_uncalibrated_images": bool(checked)
+                       }, checked or images[::5][:FIDELITY_IMAGES]
 
 
-def quantize_graph(model: AnomalyModel, ov_model: Any, images: Sequence[np.ndarray]) -> Any:
-    """NNCF INT8 of the backbones of ``ov_model`` (an exported :class:`ScoredGraph`), ranges from ``images``."""
+def _int8_fidelity(model: AnomalyModel, fp32_graph: Path, int8_xml: Path, good: Sequence[np.ndarray]
+                   ) -> dict[str, Any]:
+    """:func:`fidelity` of the INT8 graph to the fp32 graph on good images, printed for the user (stderr)."""
+    from linewatch.detector.backends.graph import GraphModel
+    from linewatch.detector.backends.runners import openvino_runner
+
+    def on(path: Path, precision: str) -> GraphModel:
+        runner = openvino_runner(path, torch.get_num_threads(), "cpu", precision)
+        return GraphModel(model.model, model.metadata, model.model_version, torch.device("cpu")).attach(
+            runner, "openvino", precision)
+
+    measured = fidelity(on(fp32_graph, "fp32"), on(int8_xml, "int8"), good)
+    print(f"export: INT8 vs fp32 on {measured['images']} good images: image-score "
+          f"rank correlation {measured['spearman']:.3f}, normalised score moved by up to "
+          f"{measured['max_normalised_shift']:.3f} (median {measured['median_normalised_shift']:.3f}; 0.5 is the "
+          f"threshold), same verdict on {100 * measured['same_verdict']:.0f}%. {INT8_RISK}", file=sys.stderr)
+    return measured
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """Which parts of the graph NNCF quantizes and how (the levers benchmarks/int8_accuracy.py compares).
+
+    ``scope``: "backbones" (teacher and student) or "teacher" (the student stays fp32);
+    ``fp32_stems``: keep each backbone's first convolution fp32 (it sees raw pixels);
+    ``preset``: "mixed" (asymmetric activations) or "performance" (symmetric);
+    ``smooth_quant_conv``: SmoothQuant alpha for convolutions (negative: off);
+    ``widest_ranges``: activation ranges from the min/max over all calibration images (not averaged
+    per image): an anomaly's features are outliers, and clipping them hides it;
+    ``fp32_patterns``: further node-name regexes kept fp32 (e.g. ``.*_blocks\\.[0-2]/.*``).
+    """
+
+    scope: str = "backbones"
+    fp32_stems: bool = False
+    preset: str = "mixed"
+    fast_bias_correction: bool = True
+    smooth_quant_conv: float = -1.0
+    widest_ranges: bool = False
+    fp32_patterns: tuple[str, ...] = ()
+
+
+def quantize_graph(model: AnomalyModel, ov_model: Any, images: Sequence[np.ndarray],
+                   options: Int8Options = Int8Options()) -> Any:
+    """NNCF INT8 of ``ov_model`` (an exported :class:`ScoredGraph`), ranges from ``images``; the head stays fp32."""
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     dataset = nncf.Dataset(list(_calibration_items(model, images)))
-    # only the backbones: the head takes small differences of normalised teacher and student features,
-    # and 8-bit inputs to it turned every map into quantization noise (tiny model: maps off by 60% of range)
-    head = nncf.IgnoredScope(types=list(HEAD_OP_TYPES), validate=False)
-    return nncf.quantize(ov_model, dataset, subset_size=len(images), preset=nncf.QuantizationPreset.MIXED,
-                         ignored_scope=head)
+    # never the head: it takes small differences of normalised teacher and student features, and 8-bit
+    # inputs to it turned every map into quantization noise (tiny model: maps off by 60% of range)
+    patterns = [".*/student/.*"] if options.scope == "teacher" else []
+    patterns += [".*_conv_stem.*"] if options.fp32_stems else []
+    patterns += list(options.fp32_patterns)
+    scope = nncf.IgnoredScope(types=list(HEAD_OP_TYPES), patterns=patterns, validate=False)
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=options.smooth_quant_conv, matmul=-1))
+    if options.widest_ranges:
+        advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
+    preset = nncf.QuantizationPreset.PERFORMANCE if options.preset == "performance" else nncf.QuantizationPreset.MIXED
+    # SmoothQuant runs only in NNCF's transformer pipeline; this graph has no transformer ops it would treat apart
+    model_type = nncf.ModelType.TRANSFORMER if options.smooth_quant_conv >= 0 else None
+    return nncf.quantize(ov_model, dataset, subset_size=len(images), preset=preset, ignored_scope=scope,
+                         fast_bias_correction=options.fast_bias_correction, model_type=model_type,
+                         advanced_parameters=advanced)
 
 
 def _calibration_items(model: AnomalyModel, images: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
@@ -193,3 +266,34 @@ def _calibration_items(model: AnomalyModel, images: Sequence[np.ndarray]) -> Ite
             pixels = model.model.preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])
             yield {"pixels": pixels.numpy(), "thresholds": np.array([model.image_threshold], np.float32),
                    "masks": np.ones((1, model.image_size, model.image_size), np.float32)}
+
+
+def fidelity(reference: Any, quantized: Any, images: Sequence[np.ndarray]) -> dict[str, float]:
+    """How closely ``quantized`` follows ``reference`` (both InferenceModels) on good images ``images``.
+
+    Only good images exist at export time, so this is what can be measured there: the rank agreement of
+    the image scores (Spearman), the largest and median change of the normalised score (0.5 is the
+    threshold), and the share of images with the same verdict.
+    """
+    ref, got = [], []
+    for start in range(0, len(images), 16):
+        batch = list(images[start:start + 16])
+        ref.append(reference.predict(batch))
+        got.append(quantized.predict(batch))
+    ref_scores = np.concatenate([p.image_scores for p in ref])
+    got_scores = np.concatenate([p.image_scores for p in got])
+    shift = np.abs(np.concatenate([p.normalised_scores for p in got])
+                   - np.concatenate([p.normalised_scores for p in ref]))
+    same = np.concatenate([p.anomalous for p in got]) == np.concatenate([p.anomalous for p in ref])
+    return {"images": len(images), "spearman": round(_spearman(ref_scores, got_scores), 4),
+            "max_normalised_shift": round(float(shift.max()), 4),
+            "median_normalised_shift": round(float(np.median(shift)), 4),
+            "same_verdict": round(float(same.mean()), 4)}
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation (ties broken by order; scores are continuous)."""
+    if len(a) < 2:
+        return 1.0
+    ranks_a, ranks_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
