@@ -9,8 +9,9 @@ Each check evaluates to bad / good / unknown (not enough data yet) and changes s
 - focus: the rolling median Laplacian variance fell below ``focus_ratio`` x the camera's baseline;
 - (frozen and focus are not judged while exposure is bad: a black frame is also flat and unchanging);
 - silence: no frame for ``silence_s`` (wall clock of this service);
-- drift: over the last ``drift_window`` scores, the median log score moved by ``drift_threshold`` or
-  more calibration standard deviations from the calibration median (a quantile-shift test).
+- drift: over the last ``drift_window`` scores, the median log score rose by ``drift_threshold`` or fell
+  by ``drift_fall_threshold`` or more calibration standard deviations from the calibration median (a
+  quantile-shift test; the fall limit is wider because healthy replays swing further down, see the README).
 """
 
 from __future__ import annotations
@@ -192,8 +193,11 @@ class CameraMonitor:
             reference = self.learned_reference
         shift = drift_statistic(list(self.scores), reference)
         self.last_drift = shift
-        return Evaluation(abs(shift) >= self.config.drift_threshold, shift, self.config.drift_threshold,
-                          f"median score shifted {shift:+.2f} calibration sd")
+        if shift < 0:
+            limit = self.config.drift_fall_threshold
+            return Evaluation(-shift >= limit, shift, -limit, f"median score fell {shift:+.2f} calibration sd")
+        limit = self.config.drift_threshold
+        return Evaluation(shift >= limit, shift, limit, f"median score rose {shift:+.2f} calibration sd")
 
     def _apply(self, check: CheckName, evaluation: Evaluation, now_ns: int) -> list[HealthEvent]:
         state = self.states[check]

@@ -73,30 +73,55 @@ def scores(root: Path, model_path: Path, out: Path) -> None:
 
     model = AnomalyModel.load(model_path, device="auto")
     good = [_load(r.path) for r in list_train_good(root)]
+    faulty = good[:200]
     variants = {"train_good": good, "test_good": [_load(r.path) for r in list_test(root) if r.label == "good"],
-                "blur2": [cv2.GaussianBlur(im, (0, 0), 2) for im in good[:200]],
-                "dark50": [(im * 0.5).astype(np.uint8) for im in good[:200]],
-                "bright40": [np.clip(im.astype(np.int16) + 40, 0, 255).astype(np.uint8) for im in good[:200]]}
-    result: dict[str, Any] = {name: [float(s) for i in range(0, len(images), 16)
-                                     for s in model.predict(images[i:i + 16]).image_scores]
-                              for name, images in variants.items()}
-    calibration = model.metadata.calibration
-    result["calibration"] = {"p50": calibration.score_stats["p50"], "log_scale": calibration.log_scale}
+                "blur1": [cv2.GaussianBlur(im, (0, 0), 1) for im in faulty],
+                "blur2": [cv2.GaussianBlur(im, (0, 0), 2) for im in faulty],
+                "dark50": [(im * 0.5).astype(np.uint8) for im in faulty],
+                "bright40": [np.clip(im.astype(np.int16) + 40, 0, 255).astype(np.uint8) for im in faulty]}
+    meta = model.metadata
+    calibration = meta.calibration
+    result: dict[str, Any] = {
+        "source": f"STFPM {meta.backbone} {meta.image_size} px, {meta.training.get('epochs_run', '?')} epochs, "
+                  f"trained on {'/'.join(root.parts[-2:])}/train/good ({meta.training.get('n_val', '?')} held out "
+                  f"for calibration); scores of the images as listed (file order); faults applied to the first "
+                  f"{len(faulty)} train/good images; written by `python -m linewatch.alerts.health.measure scores`",
+        "model_version": model.model_version,
+        "calibration": {"p50": calibration.score_stats["p50"], "log_scale": calibration.log_scale,
+                        "image_threshold": calibration.image_threshold, "n": calibration.score_stats.get("n")}}
+    for name, images in variants.items():
+        result[name] = [float(s) for i in range(0, len(images), 16)
+                        for s in model.predict(images[i:i + 16]).image_scores]
     out.write_text(json.dumps(result))
 
 
-def drift(path: Path, window: int) -> None:
-    """Print the range of the drift statistic over every window of each replay (file order and 20 shuffles)."""
+HEALTHY = ("train_good", "test_good")
+FAULTS = ("blur1", "blur2", "dark50", "bright40")
+
+
+def replays(data: dict[str, Any]) -> dict[str, list[float]]:
+    """The score lists of a scores file, plus every good image of the set (train/good then test/good)."""
+    found = {name: data[name] for name in (*HEALTHY, *FAULTS) if name in data}
+    found["all_good"] = [*data["train_good"], *data.get("test_good", [])]
+    return found
+
+
+def drift(path: Path, window: int, rise: float, fall: float) -> None:
+    """Print the range of the drift statistic over every window of each replay (file order and 20 shuffles)
+    and the share of windows at or beyond the thresholds (``rise`` up, ``fall`` down)."""
     data = json.loads(path.read_text())
-    reference = ScoreReference(**data["calibration"])
+    reference = ScoreReference(p50=data["calibration"]["p50"], log_scale=data["calibration"]["log_scale"])
     rng = np.random.default_rng(0)
-    for name, values in data.items():
-        if name == "calibration" or not isinstance(values, list) or len(values) < window:
+    for name, values in replays(data).items():
+        if len(values) < window:
+            print(f"{name}: {len(values)} scores, fewer than a window of {window}")
             continue
         orders = [values] + [list(rng.permutation(values)) for _ in range(20)]
-        shifts = [drift_statistic([math.log(max(v, 1e-12)) for v in order[i - window:i]], reference)
-                  for order in orders for i in range(window, len(order) + 1)]
-        print(f"{name}: {len(values)} scores, window {window}: shift {min(shifts):+.2f} .. {max(shifts):+.2f}")
+        shifts = np.array([drift_statistic([math.log(max(v, 1e-12)) for v in order[i - window:i]], reference)
+                           for order in orders for i in range(window, len(order) + 1)])
+        beyond = np.mean((shifts >= rise) | (shifts <= -fall))
+        print(f"{name}: {len(values)} scores, window {window}: shift {shifts.min():+.2f} .. {shifts.max():+.2f}, "
+              f">= +{rise} or <= -{fall}: {beyond:.0%} of windows")
 
 
 def main() -> None:
@@ -111,13 +136,15 @@ def main() -> None:
     p = sub.add_parser("drift")
     p.add_argument("scores", type=Path)
     p.add_argument("--window", type=int, default=CheckConfig().drift_window)
+    p.add_argument("--rise", type=float, default=CheckConfig().drift_threshold)
+    p.add_argument("--fall", type=float, default=CheckConfig().drift_fall_threshold)
     args = parser.parse_args()
     if args.what == "pixels":
         pixels(args.roots)
     elif args.what == "scores":
         scores(args.root, args.model, args.out)
     else:
-        drift(args.scores, args.window)
+        drift(args.scores, args.window, args.rise, args.fall)
 
 
 if __name__ == "__main__":

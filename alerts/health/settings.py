@@ -38,8 +38,11 @@ class CheckConfig(BaseModel):
     silence_s: float = Field(default=30.0, gt=0.0, description="No frame for this long is a silent camera.")
     drift_window: int = Field(default=100, ge=5, le=10_000, description="Scores in the drift window.")
     drift_threshold: float = Field(default=0.6, gt=0.0,
-                                   description="|median shift| of log scores, in calibration log-score standard "
-                                               "deviations, that is drift (healthy max measured: 0.43).")
+                                   description="Rise of the median log score, in calibration log-score standard "
+                                               "deviations, that is drift (healthy max measured: +0.33).")
+    drift_fall_threshold: float = Field(default=0.9, gt=0.0,
+                                        description="Fall of the median log score, in the same units, that is "
+                                                    "drift (healthy min measured: -0.63).")
     confirm: int = Field(default=3, ge=1, description="Checks in a row that change a check's state (hysteresis).")
 
 
@@ -60,6 +63,7 @@ class CheckOverride(BaseModel):
     silence_s: float | None = None
     drift_window: int | None = None
     drift_threshold: float | None = None
+    drift_fall_threshold: float | None = None
     confirm: int | None = None
 
 

@@ -1,48 +1,70 @@
-"""The drift threshold against measured scores of the shared good images (tests/health/data, see its source).
+"""The default drift check against measured scores of every shared data set (tests/health/data).
 
-The scores were produced once by a model trained on magnetic_tile's good images; replaying them here
-keeps the threshold honest without training a model in the test.
+Each ``<set>_scores.json`` holds the raw scores of a model trained on that set's good images (see its
+``source``): its good images in file order, and copies blurred, darkened and brightened. Replaying them
+here keeps the default threshold honest on all sets without training a model in the test.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from linewatch.alerts.health.checks import CameraMonitor, HealthEvent
+from linewatch.alerts.health.measure import HEALTHY, replays
 from linewatch.alerts.health.settings import CheckConfig, ScoreReference
 
 pytestmark = pytest.mark.unit
 
-MEASURED = json.loads((Path(__file__).parent / "data" / "magnetic_tile_scores.json").read_text())
-REFERENCE = ScoreReference(p50=MEASURED["calibration"]["p50"], log_scale=MEASURED["calibration"]["log_scale"])
+DATA = Path(__file__).parent / "data"
+MEASURED: dict[str, dict[str, Any]] = {path.name.removesuffix("_scores.json"): json.loads(path.read_text())
+                                       for path in sorted(DATA.glob("*_scores.json"))}
+# The faults that moved the drift statistic past the default threshold in every window when measured
+# (alerts/health/README.md, "Score drift: the test"); the others stay below it on that set.
+FIRES = {"bsdata": ("dark50",), "magnetic_tile": ("blur2",), "mvtec3d_tire": ("blur2", "dark50", "bright40")}
+WINDOW = CheckConfig().drift_window
+HEALTHY_REPLAYS = [(name, replay) for name, data in MEASURED.items() for replay, scores in replays(data).items()
+                   if replay in (*HEALTHY, "all_good") and len(scores) >= WINDOW]
 
 
-def replay(scores: list[float]) -> tuple[list[HealthEvent], list[float]]:
+def reference(name: str) -> ScoreReference:
+    calibration = MEASURED[name]["calibration"]
+    return ScoreReference(p50=calibration["p50"], log_scale=calibration["log_scale"])
+
+
+def replay(name: str, scores: list[float]) -> tuple[list[HealthEvent], list[float]]:
     """Feed scores through the default drift check; returns the events and every drift statistic seen."""
-    monitor = CameraMonitor("cam", "line", CheckConfig())
+    monitor, ref = CameraMonitor("cam", "line", CheckConfig()), reference(name)
     events, shifts = [], []
     for score in scores:
-        events += monitor.observe_score(score, "m", REFERENCE, 0)
+        events += monitor.observe_score(score, "m", ref, 0)
         if monitor.last_drift is not None:
             shifts.append(monitor.last_drift)
     return events, shifts
 
 
-@pytest.mark.parametrize("name", ["train_good", "test_good"])
-def test_healthy_replays_of_good_images_never_drift(name: str) -> None:
+def test_every_shared_set_was_measured() -> None:
+    assert set(MEASURED) == set(FIRES) == {"bsdata", "magnetic_tile", "mvtec3d_tire"}
+
+
+@pytest.mark.parametrize(("name", "which"), HEALTHY_REPLAYS)
+def test_healthy_replays_of_good_images_never_drift(name: str, which: str) -> None:
+    scores = replays(MEASURED[name])[which]
     rng = np.random.default_rng(0)
-    orders = [MEASURED[name]] + [list(rng.permutation(MEASURED[name])) for _ in range(20)]
-    for scores in orders:
-        events, shifts = replay(scores)
-        assert events == [], f"{name}: a healthy replay raised {events[0]}"
-        assert shifts and max(abs(s) for s in shifts) < CheckConfig().drift_threshold
+    for order in [scores] + [list(rng.permutation(scores)) for _ in range(20)]:
+        events, shifts = replay(name, order)
+        assert events == [], f"{name} {which}: a healthy replay raised {events[0]}"
+        config = CheckConfig()
+        assert shifts and -config.drift_fall_threshold < min(shifts) and max(shifts) < config.drift_threshold
 
 
-def test_a_blurred_camera_drifts() -> None:
-    events, shifts = replay(MEASURED["test_good"] + MEASURED["blur2"])
+@pytest.mark.parametrize(("name", "fault"), [(name, fault) for name, faults in FIRES.items() for fault in faults])
+def test_a_faulty_camera_drifts(name: str, fault: str) -> None:
+    data = MEASURED[name]
+    events, shifts = replay(name, data["test_good"] + data[fault])
     assert [(e.check, e.status) for e in events] == [("drift", "firing")]
-    assert max(shifts) > CheckConfig().drift_threshold
+    assert max(shifts) >= CheckConfig().drift_threshold

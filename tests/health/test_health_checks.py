@@ -96,6 +96,20 @@ def test_score_drift_against_the_calibration_reference() -> None:
     assert fired(events) == ["drift"] and events[0].value > CONFIG.drift_threshold
 
 
+def test_a_fall_in_scores_needs_the_wider_fall_limit() -> None:
+    config = CheckConfig(drift_window=20, confirm=2, drift_threshold=0.6, drift_fall_threshold=0.9)
+    reference = ScoreReference(p50=1.0, log_scale=1.0)
+
+    def replay(log_score: float) -> list[HealthEvent]:
+        monitor = CameraMonitor("c", "l", config)
+        return [e for _ in range(30) for e in monitor.observe_score(math.exp(log_score), "m1", reference, 0)]
+
+    assert replay(-0.7) == []  # would be drift at the rise limit: healthy replays fall this far (README)
+    assert replay(+0.7)[0].detail == "median score rose +0.70 calibration sd"
+    fell = replay(-1.0)
+    assert fired(fell) == ["drift"] and fell[0].value == pytest.approx(-1.0) and fell[0].threshold == -0.9
+
+
 def test_drift_learns_a_reference_when_none_is_known_and_restarts_with_a_new_model() -> None:
     monitor = CameraMonitor("c", "l", CONFIG)
     for _ in range(25):
