@@ -107,7 +107,7 @@ class HealthSettings(BaseSettings):
     redis_ttl_s: int = Field(default=120, ge=10, description="The health hash expires this long after a refresh.")
     checks: ChecksSettings = Field(default_factory=lambda: ChecksSettings.model_validate({}))
     baselines: dict[str, Baseline] = Field(default_factory=dict, description="Camera id -> pinned pixel baseline.")
-    baseline_ttl_s: int = Field(default=30 * 86400, ge=3600,
+    baseline_ttl_s: int = Field(default=30 * 86400, ge=60,
                                 description="A learned baseline kept in Redis (p:cam:{camera}:baseline, reused "
                                             "after a restart) expires this long after its camera's last frame.")
     score_references: dict[str, ScoreReference] = Field(

@@ -122,7 +122,7 @@ def start_health(running: Running, kafka: dict[str, Any], topics: dict[str, str]
     running.ports["health"] = free_port()
     settings = HealthSettings(kafka=kafka, topics=topics, redis=redis, group_id=f"health-{unique}",  # type: ignore[arg-type]
                               health_topic=f"health-{unique}", start_from="earliest", metrics_host="127.0.0.1",
-                              metrics_port=running.ports["health"],
+                              metrics_port=running.ports["health"], baseline_ttl_s=60,  # no stored baseline outlives it
                               checks={"default": {"baseline_frames": 5, "drift_window": 5}})  # type: ignore[arg-type]
     running.thread("camera-health", run_health, settings, running.stop, HealthMetrics())
 
