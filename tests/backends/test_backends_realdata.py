@@ -1,17 +1,20 @@
 """Image and pixel AUROC of every backend and precision within 0.005 of torch fp32 on every shared set.
 
-Kept cheap (stated): per set, a default-architecture model (efficientnet_lite0, 128 px) trained for 3
-epochs on every 8th good training image (at most 64), evaluated on every 3rd test image; the INT8 export
-is calibrated on exactly the images it was trained on (the same folder, so ``data_sha256`` matches).
+Kept cheap (stated): per set, a model of the default architecture and size (efficientnet_lite0, taps
+2/4/10, 192 px) trained for 3 epochs on every 8th good training image (at most 64), evaluated on every
+3rd test image; the INT8 export is calibrated on exactly the images it was trained on (the same folder,
+so ``data_sha256`` matches).
 Pixel AUROC uses one set of histogram bin edges (from the fp32 maps) for every backend, so the
 comparison has no binning difference. Skipped when ../shared/datasets is absent.
 
 Measured 2026-11-29: ONNX Runtime and OpenVINO fp32 equal torch to 4 decimals on all three sets; INT8
-misses the image-AUROC bound on all three (strict xfail with the numbers: it fails when INT8 gets there).
+misses the image-AUROC bound (strict xfail with the numbers: it fails when INT8 gets there); the INT8
+export's own fidelity report (measured on good images only) is checked to be there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,6 +33,11 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 SETS = sorted(p.name for p in DATASETS.glob("*") if (p / p.name / "train" / "good").is_dir())
 TOLERANCE = 0.005
+INT8_MEASURED = (
+    "measured 2026-11-29 on the new default (192 px, taps 2/4/10; benchmarks/int8_accuracy.py, test halves): the "
+    "chosen INT8 scope (teacher only, stems fp32, head fp32) moves image AUROC by -0.016 (bsdata), +0.003 "
+    "(magnetic_tile), +0.012 (mvtec3d_tire), pixel AUROC within 0.002; no lever tried kept every set within "
+    "0.005. Goal not reached; remove this mark when it passes")
 Trained = tuple[str, Path, Path, float, float, np.ndarray]  # set, checkpoint, good folder, image/pixel AUROC, edges
 
 
@@ -66,7 +74,7 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     data = DATASETS / name / name
     root = tmp_path_factory.mktemp(f"realdata-{name}")
     good = _subset_folder(data, root / "good")
-    config = TrainConfig(image_size=128, epochs=3, batch_size=16, device="cpu")
+    config = TrainConfig(epochs=3, batch_size=16, device="cpu")  # the default size and taps
     checkpoint = train(config, list_train_good(good), root / "m.safetensors", progress=False).path
     image_ref, pixel_ref, edges = _aurocs(load_model(checkpoint, "torch", "cpu"), data, None)
     return name, checkpoint, good, image_ref, pixel_ref, edges
@@ -88,11 +96,24 @@ def test_fp32_backends_keep_torch_accuracy(backend: str, trained: Trained) -> No
     _assert_close(name, f"{backend} fp32", load_model(checkpoint, backend, "cpu"), trained)
 
 
-@pytest.mark.skipif(not SETS, reason=f"no shared data sets at {DATASETS}")
-@pytest.mark.xfail(strict=True, reason="measured 2026-11-29: INT8 (NNCF, backbones only) moves image AUROC by "
-                   "-0.066 (bsdata), +0.0053 (magnetic_tile), +0.0076 (mvtec3d_tire); pixel AUROC stays within "
-                   "0.0034. Goal not reached; remove this mark when it passes")
-def test_int8_keeps_torch_accuracy(trained: Trained, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def int8_export(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``linewatch export --format openvino --int8`` of the set's model, calibrated on its training images."""
     name, checkpoint, good = trained[0], trained[1], trained[2]
-    int8 = export_openvino(checkpoint, tmp_path / "int8", int8=True, calibration_data=good)
-    _assert_close(name, "openvino int8", load_model(int8), trained)
+    return export_openvino(checkpoint, tmp_path_factory.mktemp(f"int8-{name}"), int8=True, calibration_data=good)
+
+
+@pytest.mark.skipif(not SETS, reason=f"no shared data sets at {DATASETS}")
+def test_int8_export_reports_its_fidelity_to_fp32(int8_export: Path) -> None:
+    """Only good images exist at export time: the export measures INT8 against fp32 on them, so a user sees the risk."""
+    measured = json.loads((int8_export / "linewatch.json").read_text())["int8_fidelity"]
+    print(measured)
+    assert measured["images"] >= 5
+    assert -1.0 <= measured["spearman"] <= 1.0 and 0.0 <= measured["same_verdict"] <= 1.0
+    assert 0.0 <= measured["median_normalised_shift"] <= measured["max_normalised_shift"] <= 1.0
+
+
+@pytest.mark.skipif(not SETS, reason=f"no shared data sets at {DATASETS}")
+@pytest.mark.xfail(strict=True, reason=INT8_MEASURED)
+def test_int8_keeps_torch_accuracy(trained: Trained, int8_export: Path) -> None:
+    _assert_close(trained[0], "openvino int8", load_model(int8_export), trained)
