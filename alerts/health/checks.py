@@ -11,7 +11,7 @@ Each check evaluates to bad / good / unknown (not enough data yet) and changes s
 - silence: no frame for ``silence_s`` (wall clock of this service);
 - drift: over the last ``drift_window`` scores, the median log score rose by ``drift_threshold`` or fell
   by ``drift_fall_threshold`` or more calibration standard deviations from the calibration median (a
-  quantile-shift test; the fall limit is wider because healthy replays swing further down, see the README).
+  quantile-shift test; each direction has its own limit, chosen from healthy replays: see the README).
 """
 
 from __future__ import annotations

@@ -36,13 +36,15 @@ class CheckConfig(BaseModel):
                                description="Median Laplacian variance / baseline below this is out of focus "
                                            "(healthy min 0.35; a 2 px Gaussian blur gives 0.02-0.39).")
     silence_s: float = Field(default=30.0, gt=0.0, description="No frame for this long is a silent camera.")
-    drift_window: int = Field(default=100, ge=5, le=10_000, description="Scores in the drift window.")
-    drift_threshold: float = Field(default=0.6, gt=0.0,
+    drift_window: int = Field(default=200, ge=5, le=10_000,
+                              description="Scores in the drift window (100 let a healthy run of one surface type "
+                                          "through: README).")
+    drift_threshold: float = Field(default=0.8, gt=0.0,
                                    description="Rise of the median log score, in calibration log-score standard "
-                                               "deviations, that is drift (healthy max measured: +0.33).")
-    drift_fall_threshold: float = Field(default=0.9, gt=0.0,
+                                               "deviations, that is drift (healthy max measured: +0.59).")
+    drift_fall_threshold: float = Field(default=0.6, gt=0.0,
                                         description="Fall of the median log score, in the same units, that is "
-                                                    "drift (healthy min measured: -0.63).")
+                                                    "drift (healthy min measured: -0.43).")
     confirm: int = Field(default=3, ge=1, description="Checks in a row that change a check's state (hysteresis).")
 
 

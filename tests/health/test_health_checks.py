@@ -96,7 +96,7 @@ def test_score_drift_against_the_calibration_reference() -> None:
     assert fired(events) == ["drift"] and events[0].value > CONFIG.drift_threshold
 
 
-def test_a_fall_in_scores_needs_the_wider_fall_limit() -> None:
+def test_rises_and_falls_of_scores_have_their_own_limits() -> None:
     config = CheckConfig(drift_window=20, confirm=2, drift_threshold=0.6, drift_fall_threshold=0.9)
     reference = ScoreReference(p50=1.0, log_scale=1.0)
 
@@ -104,7 +104,7 @@ def test_a_fall_in_scores_needs_the_wider_fall_limit() -> None:
         monitor = CameraMonitor("c", "l", config)
         return [e for _ in range(30) for e in monitor.observe_score(math.exp(log_score), "m1", reference, 0)]
 
-    assert replay(-0.7) == []  # would be drift at the rise limit: healthy replays fall this far (README)
+    assert replay(-0.7) == []  # beyond the rise limit, within the fall limit
     assert replay(+0.7)[0].detail == "median score rose +0.70 calibration sd"
     fell = replay(-1.0)
     assert fired(fell) == ["drift"] and fell[0].value == pytest.approx(-1.0) and fell[0].threshold == -0.9
