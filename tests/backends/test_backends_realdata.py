@@ -8,8 +8,9 @@ Pixel AUROC uses one set of histogram bin edges (from the fp32 maps) for every b
 comparison has no binning difference. Skipped when ../shared/datasets is absent.
 
 Measured 2026-11-29: ONNX Runtime and OpenVINO fp32 equal torch to 4 decimals on all three sets; INT8
-misses the image-AUROC bound (strict xfail with the numbers: it fails when INT8 gets there); the INT8
-export's own fidelity report (measured on good images only) is checked to be there.
+meets the bound on magnetic_tile and misses the image-AUROC bound on bsdata and mvtec3d_tire (strict xfails
+with the numbers: each fails when INT8 gets there); the INT8 export's own fidelity report (measured on good
+images only) is checked to be there. The whole file costs about 3.5 minutes on the 2-core dev machine.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 SETS = sorted(p.name for p in DATASETS.glob("*") if (p / p.name / "train" / "good").is_dir())
 TOLERANCE = 0.005
-INT8_MEASURED = (
-    "measured 2026-11-29 on the new default (192 px, taps 2/4/10; benchmarks/int8_accuracy.py, test halves): the "
-    "chosen INT8 scope (teacher only, stems fp32, head fp32) moves image AUROC by -0.016 (bsdata), +0.003 "
-    "(magnetic_tile), +0.012 (mvtec3d_tire), pixel AUROC within 0.002; no lever tried kept every set within "
-    "0.005. Goal not reached; remove this mark when it passes")
+# INT8 (teacher only, stems and head fp32; chosen on the dev halves, benchmarks/results/int8_accuracy.md)
+# against torch fp32 in this test, 2026-11-29: magnetic_tile image -0.0011, pixel -0.0008 (passes); the sets
+# below miss the bound and are strict xfails with their numbers, so each fails as soon as INT8 gets there
+INT8_MISSES = {
+    "bsdata": "image AUROC 0.7135 vs 0.7395 (-0.026), pixel 0.9828 vs 0.9842",
+    "mvtec3d_tire": "image AUROC 0.4943 vs 0.4751 (+0.019), pixel 0.9354 vs 0.9345",
+}
 Trained = tuple[str, Path, Path, float, float, np.ndarray]  # set, checkpoint, good folder, image/pixel AUROC, edges
 
 
@@ -114,6 +117,9 @@ def test_int8_export_reports_its_fidelity_to_fp32(int8_export: Path) -> None:
 
 
 @pytest.mark.skipif(not SETS, reason=f"no shared data sets at {DATASETS}")
-@pytest.mark.xfail(strict=True, reason=INT8_MEASURED)
-def test_int8_keeps_torch_accuracy(trained: Trained, int8_export: Path) -> None:
-    _assert_close(trained[0], "openvino int8", load_model(int8_export), trained)
+def test_int8_keeps_torch_accuracy(trained: Trained, int8_export: Path, request: pytest.FixtureRequest) -> None:
+    name = trained[0]
+    if name in INT8_MISSES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"measured 2026-11-29: {INT8_MISSES[name]}; "
+                                              "goal not reached, remove the entry when it passes"))
+    _assert_close(name, "openvino int8", load_model(int8_export), trained)
