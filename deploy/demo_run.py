@@ -101,8 +101,12 @@ class DemoRun:
     def _start_alerts(self, token: str) -> str:
         port = self.options.port or free_port()
         url = f"http://127.0.0.1:{port}"
+        # Every replayed image is a different part, so one breaching frame is one defective part: alert on it
+        # (k=1 of n=1) rather than the default 3 of 5, which suits several frames of one part (a scratch seen
+        # as it passes); resolve_after and cooldown_s still keep it to one alert per episode.
         env = {**self._env(), "LINEWATCH_API_TOKEN": token, "LINEWATCH_HTTP__PUBLIC_BASE_URL": url,
-               "LINEWATCH_GROUP_ID": self.alerts_group}
+               "LINEWATCH_GROUP_ID": self.alerts_group, "LINEWATCH_RULES__DEFAULT__K": "1",
+               "LINEWATCH_RULES__DEFAULT__N": "1"}
         proc, log_path = self.processes.spawn("alerts", ["alerts", "--host", "127.0.0.1", "--port", str(port)], env)
         wait_http(f"{url}/health", 90, proc, "linewatch alerts", log_path)
         return url
