@@ -139,9 +139,30 @@ def redis_url(stack: LocalStack) -> str:
 
 
 @pytest.fixture
-def unique() -> str:
-    """A short unique name for topics, groups and Redis key prefixes of one test."""
-    return uuid.uuid4().hex[:10]
+def unique(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A short unique name for topics, groups and Redis key prefixes of one test.
+
+    A test that also uses the session's Redis gets every key containing the name deleted afterwards:
+    some keys have no TTL by design (the alerts service's per-partition epoch, index and history), and the
+    machine's Redis must not collect them run after run.
+    """
+    name = uuid.uuid4().hex[:10]
+    redis_url = request.getfixturevalue("redis_url") if "redis_url" in request.fixturenames else None
+    yield name
+    if redis_url is not None:
+        _delete_keys_containing(redis_url, name)
+
+
+def _delete_keys_containing(redis_url: str, text: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"*{text}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+    finally:
+        client.close()
 
 
 @pytest.fixture
