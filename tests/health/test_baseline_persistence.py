@@ -12,12 +12,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 from confluent_kafka import Producer
+from helpers.faults import wait_until
 
 from linewatch.alerts.health.baselines import PINNED, STORED, baseline_key
 from linewatch.alerts.health.metrics import HealthMetrics
@@ -39,14 +39,6 @@ TTL_S = 7 * 86400
 def parts(count: int, start: int = 0) -> list[np.ndarray]:
     """Good synthetic parts: a sharp, healthy camera."""
     return [render_sample(start + i, size=192, defect_probability=0.0).image for i in range(count)]
-
-
-def wait_until(condition: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def fresh_topics(settings: HealthSettings) -> HealthSettings:
