@@ -103,19 +103,34 @@ def _lite(name: str, size: int, taps: tuple[int, ...], **kw: Any) -> SweepConfig
     return SweepConfig(name, TrainConfig(image_size=size, taps=taps, patience=3, **kw), variants)
 
 
+FOUR_TAP_VARIANTS = (
+    Variant(),  # the model's own rule: product over taps 2/4/10/14
+    Variant(sigma=2.0),
+    Variant(top_k=10),
+    Variant(map_taps=(2, 4, 10)),
+    Variant(map_taps=(10, 14)),  # the previous default's map, from this student (8x8: for comparison only)
+    Variant(map_taps=(2, 4, 10, 14), normsum=True),
+    Variant(map_taps=(2, 4, 10), score="geomean", score_taps=(10, 14)),
+    Variant(map_taps=(2, 4, 10, 14), score="zsum", score_taps=(10, 14)),
+)
+
+# Sessions 1-3 trained without the batch-norm refresh (refresh_bn_stats=False keeps their recipe).
+TODAY = SweepConfig("today", TrainConfig(image_size=128, taps=(10, 14), sigma=0.0, resize_mode="squash", epochs=20,
+                                         refresh_bn_stats=False), (Variant(),))
+S4_192 = _lite("s4_192", 192, (2, 4, 10), epochs=15, refresh_bn_stats=False)
+
 # Taps of efficientnet_lite0: blocks 2, 4, 10 end the stride-4, -8 and -16 stages (the paper's ResNet
 # layers 1-3 geometry); 10/14 is the previous default (strides 16, 32).
 CONFIGS: dict[str, SweepConfig] = {
-    "today": SweepConfig("today", TrainConfig(image_size=128, taps=(10, 14), sigma=0.0, resize_mode="squash",
-                                              epochs=20), (Variant(),)),
-    "s4_256": _lite("s4_256", 256, (2, 4, 10), epochs=15),
-    "s4_192": _lite("s4_192", 192, (2, 4, 10), epochs=15),
+    "today": TODAY,
+    "s4_256": _lite("s4_256", 256, (2, 4, 10), epochs=15, refresh_bn_stats=False),
+    "s4_192": S4_192,
     # strides 4/8/16 plus the stride-32 tap of the previous default (large low-contrast regions)
-    "s4s32_256": _lite("s4s32_256", 256, (2, 4, 10, 14), epochs=15),
+    "s4s32_256": _lite("s4s32_256", 256, (2, 4, 10, 14), epochs=15, refresh_bn_stats=False),
     # the same four taps at 192 px with lr 0.1 (s4s32_256 diverged at lr 0.4); its maps are scored per tap
     # group (fine taps for the map, deep taps for the image score) without retraining
     "s4s32_192": SweepConfig("s4s32_192", TrainConfig(image_size=192, taps=(2, 4, 10, 14), patience=3, epochs=15,
-                                                      lr=0.1), (
+                                                      lr=0.1, refresh_bn_stats=False), (
         Variant(map_taps=(2, 4, 10)),  # today's map and score, from a 4-tap student
         Variant(map_taps=(2, 4, 10, 14)),  # product over all four taps
         Variant(map_taps=(2, 4, 10), score="taps", score_taps=(10, 14)),  # map from fine taps, score from deep
@@ -125,9 +140,20 @@ CONFIGS: dict[str, SweepConfig] = {
         Variant(map_taps=(2, 4, 10), score="zsum", score_taps=(10, 14)),
         Variant(map_taps=(2, 4, 10, 14), normsum=True, score="zsum", score_taps=(10, 14)),
     )),
-    "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox"),
-    "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15),
-    "s4_320": _lite("s4_320", 320, (2, 4, 10), epochs=15),
+    # session 4: at 128 px the stride-4 tap alone gives a 32x32 map, and taps 10/14 see what the previous
+    # default saw (same input size); constant lr 0.4 (the paper's) vs warm-up + cosine decay; "_bn": the
+    # student's batch-norm statistics recomputed on the training images before each validation
+    **{f"s4s32_128{schedule}{bn}": SweepConfig(
+        f"s4s32_128{schedule}{bn}",
+        TrainConfig(image_size=128, taps=(2, 4, 10, 14), patience=3, epochs=20,
+                    lr_schedule="cosine" if schedule else "constant", refresh_bn_stats=bool(bn)),
+        FOUR_TAP_VARIANTS) for schedule in ("", "_cos") for bn in ("", "_bn")},
+    **{f"{name}_bn": SweepConfig(f"{name}_bn", replace(CONFIG.train, refresh_bn_stats=True), CONFIG.variants)
+       for name, CONFIG in (("today", TODAY), ("s4_192", S4_192))},
+    "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox",
+                                 refresh_bn_stats=False),
+    "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15, refresh_bn_stats=False),
+    "s4_320": _lite("s4_320", 320, (2, 4, 10), epochs=15, refresh_bn_stats=False),
 }
 
 
