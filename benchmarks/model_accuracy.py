@@ -114,7 +114,7 @@ FOUR_TAP_VARIANTS = (
     Variant(map_taps=(2, 4, 10, 14), score="zsum", score_taps=(10, 14)),
 )
 
-# Sessions 1-3 trained without the batch-norm refresh (refresh_bn_stats=False keeps their recipe).
+# Sessions 1-3 trained without the batch-norm refresh (refresh_bn_stats=False, the default, is their recipe).
 TODAY = SweepConfig("today", TrainConfig(image_size=128, taps=(10, 14), sigma=0.0, resize_mode="squash", epochs=20,
                                          refresh_bn_stats=False), (Variant(),))
 S4_192 = _lite("s4_192", 192, (2, 4, 10), epochs=15, refresh_bn_stats=False)
@@ -148,6 +148,10 @@ CONFIGS: dict[str, SweepConfig] = {
         TrainConfig(image_size=128, taps=(2, 4, 10, 14), patience=3, epochs=20,
                     lr_schedule="cosine" if schedule else "constant", refresh_bn_stats=bool(bn)),
         FOUR_TAP_VARIANTS) for schedule in ("", "_cos") for bn in ("", "_bn")},
+    **{f"s4s32_{size}_bn": SweepConfig(f"s4s32_{size}_bn", TrainConfig(image_size=size, taps=(2, 4, 10, 14), patience=3,
+                                                                     epochs=20, refresh_bn_stats=True),
+                                       FOUR_TAP_VARIANTS)
+       for size in (160, 192)},
     **{f"{name}_bn": SweepConfig(f"{name}_bn", replace(CONFIG.train, refresh_bn_stats=True), CONFIG.variants)
        for name, CONFIG in (("today", TODAY), ("s4_192", S4_192))},
     "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox",

@@ -54,6 +54,8 @@ def register_train(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
                    help="constant, or warm-up for one epoch then cosine decay (default: the model default's)")
+    p.add_argument("--refresh-bn-stats", action="store_true", default=None,
+                   help="recompute the student's batch-norm statistics before each validation (off by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher-weights", type=Path, default=None, help="local ImageNet state dict of the backbone")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -80,7 +82,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(backbone=args.backbone, seed=args.seed, teacher_weights=args.teacher_weights,
                          device=args.device)
     overrides = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size, "lr": args.lr,
-                 "lr_schedule": args.lr_schedule}
+                 "lr_schedule": args.lr_schedule, "refresh_bn_stats": args.refresh_bn_stats}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     result = train(config, list_train_good(args.data_dir), args.out, progress=not args.quiet, resume=args.resume)
     print(f"wrote {result.path}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.5f}, "

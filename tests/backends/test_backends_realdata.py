@@ -1,16 +1,17 @@
 """Image and pixel AUROC of every backend and precision within 0.005 of torch fp32 on every shared set.
 
-Kept cheap (stated): per set, a model of the default architecture and size (efficientnet_lite0, taps
-2/4/10, 192 px) trained for 3 epochs on every 8th good training image (at most 64), evaluated on every
-3rd test image; the INT8 export is calibrated on exactly the images it was trained on (the same folder,
-so ``data_sha256`` matches).
-Pixel AUROC uses one set of histogram bin edges (from the fp32 maps) for every backend, so the
-comparison has no binning difference. Skipped when ../shared/datasets is absent.
+Kept affordable (stated): per set, a model of the default architecture and size trained with the default
+recipe for 15 epochs on every 4th good training image (at most 96), evaluated on every test image (on a
+third of mvtec3d_tire, 9 good images, one swapped pair moved image AUROC by 0.004, too coarse for the
+bound); the INT8 export is calibrated on exactly the images it was trained on (the same folder, so
+``data_sha256`` matches). Pixel AUROC uses one set of histogram bin edges (from the fp32 maps) for every
+backend, so the comparison has no binning difference. Skipped when ../shared/datasets is absent.
 
-Measured 2026-11-29: ONNX Runtime and OpenVINO fp32 equal torch to 4 decimals on all three sets; INT8
-meets the bound on magnetic_tile and misses the image-AUROC bound on bsdata and mvtec3d_tire (strict xfails
-with the numbers: each fails when INT8 gets there); the INT8 export's own fidelity report (measured on good
-images only) is checked to be there. The whole file costs about 3.5 minutes on the 2-core dev machine.
+Measured 2026-11-30: ONNX Runtime and OpenVINO fp32 equal torch to 4 decimals on all three sets; INT8 meets
+the bound on bsdata (+0.0003) and magnetic_tile (-0.0007) and misses it on mvtec3d_tire, whose fp32 model is
+near chance (a strict xfail with the numbers: it fails when INT8 gets there). Session 3's 3-epoch models
+(image AUROC near chance on two sets) missed on bsdata too. The INT8 export's own fidelity report (good
+images only) is checked to be there. The whole file takes about 7 minutes on the 2-core dev machine.
 """
 
 from __future__ import annotations
@@ -35,25 +36,24 @@ DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 SETS = sorted(p.name for p in DATASETS.glob("*") if (p / p.name / "train" / "good").is_dir())
 TOLERANCE = 0.005
 # INT8 (teacher only, stems and head fp32; chosen on the dev halves, benchmarks/results/int8_accuracy.md)
-# against torch fp32 in this test, 2026-11-29: magnetic_tile image -0.0011, pixel -0.0008 (passes); the sets
-# below miss the bound and are strict xfails with their numbers, so each fails as soon as INT8 gets there
+# against torch fp32 in this test, 2026-11-30: bsdata image +0.0003, magnetic_tile -0.0007 (both pass); the set
+# below misses the bound and is a strict xfail with its numbers, so it fails as soon as INT8 gets there
 INT8_MISSES = {
-    "bsdata": "image AUROC 0.7135 vs 0.7395 (-0.026), pixel 0.9828 vs 0.9842",
-    "mvtec3d_tire": "image AUROC 0.4943 vs 0.4751 (+0.019), pixel 0.9354 vs 0.9345",
+    "mvtec3d_tire": "image AUROC 0.5159 vs 0.5306 (-0.015; the fp32 model is near chance), pixel 0.9573 vs 0.9592",
 }
 Trained = tuple[str, Path, Path, float, float, np.ndarray]  # set, checkpoint, good folder, image/pixel AUROC, edges
 
 
 def _subset_folder(data: Path, out: Path) -> Path:
-    """Every 8th good training image (at most 64), linked into ``out`` (names and sizes as the originals)."""
+    """Every 4th good training image (at most 96), linked into ``out`` (names and sizes as the originals)."""
     out.mkdir(parents=True)
-    for record in list_train_good(data)[::8][:64]:
+    for record in list_train_good(data)[::4][:96]:
         os.symlink(record.path, out / record.path.name)
     return out
 
 
 def _aurocs(model: InferenceModel, data: Path, edges: np.ndarray | None) -> tuple[float, float, np.ndarray]:
-    records = list_test(data)[::3]
+    records = list_test(data)  # every test image (see the module docstring)
     scores, maps, images = [], [], []
     for start in range(0, len(records), 16):
         batch = [load_rgb(r.path) for r in records[start:start + 16]]
@@ -77,7 +77,9 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     data = DATASETS / name / name
     root = tmp_path_factory.mktemp(f"realdata-{name}")
     good = _subset_folder(data, root / "good")
-    config = TrainConfig(epochs=3, batch_size=16, device="cpu")  # the default size and taps
+    # the default recipe for 15 epochs: models this weak (3 epochs, image AUROC near chance) turned any
+    # INT8 noise into large AUROC swings, which said more about the model than about INT8
+    config = TrainConfig(epochs=15, batch_size=16, device="cpu")  # the default size and taps
     checkpoint = train(config, list_train_good(good), root / "m.safetensors", progress=False).path
     image_ref, pixel_ref, edges = _aurocs(load_model(checkpoint, "torch", "cpu"), data, None)
     return name, checkpoint, good, image_ref, pixel_ref, edges
@@ -120,6 +122,6 @@ def test_int8_export_reports_its_fidelity_to_fp32(int8_export: Path) -> None:
 def test_int8_keeps_torch_accuracy(trained: Trained, int8_export: Path, request: pytest.FixtureRequest) -> None:
     name = trained[0]
     if name in INT8_MISSES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"measured 2026-11-29: {INT8_MISSES[name]}; "
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"measured 2026-11-30: {INT8_MISSES[name]}; "
                                               "goal not reached, remove the entry when it passes"))
     _assert_close(name, "openvino int8", load_model(int8_export), trained)
