@@ -57,6 +57,13 @@ LEVERS: dict[str, tuple[Int8Options, str]] = {
     "backbones, fp32 stems + tap projections": (Int8Options(
         scope="backbones", fp32_stems=True, fp32_patterns=(r".*_blocks\.(2|4|10)/_project_conv.*",)), "train"),
     "teacher only, fp32 stem, all calibration images": (Int8Options(scope="teacher", fp32_stems=True), ALL),
+    # session 4: the default scope plus one more fp32 region each (mvtec3d_tire still missed the bound)
+    "teacher only, fp32 stem + tap projections": (Int8Options(
+        scope="teacher", fp32_stems=True, fp32_patterns=(r".*_blocks\.(2|4|10)/_project_conv.*",)), "train"),
+    "teacher only, fp32 stem + blocks 0-2": (Int8Options(
+        scope="teacher", fp32_stems=True, fp32_patterns=(r".*_blocks\.[0-2]/.*",)), "train"),
+    "teacher only, fp32 stem, widest ranges": (Int8Options(scope="teacher", fp32_stems=True, widest_ranges=True),
+                                               "train"),
 }
 
 
