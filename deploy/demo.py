@@ -82,16 +82,20 @@ def run_demo(args: argparse.Namespace) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     processes = Processes(log_dir)
     stack = None
+    run = None
     # SIGTERM ends the demo like Ctrl-C (KeyboardInterrupt, exit 130), and the cleanup below is not cut short.
     with interrupt_on_signals():
         try:
             stack = start_local_stack(log_dir / "stack")
             print(f"broker {stack.bootstrap_servers}, Redis {stack.redis_url}", flush=True)
-            return DemoRun(options, stack, processes).run()
+            run = DemoRun(options, stack, processes)
+            return run.run()
         except (LocalServiceError, RuntimeError, ValueError, OSError) as exc:
             print(f"linewatch demo: {exc}", file=sys.stderr)
             return 1
         finally:
             processes.stop()
+            if run is not None:
+                run.forget_state()  # after the services stopped writing
             if stack is not None:
                 stack.stop()

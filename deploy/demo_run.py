@@ -127,6 +127,22 @@ class DemoRun:
                                           create_topics=False, resize=(side, side)))
         return cameras
 
+    def forget_state(self) -> None:
+        """Delete this run's Redis keys once its services have stopped.
+
+        The alerts service keeps its rule state without a TTL (so a restart neither drops nor repeats an
+        alert); the run id is never reused, so left behind in a shared or reused Redis it is only litter.
+        """
+        import redis
+
+        try:
+            client = redis.Redis.from_url(self.stack.redis_url, socket_timeout=5)
+            keys = list(client.scan_iter(match=f"{self.prefix}:*", count=1000))
+            for start in range(0, len(keys), 500):
+                client.delete(*keys[start:start + 500])
+        except redis.RedisError as exc:
+            print(f"note: could not delete the demo's Redis keys under {self.prefix}: {exc}", flush=True)
+
     def run(self) -> int:
         """Run the line, write the summary; 0 when every frame sent was accounted for."""
         from linewatch.common.topics import all_topic_names, ensure_topics

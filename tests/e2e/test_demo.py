@@ -72,6 +72,11 @@ def test_demo_runs_the_line_and_writes_the_summary(bootstrap: str, redis_url: st
     promotion = summary["promotion"]
     assert promotion["history"] == [f"promote {promotion['version']} by linewatch demo"], promotion
     assert f"registry: version {promotion['version']} promoted for product demo-part" in output
+    # The run's state is deleted once its services stop (alert state has no TTL; the run id is never reused).
+    import redis
+
+    left = list(redis.Redis.from_url(redis_url).scan_iter(match=f"demo-{summary['run']['run_id']}:*", count=1000))
+    assert not left, left[:5]
 
 
 @pytest.mark.slow
