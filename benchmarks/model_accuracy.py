@@ -68,6 +68,13 @@ class Variant:
     normsum: bool = False
     score: str = "map"
     score_taps: tuple[int, ...] = ()
+    # Gaussian smoothing (model-input pixels) of the map the image score is read from, the shown map staying
+    # sharp: a region's mean excess, not one noisy cell, decides (what an 8x8 map did by its coarseness)
+    score_sigma: float = 0.0
+    # exponents of the layer maps in the product (one per map tap; empty: all 1, the model's rule). Only their
+    # ratios matter to AUROC and AUPRO (a power of the whole map ranks the same); a larger deep-tap exponent
+    # leans the map toward the tap that sees large regions while the fine taps still place it
+    tap_weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_RULES:
@@ -82,6 +89,10 @@ class Variant:
             name += f"-{'normsum' if self.normsum else 'map'}{_taps_name(self.map_taps)}"
         if self.score != "map":
             name += f"-{SCORE_PREFIX[self.score]}{_taps_name(self.score_taps)}"
+        if self.score_sigma:
+            name += f"-scoresigma{self.score_sigma:g}"
+        if self.tap_weights:
+            name += "-w" + ".".join(f"{w:g}" for w in self.tap_weights)
         return name
 
 
@@ -112,6 +123,12 @@ FOUR_TAP_VARIANTS = (
     Variant(map_taps=(2, 4, 10, 14), normsum=True),
     Variant(map_taps=(2, 4, 10), score="geomean", score_taps=(10, 14)),
     Variant(map_taps=(2, 4, 10, 14), score="zsum", score_taps=(10, 14)),
+    # session 5: the deep taps weighted up in the product (large low-contrast regions, image-level strength)
+    Variant(tap_weights=(1.0, 1.0, 2.0, 2.0)),
+    Variant(tap_weights=(1.0, 1.0, 1.0, 2.0)),
+    Variant(tap_weights=(1.0, 1.0, 3.0, 3.0)),
+    Variant(tap_weights=(1.0, 1.0, 2.0, 2.0), score="zsum", score_taps=(10, 14)),
+    Variant(tap_weights=(1.0, 1.0, 3.0, 3.0), score="zsum", score_taps=(10, 14)),
 )
 
 # Sessions 1-3 trained without the batch-norm refresh (refresh_bn_stats=False, the default, is their recipe).
@@ -154,6 +171,15 @@ CONFIGS: dict[str, SweepConfig] = {
        for size in (160, 192)},
     **{f"{name}_bn": SweepConfig(f"{name}_bn", replace(CONFIG.train, refresh_bn_stats=True), CONFIG.variants)
        for name, CONFIG in (("today", TODAY), ("s4_192", S4_192))},
+    # session 5: the product's training default exactly (what `linewatch train DATA` does), for runs on full
+    # training sets (--max-train 0); score variants read the image score from a smoothed copy of the map
+    "default": SweepConfig("default", TrainConfig(), (
+        Variant(), Variant(top_k=10), Variant(score_sigma=8.0), Variant(score_sigma=16.0), Variant(sigma=8.0),
+        *(Variant(tap_weights=w) for w in ((1.0, 1.0, 2.0), (1.0, 1.0, 4.0), (1.0, 2.0, 4.0))),
+        Variant(map_taps=(10,)))),  # tap 10 alone, 12x12: a diagnostic, not a candidate
+    # the same with the student's batch-norm statistics refreshed before each validation: on magnetic_tile's full
+    # training set the default's validation loss rose after epoch 2 and early stopping kept that epoch
+    "default_bn": SweepConfig("default_bn", TrainConfig(refresh_bn_stats=True), (Variant(), Variant(score_sigma=8.0))),
     "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox",
                                  refresh_bn_stats=False),
     "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15, refresh_bn_stats=False),
@@ -189,8 +215,8 @@ def split(name: str, root: Path) -> dict[str, list[str]]:
     return halves
 
 
-def checkpoint_path(set_name: str, config: str) -> Path:
-    return RUNS / set_name / f"{config}.safetensors"
+def checkpoint_path(runs: Path, set_name: str, config: str) -> Path:
+    return runs / set_name / f"{config}.safetensors"
 
 
 def train_records(root: Path, max_train: int) -> list[ImageRecord]:
@@ -202,9 +228,9 @@ def train_records(root: Path, max_train: int) -> list[ImageRecord]:
     return records
 
 
-def train_one(set_name: str, root: Path, config: SweepConfig, max_train: int) -> None:
+def train_one(runs: Path, set_name: str, root: Path, config: SweepConfig, max_train: int) -> None:
     """Train ``config`` on the set's train/good (skipped when its checkpoint exists)."""
-    out = checkpoint_path(set_name, config.name)
+    out = checkpoint_path(runs, set_name, config.name)
     if out.is_file():
         return
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -244,15 +270,16 @@ def _to_grid(layer: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
 
-def _fuse(layers: list[torch.Tensor], output_size: int, stats: list[tuple[float, float]] | None = None
-          ) -> torch.Tensor:
+def _fuse(layers: list[torch.Tensor], output_size: int, stats: list[tuple[float, float]] | None = None,
+          weights: tuple[float, ...] = ()) -> torch.Tensor:
     """(N, S, S) maps: product of the layers at the finest grid (the model's rule), or with ``stats`` the sum
     of the layers standardised by their (mean, std) on good images; then one upsampling to the input size."""
     grid = max((int(m.shape[-2]), int(m.shape[-1])) for m in layers)
     if stats is None:
-        fused = _to_grid(layers[0], grid)
-        for m in layers[1:]:
-            fused = fused * _to_grid(m, grid)
+        powers = weights or (1.0,) * len(layers)
+        fused = torch.ones_like(_to_grid(layers[0], grid))
+        for m, power in zip(layers, powers, strict=True):
+            fused = fused * _to_grid(m, grid).clamp_min(0) ** power
     else:
         fused = torch.stack([(_to_grid(m, grid) - mean) / std
                              for m, (mean, std) in zip(layers, stats, strict=True)]).sum(dim=0)
@@ -277,10 +304,11 @@ def _map_and_scores(variant: Variant, layers: list[torch.Tensor], model: Any, go
     """The variant's maps (N, S, S), the top-k score of its map, and the max of its score taps' product."""
     taps = tuple(model.model.taps)
     stats = _good_stats(_pick(good_layers, taps, variant.map_taps)) if variant.normsum else None
-    fused = _fuse(_pick(layers, taps, variant.map_taps), model.image_size, stats)
+    fused = _fuse(_pick(layers, taps, variant.map_taps), model.image_size, stats, variant.tap_weights)
     if variant.sigma > 0:
         fused = gaussian_blur(fused[:, None], variant.sigma)[:, 0]
-    fine = _image_scores(list(fused.numpy()), variant.top_k)
+    scored = gaussian_blur(fused[:, None], variant.score_sigma)[:, 0] if variant.score_sigma else fused
+    fine = _image_scores(list(scored.numpy()), variant.top_k)
     deep = (_fuse(_pick(layers, taps, variant.score_taps), model.image_size).flatten(1).amax(dim=1).numpy()
             if variant.score_taps else fine)
     return fused, fine, deep
@@ -363,7 +391,7 @@ def _metrics(records: list[ImageRecord], maps: list[np.ndarray], scores: np.ndar
 
 
 def _map_key(variant: Variant) -> tuple[Any, ...]:
-    return variant.map_taps, variant.normsum, variant.sigma
+    return variant.map_taps, variant.normsum, variant.sigma, variant.tap_weights
 
 
 def _cached_pixel(row: dict[str, Any]) -> dict[str, Any]:
@@ -372,12 +400,13 @@ def _cached_pixel(row: dict[str, Any]) -> dict[str, Any]:
             "per_type": {k: {"pixel_auroc": v["pixel_auroc"], "aupro": v["aupro"]} for k, v in row["per_type"].items()}}
 
 
-def evaluate_one(set_name: str, root: Path, config: SweepConfig, max_train: int) -> list[dict[str, Any]]:
+def evaluate_one(runs: Path, set_name: str, root: Path, config: SweepConfig, max_train: int
+                 ) -> list[dict[str, Any]]:
     """Metrics of every variant of a trained config on both halves, cached next to the checkpoint; variants
     added to a config later are computed alone (reusing the pixel metrics of cached variants with the same map)."""
     from linewatch.detector.inference import AnomalyModel
 
-    path = checkpoint_path(set_name, config.name)
+    path = checkpoint_path(runs, set_name, config.name)
     cache = path.with_suffix(".eval.json")
     wanted = {v.name: v for v in config.variants}
     cached: list[dict[str, Any]] = []
@@ -527,6 +556,8 @@ def main() -> None:
     parser.add_argument("--dev-only", action="store_true",
                         help="table without the test halves: make the choice before seeing any test figure")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where --phase table writes its table")
+    parser.add_argument("--runs", type=Path, default=RUNS,
+                        help="checkpoints and evaluation caches (one folder per --max-train protocol)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sets = data_sets()
@@ -540,13 +571,13 @@ def main() -> None:
     if args.phase in ("train", "all"):
         for config in configs:  # config-major: every set gets the cheap configs first
             for name, root in sets.items():
-                train_one(name, root, config, args.max_train)
+                train_one(args.runs, name, root, config, args.max_train)
     rows: list[dict[str, Any]] = []
     if args.phase in ("eval", "table", "all"):
         for config in configs:
             for name, root in sets.items():
-                if checkpoint_path(name, config.name).is_file():
-                    rows += evaluate_one(name, root, config, args.max_train)
+                if checkpoint_path(args.runs, name, config.name).is_file():
+                    rows += evaluate_one(args.runs, name, root, config, args.max_train)
     if args.phase in ("table", "all"):
         text = table(rows, list(sets), f"python benchmarks/model_accuracy.py --phase {args.phase} "
                                        f"--configs {args.configs} --max-train {args.max_train}"

@@ -56,6 +56,9 @@ def register_train(subparsers: Any) -> None:
                    help="constant, or warm-up for one epoch then cosine decay (default: the model default's)")
     p.add_argument("--refresh-bn-stats", action="store_true", default=None,
                    help="recompute the student's batch-norm statistics before each validation (off by default)")
+    p.add_argument("--tap-weights", type=_weights, default=None, metavar="W1,W2,...",
+                   help="exponents of the tapped layers' maps in the fused product, one per tap (default: the "
+                        "model default's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher-weights", type=Path, default=None, help="local ImageNet state dict of the backbone")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -63,6 +66,14 @@ def register_train(subparsers: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last finished epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_guarded(_train))
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    """``"1,1,2"`` -> (1.0, 1.0, 2.0), for argparse."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -82,7 +93,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(backbone=args.backbone, seed=args.seed, teacher_weights=args.teacher_weights,
                          device=args.device)
     overrides = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size, "lr": args.lr,
-                 "lr_schedule": args.lr_schedule, "refresh_bn_stats": args.refresh_bn_stats}
+                 "lr_schedule": args.lr_schedule, "refresh_bn_stats": args.refresh_bn_stats,
+                 "tap_weights": args.tap_weights}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     result = train(config, list_train_good(args.data_dir), args.out, progress=not args.quiet, resume=args.resume)
     print(f"wrote {result.path}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.5f}, "

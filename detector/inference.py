@@ -63,7 +63,8 @@ class InferenceModel(Protocol):
 def build_model(metadata: ModelMetadata) -> STFPM:
     """An (untrained) STFPM shaped as the checkpoint metadata describes."""
     return STFPM(backbone=metadata.backbone, image_size=metadata.image_size, taps=list(metadata.taps),
-                 sigma=metadata.sigma, resize_mode=metadata.resize_mode, score_top_k=metadata.score_top_k)
+                 sigma=metadata.sigma, resize_mode=metadata.resize_mode, score_top_k=metadata.score_top_k,
+                 tap_weights=metadata.tap_weights)
 
 
 def _as_uint8_rgb(frame: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ class ModelMetadata:
     sigma: float = 0.0  # Gaussian smoothing of the fused map, in model-input pixels
     resize_mode: str = "squash"
     score_top_k: int = 1  # image score = mean of the k largest map values (1: the maximum)
+    tap_weights: tuple[float, ...] = ()  # exponents of the layer maps in the fused product (empty: all 1)
     input_mean: tuple[float, ...] = ()
     input_std: tuple[float, ...] = ()
     map_cells: tuple[int, int] = (0, 0)  # fused map size in feature cells (height, width) before upsampling
@@ -45,7 +46,7 @@ class ModelMetadata:
         """JSON-able form, as stored in the checkpoint."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["calibration"] = self.calibration.to_dict()
-        for name in ("taps", "input_mean", "input_std", "map_cells"):
+        for name in ("taps", "tap_weights", "input_mean", "input_std", "map_cells"):
             out[name] = list(out[name])
         return out
 
@@ -58,6 +59,7 @@ class ModelMetadata:
                        image_size=int(data["image_size"]), calibration=calibration,
                        sigma=float(data.get("sigma", 0.0)), resize_mode=str(data.get("resize_mode", "squash")),
                        score_top_k=int(data.get("score_top_k", 1)),
+                       tap_weights=tuple(float(w) for w in data.get("tap_weights") or ()),
                        input_mean=tuple(float(v) for v in data.get("input_mean", ())),
                        input_std=tuple(float(v) for v in data.get("input_std", ())),
                        map_cells=tuple(int(v) for v in data.get("map_cells", (0, 0)))[:2],  # type: ignore[arg-type]

@@ -23,20 +23,27 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def fuse_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], output_size: int,
-              sigma: float = 0.0) -> torch.Tensor:
+              sigma: float = 0.0, weights: Sequence[float] = ()) -> torch.Tensor:
     """Anomaly maps (N, S, S): layer maps upsampled to the finest feature size, multiplied, upsampled to S.
 
     Fusing at feature resolution and upsampling once is the paper's product of maps up to the
     interpolation order (bilinear commutes with the product only approximately) and is several times
     cheaper than upsampling every layer to the input size. ``sigma`` > 0 adds Gaussian smoothing (not in
-    the paper; off by default).
+    the paper; off by default). ``weights`` (one per layer; empty: all 1) are exponents of the layer
+    maps in the product: a weighted geometric fusion, where a larger deep-layer exponent leans the map
+    toward the layer that sees large regions while the fine layers still place the defect.
     """
     layers = [layer_distance(t, s).unsqueeze(1) for t, s in zip(teacher, student, strict=True)]
     size = max((m.shape[-2], m.shape[-1]) for m in layers)
+    powers = tuple(weights) or (1.0,) * len(layers)
+    if len(powers) != len(layers):
+        raise ValueError(f"{len(powers)} fusion weights for {len(layers)} feature layers")
     fused: torch.Tensor | None = None
-    for m in layers:
+    for m, power in zip(layers, powers, strict=True):
         if m.shape[-2:] != size:
             m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        if power != 1.0:  # equal weights trace to the plain product (no Power nodes in exported graphs)
+            m = m.clamp_min(0.0) ** power
         fused = m if fused is None else fused * m
     if fused is None:
         raise ValueError("no feature layers to fuse")

@@ -67,7 +67,8 @@ class STFPM(nn.Module):
     std: torch.Tensor
 
     def __init__(self, backbone: str, image_size: int, taps: Sequence[int] | None = None,
-                 sigma: float = 0.0, resize_mode: str = "squash", score_top_k: int = 1) -> None:
+                 sigma: float = 0.0, resize_mode: str = "squash", score_top_k: int = 1,
+                 tap_weights: Sequence[float] = ()) -> None:
         super().__init__()
         spec = get_spec(backbone)
         if resize_mode not in RESIZE_MODES:
@@ -80,6 +81,9 @@ class STFPM(nn.Module):
         if score_top_k < 1:
             raise ValueError(f"score_top_k must be at least 1, got {score_top_k}")
         self.score_top_k = int(score_top_k)
+        self.tap_weights = tuple(float(w) for w in tap_weights)
+        if self.tap_weights and (len(self.tap_weights) != len(self.taps) or min(self.tap_weights) <= 0):
+            raise ValueError(f"tap_weights must be one positive number per tap {self.taps}, got {self.tap_weights}")
         self.teacher = spec.build(self.taps)
         self.student = spec.build(self.taps)
         for module in self.student.modules():
@@ -126,7 +130,7 @@ class STFPM(nn.Module):
     def maps_from_input(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly maps (N, S, S) of normalised input ``x``."""
         teacher, student = self.features(x)
-        return fuse_maps(teacher, student, self.image_size, self.sigma)
+        return fuse_maps(teacher, student, self.image_size, self.sigma, self.tap_weights)
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         """Image score per map: the mean of its ``score_top_k`` largest values (1: the maximum)."""

@@ -59,6 +59,19 @@ def test_fp32_backends_match_torch(backend: str, tiny_model: Path, reference: An
 
 
 @pytest.mark.parametrize("backend", FP32_BACKENDS)
+def test_fusion_weights_travel_into_the_exported_graph(backend: str, tiny_model: Path, tmp_path: Path,
+                                                        frames: np.ndarray) -> None:
+    from linewatch.detector.checkpoint import load_checkpoint, save_checkpoint
+
+    state, metadata = load_checkpoint(tiny_model)
+    weighted = tmp_path / "weighted.safetensors"
+    save_checkpoint(weighted, state, {**metadata, "tap_weights": [1.0, 1.0, 2.0]})
+    expected = AnomalyModel.load(weighted, "cpu").predict(frames)
+    assert not np.allclose(expected.maps, AnomalyModel.load(tiny_model, "cpu").predict(frames).maps)
+    assert_same(load_model(weighted, backend, "cpu").predict(frames), expected)
+
+
+@pytest.mark.parametrize("backend", FP32_BACKENDS)
 def test_per_frame_thresholds_go_through_the_graph_head(backend: str, tiny_model: Path, reference: AnomalyModel,
                                                         frames: np.ndarray) -> None:
     scores = reference.predict(frames).image_scores

@@ -27,9 +27,10 @@ def _calibration(threshold: float = 0.2) -> Calibration:
 
 def test_metadata_round_trips_and_names_what_is_missing() -> None:
     meta = ModelMetadata("efficientnet_lite0", (2, 4, 10), 256, _calibration(), sigma=4.0, score_top_k=10,
-                         map_cells=(64, 64))
+                         tap_weights=(1.0, 1.0, 2.0), map_cells=(64, 64))
     again = ModelMetadata.from_dict(meta.to_dict())
     assert again == meta
+    assert ModelMetadata.from_dict({k: v for k, v in meta.to_dict().items() if k != "tap_weights"}).tap_weights == ()
     with pytest.raises(MetadataError, match="calibration"):
         ModelMetadata.from_dict({k: v for k, v in meta.to_dict().items() if k != "calibration"})
     with pytest.raises(MetadataError, match="resize_mode"):

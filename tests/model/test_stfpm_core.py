@@ -47,6 +47,20 @@ def test_maps_are_products_of_layer_maps_upsampled_to_input() -> None:
     assert torch.allclose(opposite, torch.full_like(opposite, 4.0), atol=1e-4)  # 2 * 2 from two layers
 
 
+def test_fusion_weights_are_exponents_of_the_layer_maps() -> None:
+    t = [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)]
+    s = [torch.randn_like(x) for x in t]
+    assert torch.equal(fuse_maps(t, s, 32, weights=(1.0, 1.0)), fuse_maps(t, s, 32))
+    shallow = fuse_maps(t[:1], s[:1], 8)
+    deep = fuse_maps(t[1:], s[1:], 8)  # upsampled to 8x8 by the fusion's own rule
+    weighted = fuse_maps(t, s, 8, weights=(1.0, 2.0))
+    assert torch.allclose(weighted, shallow * deep**2, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="2 feature layers"):
+        fuse_maps(t, s, 8, weights=(1.0,))
+    with pytest.raises(ValueError, match="one positive number per tap"):
+        STFPM("efficientnet_lite0", 64, taps=(2, 4), tap_weights=(1.0, 0.0))
+
+
 def test_teacher_stays_frozen_in_eval_mode() -> None:
     model = STFPM("efficientnet_lite0", 64).train()
     assert not model.teacher.training and model.student.training
