@@ -171,15 +171,17 @@ CONFIGS: dict[str, SweepConfig] = {
        for size in (160, 192)},
     **{f"{name}_bn": SweepConfig(f"{name}_bn", replace(CONFIG.train, refresh_bn_stats=True), CONFIG.variants)
        for name, CONFIG in (("today", TODAY), ("s4_192", S4_192))},
-    # session 5: the product's training default exactly (what `linewatch train DATA` does), for runs on full
-    # training sets (--max-train 0); score variants read the image score from a smoothed copy of the map
-    "default": SweepConfig("default", TrainConfig(), (
+    # session 5: the product's training default (what `linewatch train DATA` does; equal fusion weights spelled
+    # out), for runs on full training sets (--max-train 0); the variants score a smoothed copy of the map or
+    # weight the layer maps in the product (TrainConfig.tap_weights)
+    "default": SweepConfig("default", TrainConfig(tap_weights=()), (
         Variant(), Variant(top_k=10), Variant(score_sigma=8.0), Variant(score_sigma=16.0), Variant(sigma=8.0),
         *(Variant(tap_weights=w) for w in ((1.0, 1.0, 2.0), (1.0, 1.0, 4.0), (1.0, 2.0, 4.0))),
         Variant(map_taps=(10,)))),  # tap 10 alone, 12x12: a diagnostic, not a candidate
     # the same with the student's batch-norm statistics refreshed before each validation: on magnetic_tile's full
     # training set the default's validation loss rose after epoch 2 and early stopping kept that epoch
-    "default_bn": SweepConfig("default_bn", TrainConfig(refresh_bn_stats=True), (Variant(), Variant(score_sigma=8.0))),
+    "default_bn": SweepConfig("default_bn", TrainConfig(refresh_bn_stats=True, tap_weights=()),
+                              (Variant(), Variant(score_sigma=8.0))),
     "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox",
                                  refresh_bn_stats=False),
     "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15, refresh_bn_stats=False),
