@@ -244,7 +244,7 @@ def quantize_graph(model: AnomalyModel, ov_model: Any, images: Sequence[np.ndarr
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    dataset = nncf.Dataset(list(_calibration_items(model, images)))
+    dataset = nncf.Dataset(list(calibration_items(model, images)))
     # never the head: it takes small differences of normalised teacher and student features, and 8-bit
     # inputs to it turned every map into quantization noise (tiny model: maps off by 60% of range)
     patterns = [".*/student/.*"] if options.scope == "teacher" else []
@@ -263,7 +263,7 @@ def quantize_graph(model: AnomalyModel, ov_model: Any, images: Sequence[np.ndarr
                          advanced_parameters=advanced)
 
 
-def _calibration_items(model: AnomalyModel, images: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+def calibration_items(model: AnomalyModel, images: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """One graph input per image, pre-processed by the model's own ``preprocess``."""
     with torch.inference_mode():
         for image in images:
