@@ -6,6 +6,7 @@ demo) reads the same fields, and a checkpoint that lacks one is refused in one p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -41,6 +42,9 @@ class ModelMetadata:
         if self.image_size < 16 or not self.taps or self.score_top_k < 1 or self.sigma < 0:
             raise MetadataError(f"implausible model geometry: image_size {self.image_size}, taps {self.taps}, "
                                 f"score_top_k {self.score_top_k}, sigma {self.sigma}")
+        if self.tap_weights and (len(self.tap_weights) != len(self.taps)
+                                 or not all(math.isfinite(w) and w > 0 for w in self.tap_weights)):
+            raise MetadataError(f"tap_weights must be one positive number per tap {self.taps}, got {self.tap_weights}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, as stored in the checkpoint."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -82,7 +83,8 @@ class STFPM(nn.Module):
             raise ValueError(f"score_top_k must be at least 1, got {score_top_k}")
         self.score_top_k = int(score_top_k)
         self.tap_weights = tuple(float(w) for w in tap_weights)
-        if self.tap_weights and (len(self.tap_weights) != len(self.taps) or min(self.tap_weights) <= 0):
+        if self.tap_weights and (len(self.tap_weights) != len(self.taps)
+                                 or not all(math.isfinite(w) and w > 0 for w in self.tap_weights)):
             raise ValueError(f"tap_weights must be one positive number per tap {self.taps}, got {self.tap_weights}")
         self.teacher = spec.build(self.taps)
         self.student = spec.build(self.taps)

@@ -31,6 +31,9 @@ def test_metadata_round_trips_and_names_what_is_missing() -> None:
     again = ModelMetadata.from_dict(meta.to_dict())
     assert again == meta
     assert ModelMetadata.from_dict({k: v for k, v in meta.to_dict().items() if k != "tap_weights"}).tap_weights == ()
+    for bad in ([1.0, 2.0], [1.0, 1.0, float("nan")], [1.0, 1.0, -2.0]):
+        with pytest.raises(MetadataError, match="tap_weights"):
+            ModelMetadata.from_dict({**meta.to_dict(), "tap_weights": bad})
     with pytest.raises(MetadataError, match="calibration"):
         ModelMetadata.from_dict({k: v for k, v in meta.to_dict().items() if k != "calibration"})
     with pytest.raises(MetadataError, match="resize_mode"):
