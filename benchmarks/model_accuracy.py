@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: N812
 from linewatch.common.images import ImageRecord, list_test, list_train_good, load_mask, load_rgb
 from linewatch.detector.metrics import auroc
 from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges
-from linewatch.detector.stfpm.anomaly_map import gaussian_blur
+from linewatch.detector.stfpm.anomaly_map import fuse_layer_maps, gaussian_blur
 from linewatch.detector.stfpm.loss import layer_distance
 from linewatch.detector.train import TrainConfig, train
 
@@ -276,15 +276,11 @@ def _fuse(layers: list[torch.Tensor], output_size: int, stats: list[tuple[float,
           weights: tuple[float, ...] = ()) -> torch.Tensor:
     """(N, S, S) maps: product of the layers at the finest grid (the model's rule), or with ``stats`` the sum
     of the layers standardised by their (mean, std) on good images; then one upsampling to the input size."""
+    if stats is None:  # the model's own fusion
+        return fuse_layer_maps(layers, output_size, weights=weights)
     grid = max((int(m.shape[-2]), int(m.shape[-1])) for m in layers)
-    if stats is None:
-        powers = weights or (1.0,) * len(layers)
-        fused = torch.ones_like(_to_grid(layers[0], grid))
-        for m, power in zip(layers, powers, strict=True):
-            fused = fused * _to_grid(m, grid).clamp_min(0) ** power
-    else:
-        fused = torch.stack([(_to_grid(m, grid) - mean) / std
-                             for m, (mean, std) in zip(layers, stats, strict=True)]).sum(dim=0)
+    fused = torch.stack([(_to_grid(m, grid) - mean) / std
+                         for m, (mean, std) in zip(layers, stats, strict=True)]).sum(dim=0)
     return F.interpolate(fused, size=(output_size, output_size), mode="bilinear", align_corners=False)[:, 0]
 
 

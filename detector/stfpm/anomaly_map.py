@@ -33,7 +33,14 @@ def fuse_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], 
     maps in the product: a weighted geometric fusion, where a larger deep-layer exponent leans the map
     toward the layer that sees large regions while the fine layers still place the defect.
     """
-    layers = [layer_distance(t, s).unsqueeze(1) for t, s in zip(teacher, student, strict=True)]
+    layers = [layer_distance(t, s) for t, s in zip(teacher, student, strict=True)]
+    return fuse_layer_maps(layers, output_size, sigma, weights)
+
+
+def fuse_layer_maps(layer_maps: Sequence[torch.Tensor], output_size: int, sigma: float = 0.0,
+                    weights: Sequence[float] = ()) -> torch.Tensor:
+    """:func:`fuse_maps` from per-layer distance maps (N, h, w) (benchmarks score variants from them)."""
+    layers = [m.unsqueeze(1) for m in layer_maps]
     size = max((m.shape[-2], m.shape[-1]) for m in layers)
     powers = tuple(weights) or (1.0,) * len(layers)
     if len(powers) != len(layers):
@@ -43,7 +50,7 @@ def fuse_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], 
         if m.shape[-2:] != size:
             m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
         if power != 1.0:  # equal weights trace to the plain product (no Power nodes in exported graphs)
-            m = m.clamp_min(0.0) ** power
+            m = m**power  # distances are >= 0, so any real exponent is defined
         fused = m if fused is None else fused * m
     if fused is None:
         raise ValueError("no feature layers to fuse")
