@@ -10,7 +10,7 @@ PACKAGES := -p linewatch
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,local]'
+	$(BIN)/python -m pip install -q -e '.[test,local,teachers]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

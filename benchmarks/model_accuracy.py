@@ -182,6 +182,10 @@ CONFIGS: dict[str, SweepConfig] = {
     # training set the default's validation loss rose after epoch 2 and early stopping kept that epoch
     "default_bn": SweepConfig("default_bn", TrainConfig(refresh_bn_stats=True, tap_weights=()),
                               (Variant(), Variant(score_sigma=8.0))),
+    # session 6: the larger offline teachers (the `teachers` extra) in the default's recipe: the same strides
+    # 4/8/16 (their taps 3/6/14), 192 px, a 48x48 map
+    **{f"lite{n}": SweepConfig(f"lite{n}", TrainConfig(backbone=f"efficientnet_lite{n}", tap_weights=()), (
+        Variant(), Variant(top_k=10), Variant(tap_weights=(1.0, 1.0, 2.0)))) for n in (1, 2)},
     "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox",
                                  refresh_bn_stats=False),
     "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15, refresh_bn_stats=False),

@@ -47,7 +47,8 @@ def register_train(subparsers: Any) -> None:
     p.add_argument("data_dir", type=Path, nargs="?", help="MVTec-layout folder or a folder of good images")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
     p.add_argument("--backbone", default="efficientnet_lite0",
-                   choices=["efficientnet_lite0", "resnet18", "wide_resnet50_2"])
+                   choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
+                            "wide_resnet50_2"])
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)

