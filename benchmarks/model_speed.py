@@ -169,7 +169,7 @@ def make_backend_variants(size: int, threads: int, workdir: str) -> list[Any]:
 
     from linewatch.detector.backends.graph import GraphModel
     from linewatch.detector.backends.runners import openvino_capabilities, openvino_runner, ort_runner
-    from linewatch.detector.export import export_graph, quantize_graph
+    from linewatch.detector.export import Int8Options, export_graph, quantize_graph
     from linewatch.ingest.synthetic import render_sample
 
     base = calibrated_default(size)
@@ -182,13 +182,19 @@ def make_backend_variants(size: int, threads: int, workdir: str) -> list[Any]:
     good = [render_sample(i, size=FRAME_SIDE, defect_probability=0.0).image for i in range(32)]
     int8_xml = f"{workdir}/lite0-{size}-int8.xml"
     ov.save_model(quantize_graph(base, ov.Core().read_model(str(graph)), good), int8_xml, compress_to_fp16=False)
+    # the scope of sessions 3-5 (the teacher's first block quantized too): what keeping it fp32 costs
+    block0_xml = f"{workdir}/lite0-{size}-int8-block0.xml"
+    ov.save_model(quantize_graph(base, ov.Core().read_model(str(graph)), good, Int8Options(fp32_first_block=False)),
+                  block0_xml, compress_to_fp16=False)
     out = [PredictVariant(f"ours torch fp32 @{size}", base),
            PredictVariant(f"ours onnxruntime fp32 @{size}", wrapped().attach(ort_runner(graph, threads, "cpu"),
                                                                             "onnxruntime", "fp32")),
            PredictVariant(f"ours openvino fp32 @{size}", wrapped().attach(
                openvino_runner(graph, threads, "cpu", "fp32"), "openvino", "fp32")),
            PredictVariant(f"ours openvino int8 @{size}", wrapped().attach(
-               openvino_runner(Path(int8_xml), threads, "cpu", "int8"), "openvino", "int8"))]
+               openvino_runner(Path(int8_xml), threads, "cpu", "int8"), "openvino", "int8")),
+           PredictVariant(f"ours openvino int8, block 0 int8 too @{size}", wrapped().attach(
+               openvino_runner(Path(block0_xml), threads, "cpu", "int8"), "openvino", "int8"))]
     if "BF16" in openvino_capabilities():
         out.append(PredictVariant(f"ours openvino bf16 @{size}", wrapped().attach(
             openvino_runner(graph, threads, "cpu", "bf16"), "openvino", "bf16")))
