@@ -186,6 +186,9 @@ CONFIGS: dict[str, SweepConfig] = {
     # 4/8/16 (their taps 3/6/14), 192 px, a 48x48 map
     **{f"lite{n}": SweepConfig(f"lite{n}", TrainConfig(backbone=f"efficientnet_lite{n}", tap_weights=()), (
         Variant(), Variant(top_k=10), Variant(tap_weights=(1.0, 1.0, 2.0)))) for n in (1, 2)},
+    # the default with aspect-preserving input (the long side scaled to 192 px, the rest padded), not squashed
+    "default_letterbox": SweepConfig("default_letterbox", TrainConfig(resize_mode="letterbox", tap_weights=()),
+                                     (Variant(), Variant(top_k=10))),
     "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox",
                                  refresh_bn_stats=False),
     "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15, refresh_bn_stats=False),
