@@ -75,6 +75,12 @@ class Variant:
     # ratios matter to AUROC and AUPRO (a power of the whole map ranks the same); a larger deep-tap exponent
     # leans the map toward the tap that sees large regions while the fine taps still place it
     tap_weights: tuple[float, ...] = ()
+    # session 6: a SUM of two maps, the fine product (``map_taps``) and the product over ``coarse_taps``, each
+    # standardised by its mean and spread over the held-out good images' pixels, the coarse one weighted by
+    # ``coarse_weight``. A product is high only where every tap agrees; a sum is high where either map is, so a
+    # large low-contrast region that only the deep taps see is not multiplied away by the fine taps
+    coarse_taps: tuple[int, ...] = ()
+    coarse_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_RULES:
@@ -93,6 +99,8 @@ class Variant:
             name += f"-scoresigma{self.score_sigma:g}"
         if self.tap_weights:
             name += "-w" + ".".join(f"{w:g}" for w in self.tap_weights)
+        if self.coarse_taps:
+            name += f"-plus{_taps_name(self.coarse_taps)}x{self.coarse_weight:g}"
         return name
 
 
@@ -189,6 +197,12 @@ CONFIGS: dict[str, SweepConfig] = {
     # the default with aspect-preserving input (the long side scaled to 192 px, the rest padded), not squashed
     "default_letterbox": SweepConfig("default_letterbox", TrainConfig(resize_mode="letterbox", tap_weights=()),
                                      (Variant(), Variant(top_k=10))),
+    # session 6: the 4-tap student at 128 px with the fine product and the deep (previous default's) product
+    # SUMMED after standardisation, not multiplied (Variant.coarse_taps)
+    "s4s32_128_plus": SweepConfig("s4s32_128_plus", TrainConfig(image_size=128, taps=(2, 4, 10, 14), tap_weights=()), (
+        Variant(), Variant(map_taps=(10, 14)),
+        *(Variant(map_taps=fine, coarse_taps=(10, 14), coarse_weight=w)
+          for fine in ((2, 4, 10, 14), (2, 4, 10)) for w in (0.5, 1.0, 2.0)))),
     "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox",
                                  refresh_bn_stats=False),
     "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15, refresh_bn_stats=False),
@@ -310,6 +324,8 @@ def _map_and_scores(variant: Variant, layers: list[torch.Tensor], model: Any, go
     taps = tuple(model.model.taps)
     stats = _good_stats(_pick(good_layers, taps, variant.map_taps)) if variant.normsum else None
     fused = _fuse(_pick(layers, taps, variant.map_taps), model.image_size, stats, variant.tap_weights)
+    if variant.coarse_taps:
+        fused = _plus_coarse(variant, fused, layers, good_layers, taps, model.image_size)
     if variant.sigma > 0:
         fused = gaussian_blur(fused[:, None], variant.sigma)[:, 0]
     scored = gaussian_blur(fused[:, None], variant.score_sigma)[:, 0] if variant.score_sigma else fused
@@ -317,6 +333,19 @@ def _map_and_scores(variant: Variant, layers: list[torch.Tensor], model: Any, go
     deep = (_fuse(_pick(layers, taps, variant.score_taps), model.image_size).flatten(1).amax(dim=1).numpy()
             if variant.score_taps else fine)
     return fused, fine, deep
+
+
+def _plus_coarse(variant: Variant, fine: torch.Tensor, layers: list[torch.Tensor], good_layers: list[torch.Tensor],
+                 taps: tuple[int, ...], size: int) -> torch.Tensor:
+    """``fine`` + weight * coarse product, each standardised on the held-out good images' pixels."""
+    good_fine = _fuse(_pick(good_layers, taps, variant.map_taps), size, None, variant.tap_weights)
+    coarse = _fuse(_pick(layers, taps, variant.coarse_taps), size)
+    good_coarse = _fuse(_pick(good_layers, taps, variant.coarse_taps), size)
+
+    def standardised(m: torch.Tensor, good: torch.Tensor) -> torch.Tensor:
+        return (m - good.mean()) / (float(good.std()) or 1.0)
+
+    return standardised(fine, good_fine) + variant.coarse_weight * standardised(coarse, good_coarse)
 
 
 def _variant_maps(variant: Variant, layers: list[torch.Tensor], model: Any,
@@ -396,7 +425,8 @@ def _metrics(records: list[ImageRecord], maps: list[np.ndarray], scores: np.ndar
 
 
 def _map_key(variant: Variant) -> tuple[Any, ...]:
-    return variant.map_taps, variant.normsum, variant.sigma, variant.tap_weights
+    return (variant.map_taps, variant.normsum, variant.sigma, variant.tap_weights, variant.coarse_taps,
+            variant.coarse_weight)
 
 
 def _cached_pixel(row: dict[str, Any]) -> dict[str, Any]:
