@@ -57,6 +57,10 @@ def register_train(subparsers: Any) -> None:
                    help="constant, or warm-up for one epoch then cosine decay (default: the model default's)")
     p.add_argument("--refresh-bn-stats", action="store_true", default=None,
                    help="recompute the student's batch-norm statistics before each validation (off by default)")
+    p.add_argument("--taps", type=_taps, default=None, metavar="T1,T2,...",
+                   help="tapped blocks (lite) or layers (resnet) of the backbone (default: its stride-4/8/16 ones, a "
+                        "fine map); e.g. --taps 10,14 --image-size 128 is the previous 8x8 default, which finds "
+                        "more of the large low-contrast defects of textures (benchmarks/results/model_accuracy.md)")
     p.add_argument("--tap-weights", type=_weights, default=None, metavar="W1,W2,...",
                    help="exponents of the tapped layers' maps in the fused product, one per tap (default: the "
                         "model default's)")
@@ -67,6 +71,14 @@ def register_train(subparsers: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last finished epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_guarded(_train))
+
+
+def _taps(text: str) -> tuple[int, ...]:
+    """``"10,14"`` -> (10, 14), for argparse."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block numbers, got {text!r}") from None
 
 
 def _weights(text: str) -> tuple[float, ...]:
@@ -95,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
                          device=args.device)
     overrides = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size, "lr": args.lr,
                  "lr_schedule": args.lr_schedule, "refresh_bn_stats": args.refresh_bn_stats,
-                 "tap_weights": args.tap_weights}
+                 "taps": args.taps, "tap_weights": args.tap_weights}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     result = train(config, list_train_good(args.data_dir), args.out, progress=not args.quiet, resume=args.resume)
     print(f"wrote {result.path}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.5f}, "

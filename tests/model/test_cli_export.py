@@ -25,6 +25,23 @@ def test_train_synthetic_and_bad_arguments(tmp_path: Path, capsys: pytest.Captur
     assert "error" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains a small model through the CLI
+def test_train_takes_the_taps_a_user_chooses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for i in range(10):
+        image = render_sample(i, size=64, defect_probability=0.0).image
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "deep.safetensors"
+    common = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--device", "cpu", "--quiet"]
+    assert main(["train", str(folder), "--out", str(out), "--taps", "10,14", *common]) == 0
+    model = AnomalyModel.load(out, "cpu")
+    assert tuple(model.metadata.taps) == (10, 14) and tuple(model.model.taps) == (10, 14)
+    assert model.predict(np.zeros((1, 64, 64, 3), np.uint8)).maps.shape == (1, 64, 64)
+    assert main(["train", str(folder), "--out", str(tmp_path / "bad.safetensors"), "--taps", "2,99", *common]) == 2
+    assert "taps must be block indices" in capsys.readouterr().err
+
+
 def test_predict_writes_overlays_and_json_lines(tmp_path: Path, tiny_model: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "images"
