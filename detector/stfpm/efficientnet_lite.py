@@ -35,35 +35,24 @@ class StageSpec:
     repeats: int
 
 
-LITE0_STAGES = (
-    StageSpec(3, 1, 1, 32, 16, 1),
-    StageSpec(3, 2, 6, 16, 24, 2),
-    StageSpec(5, 2, 6, 24, 40, 2),
-    StageSpec(3, 2, 6, 40, 80, 3),
-    StageSpec(5, 1, 6, 80, 112, 3),
-    StageSpec(5, 2, 6, 112, 192, 4),
-    StageSpec(3, 1, 6, 192, 320, 1),
-)
-LITE1_STAGES = (
-    StageSpec(3, 1, 1, 32, 16, 1),
-    StageSpec(3, 2, 6, 16, 24, 3),
-    StageSpec(5, 2, 6, 24, 40, 3),
-    StageSpec(3, 2, 6, 40, 80, 4),
-    StageSpec(5, 1, 6, 80, 112, 4),
-    StageSpec(5, 2, 6, 112, 192, 5),
-    StageSpec(3, 1, 6, 192, 320, 1),
-)
-LITE2_STAGES = (
-    StageSpec(3, 1, 1, 32, 16, 1),
-    StageSpec(3, 2, 6, 16, 24, 3),
-    StageSpec(5, 2, 6, 24, 48, 3),
-    StageSpec(3, 2, 6, 48, 88, 4),
-    StageSpec(5, 1, 6, 88, 120, 4),
-    StageSpec(5, 2, 6, 120, 208, 5),
-    StageSpec(3, 1, 6, 208, 352, 1),
-)
-LITE_STAGES = {"lite0": LITE0_STAGES, "lite1": LITE1_STAGES, "lite2": LITE2_STAGES}
+# Per stage: kernel, stride of its first block, expansion; the same in every Lite variant.
+_STAGE_SHAPES = ((3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6))
+# What differs (read off the shipped state dicts): each stage's output channels and repeats. The stem has
+# 32 channels in all three.
+_LITE_WIDTHS_AND_DEPTHS = {
+    "lite0": ((16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1)),
+    "lite1": ((16, 24, 40, 80, 112, 192, 320), (1, 3, 3, 4, 4, 5, 1)),
+    "lite2": ((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1)),
+}
+STEM_CHANNELS = 32
 
+
+def lite_stages(variant: str) -> tuple[StageSpec, ...]:
+    """The stage table of ``variant`` ("lite0", "lite1" or "lite2")."""
+    channels, repeats = _LITE_WIDTHS_AND_DEPTHS[variant]
+    inputs = (STEM_CHANNELS, *channels[:-1])
+    return tuple(StageSpec(kernel, stride, expand, c_in, c_out, n) for (kernel, stride, expand), c_in, c_out, n
+                 in zip(_STAGE_SHAPES, inputs, channels, repeats, strict=True))
 
 
 class SameConv2d(nn.Conv2d):
@@ -117,10 +106,10 @@ class EfficientNetLiteFeatures(nn.Module):
     def __init__(self, taps: Sequence[int], variant: str = "lite0") -> None:
         super().__init__()
         self.taps = tuple(sorted(int(t) for t in taps))
-        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
-        self._bn0 = _bn(32)
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
+        self._bn0 = _bn(STEM_CHANNELS)
         blocks: list[nn.Module] = []
-        for stage in LITE_STAGES[variant]:
+        for stage in lite_stages(variant):
             for i in range(stage.repeats):
                 c_in = stage.c_in if i == 0 else stage.c_out
                 stride = stage.stride if i == 0 else 1
