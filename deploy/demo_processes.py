@@ -17,12 +17,19 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+class PortTakenError(RuntimeError):
+    """A child could not listen on the port it was given: something else took it after ``free_port`` chose it."""
+
+
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], name: str, log_path: Path) -> None:
+    """Wait until ``url`` answers 200; raise when ``proc`` exits first (``PortTakenError`` when it exited
+    because its port was taken) or after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
+            error = PortTakenError if "address already in use" in tail.lower() else RuntimeError
+            raise error(f"{name} exited with code {proc.returncode}:\n{tail}")
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
             if response.status == 200:
                 return

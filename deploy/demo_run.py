@@ -6,12 +6,13 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from linewatch.common.settings import KafkaSettings, TopicSettings
-from linewatch.deploy.demo_processes import Processes, model_summary, wait_http
+from linewatch.deploy.demo_processes import PortTakenError, Processes, model_summary, wait_http
 from linewatch.deploy.local import LocalStack, free_port
 from linewatch.ingest.settings import CameraSettings
 
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
     from linewatch.deploy.demo_model import DemoModel
     from linewatch.ingest.camera import CameraStats
 
+T = TypeVar("T")
+# A port that free_port() found free can be taken before the child binds it (any process's bind(0) or outgoing
+# connection draws from the same ephemeral range); the child then exits at once, and a new port is tried.
+PORT_ATTEMPTS = 3
 TRAIN_BUDGET_S = 330.0  # 20 epochs at 128 px took 287 s in a fresh-clone `make demo` (7 min 49 s in all)
 
 
@@ -87,7 +92,9 @@ class DemoRun:
         return env
 
     def _start_detector(self, model: Path) -> tuple[int, float]:
-        port = free_port()
+        return _on_a_free_port(lambda port: self._start_detector_on(model, port))
+
+    def _start_detector_on(self, model: Path, port: int) -> tuple[int, float]:
         argv = ["detect", "--model", str(model), "--device", self.options.device, "--metrics-port", str(port),
                 "--backend", self.options.backend,
                 "--group-id", self.detector_group, "--max-batch", "8", "--max-wait-ms", "50"]
@@ -99,7 +106,11 @@ class DemoRun:
         return port, time.monotonic() - started
 
     def _start_alerts(self, token: str) -> str:
-        port = self.options.port or free_port()
+        if self.options.port:
+            return self._start_alerts_on(token, self.options.port)
+        return _on_a_free_port(lambda port: self._start_alerts_on(token, port))
+
+    def _start_alerts_on(self, token: str, port: int) -> str:
         url = f"http://127.0.0.1:{port}"
         # Every replayed image is a different part, so one breaching frame is one defective part: alert on it
         # (k=1 of n=1) rather than the default 3 of 5, which suits several frames of one part (a scratch seen
@@ -270,3 +281,15 @@ class DemoRun:
         from linewatch.common.redis_settings import RedisSettings
 
         return RedisSettings.model_validate({"url": self.stack.redis_url}).client()
+
+
+def _on_a_free_port(start: Callable[[int], T]) -> T:
+    """``start(port)`` on a port free right now, again on another one if the port was taken meanwhile."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return start(free_port())
+        except PortTakenError as exc:
+            if attempt == PORT_ATTEMPTS:
+                raise
+            print(f"note: {str(exc).splitlines()[0]} (its port was taken meanwhile); trying another port", flush=True)
+    raise AssertionError("unreachable")

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.metrics import rank_correlation
 from linewatch.detector.stfpm.calibrated import CalibratedSTFPM
 
 FORMATS = ("onnx", "torchscript", "openvino")
@@ -295,15 +296,8 @@ def fidelity(reference: Any, quantized: Any, images: Sequence[np.ndarray]) -> di
     shift = np.abs(np.concatenate([p.normalised_scores for p in got])
                    - np.concatenate([p.normalised_scores for p in ref]))
     same = np.concatenate([p.anomalous for p in got]) == np.concatenate([p.anomalous for p in ref])
-    return {"images": len(images), "spearman": round(_spearman(ref_scores, got_scores), 4),
+    return {"images": len(images), "spearman": round(rank_correlation(ref_scores, got_scores), 4),
             "max_normalised_shift": round(float(shift.max()), 4),
             "median_normalised_shift": round(float(np.median(shift)), 4),
             "same_verdict": round(float(same.mean()), 4)}
 
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation (ties broken by order; scores are continuous)."""
-    if len(a) < 2:
-        return 1.0
-    ranks_a, ranks_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])

@@ -25,10 +25,13 @@ from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges, t
 __all__ = [
     "PixelAccumulator",
     "auroc",
+    "auroc_standard_error",
     "best_f1",
     "f1_at",
     "f1_score",
+    "paired_auroc_difference_se",
     "quantile_edges",
+    "rank_correlation",
     "recall_at_false_alarm_rate",
     "roc_curve",
     "trapezoid_to",
@@ -70,6 +73,59 @@ def auroc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     not_above = np.searchsorted(good, defect, side="right")
     wins = below.sum(dtype=np.float64) + 0.5 * (not_above - below).sum(dtype=np.float64)
     return float(wins / (float(good.size) * float(defect.size)))
+
+
+def auroc_standard_error(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """Standard error of :func:`auroc` on a set of this size and make-up (DeLong; ``nan`` with fewer than two
+    items in either class): how far AUROC could move between test sets drawn alike, e.g. whether a model is
+    better than chance (0.5) by more than the set can tell."""
+    s, y = _scores_labels(scores, labels)
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        return float("nan")
+    defect, good = _placements(s[y], s[~y])
+    return float(np.sqrt(defect.var(ddof=1) / m + good.var(ddof=1) / n))
+
+
+def paired_auroc_difference_se(scores_a: npt.ArrayLike, scores_b: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """Standard error of ``auroc(scores_a) - auroc(scores_b)`` for two scorers of the same items (DeLong).
+
+    DeLong, DeLong and Clarke-Pearson (Biometrics 1988): each defect's and each good item's share of wins
+    ("placement values") under both scorers; the difference's variance is built from their covariances, so
+    two scorers that rank the items alike have a small standard error even when the set is small, and a
+    scorer whose near-tied pairs flip at random has a larger one. It tells a real change of accuracy from
+    the reshuffling of near ties on a set of this size. ``nan`` when either class is empty.
+    """
+    a, y = _scores_labels(scores_a, labels)
+    b, _ = _scores_labels(scores_b, labels)
+    if a.shape != b.shape:
+        raise ValueError(f"{a.size} scores for one scorer but {b.size} for the other")
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        return float("nan")
+    placements = [_placements(s[y], s[~y]) for s in (a, b)]
+    defect_diff = placements[0][0] - placements[1][0]  # per defect: its win share under a minus under b
+    good_diff = placements[0][1] - placements[1][1]
+    variance = defect_diff.var(ddof=1) / m + good_diff.var(ddof=1) / n
+    return float(np.sqrt(max(variance, 0.0)))
+
+
+def _placements(defect: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per defect, the share of good items it outscores; per good item, the share of defects above it (ties 1/2)."""
+    wins = (defect[:, None] > good[None, :]) + 0.5 * (defect[:, None] == good[None, :])
+    return wins.mean(axis=1), wins.mean(axis=0)
+
+
+def rank_correlation(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    """Spearman's rank correlation of two scorings of the same items (ties broken by order: scores are
+    continuous); 1.0 for fewer than two items."""
+    x, z = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != z.shape:
+        raise ValueError(f"{x.size} scores against {z.size}")
+    if x.size < 2:
+        return 1.0
+    ranks_x, ranks_z = np.argsort(np.argsort(x)), np.argsort(np.argsort(z))
+    return float(np.corrcoef(ranks_x, ranks_z)[0, 1])
 
 
 def roc_curve(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -80,27 +81,67 @@ def test_demo_runs_the_line_and_writes_the_summary(bootstrap: str, redis_url: st
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_demo_reuses_the_cached_model_and_stops_everything_on_sigterm(bootstrap: str, redis_url: str,
                                                                      cached_model_dir: Path, tmp_path: Path) -> None:
     proc = _demo(["--duration", "600", "--out", str(tmp_path / "out"), "--cache-dir", str(cached_model_dir)],
                  bootstrap, redis_url)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 100
-    while time.monotonic() < deadline and not any("alerts web page" in line for line in lines):
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-    text = "".join(lines)
+    # Read until the demo says its services are up, or until it exits (then its last line says why): no
+    # deadline of our own, the test's timeout bounds it. A 100 s deadline here cut the output short on a busy
+    # 2-core machine and left a failure that named neither the cause nor the demo's own message.
+    text = _output_until(proc, "alerts web page")
     assert "model: reused cached" in text and "training the demo model" not in text, text
     urls = re.findall(r"(http://127\.0\.0\.1:\d+)/", text)
-    assert len(urls) == 2 and all(http_ok(f"{u}/{p}") for u, p in zip(urls, ("readyz", "health"), strict=True))
+    assert len(urls) == 2, f"expected the detector's and the alerts' URLs in:\n{text}"
+    assert all(http_ok(f"{u}/{p}") for u, p in zip(urls, ("readyz", "health"), strict=True))
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == 130  # interrupted, after stopping what it started
     assert not any(http_ok(f"{u}/{p}") for u, p in zip(urls, ("readyz", "health"), strict=True))
+
+
+def _output_until(proc: subprocess.Popen[str], marker: str) -> str:
+    """The process's output up to and including the first line holding ``marker`` (or all of it, if it exits)."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not any(marker in line for line in lines):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    return "".join(lines)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_service_whose_port_was_taken_meanwhile_starts_on_another_port(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """free_port() then the child's bind is a race any other process can win; the demo tries another port."""
+    from linewatch.deploy import demo_run
+    from linewatch.deploy.demo_processes import Processes, wait_http
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    free = iter([taken.getsockname()[1], demo_run.free_port()])
+    monkeypatch.setattr(demo_run, "free_port", lambda: next(free))
+    processes, tried = Processes(tmp_path), []
+
+    def start(port: int) -> int:  # a real child that exits when its port is taken, like the detector and alerts
+        tried.append(port)
+        with (tmp_path / "child.log").open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                    cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        processes.started.append(("child", proc))
+        wait_http(f"http://127.0.0.1:{port}/", 60, proc, "child", tmp_path / "child.log")
+        return port
+
+    try:
+        port = demo_run._on_a_free_port(start)
+        assert tried == [taken.getsockname()[1], port] and http_ok(f"http://127.0.0.1:{port}/")
+    finally:
+        processes.stop()
+        taken.close()
 
 
 def test_cache_key_follows_settings_and_data_but_not_the_device() -> None:

@@ -9,7 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linewatch.detector.metrics import auroc, best_f1, f1_at, f1_score, roc_curve, trapezoid_to
+from linewatch.detector.metrics import (
+    auroc,
+    auroc_standard_error,
+    best_f1,
+    f1_at,
+    f1_score,
+    paired_auroc_difference_se,
+    rank_correlation,
+    roc_curve,
+    trapezoid_to,
+)
 
 
 def test_auroc_hand_computed_with_a_tie() -> None:
@@ -118,3 +128,49 @@ def test_auroc_equals_pair_counting_for_any_small_input(items: list[tuple[int, b
     f1, threshold = best_f1(scores, labels)
     assert f1 == pytest.approx(max(f1_at(scores, labels, t) for t in np.unique(scores)))
     assert f1_at(scores, labels, threshold) == pytest.approx(f1)
+
+
+def test_paired_auroc_difference_se_matches_the_spread_of_the_difference_over_resampled_sets() -> None:
+    # Two noisy views of one latent anomaly score: how much auroc(a) - auroc(b) varies from one test set of
+    # 40 defects and 60 good items to the next is what the DeLong standard error must estimate from one set.
+    rng = np.random.default_rng(7)
+    diffs, estimates = [], []
+    labels = np.r_[np.ones(40, bool), np.zeros(60, bool)]
+    for _ in range(400):
+        latent = rng.normal(size=100) + 1.0 * labels
+        a, b = latent + rng.normal(scale=0.3, size=100), latent + rng.normal(scale=0.6, size=100)
+        diffs.append(auroc(a, labels) - auroc(b, labels))
+        estimates.append(paired_auroc_difference_se(a, b, labels))
+    assert np.median(estimates) == pytest.approx(np.std(diffs), rel=0.15)
+
+
+def test_paired_auroc_difference_se_is_zero_for_the_same_ranking_and_nan_without_both_classes() -> None:
+    scores = np.array([0.1, 0.9, 0.3, 0.7, 0.2, 0.8])
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    assert paired_auroc_difference_se(scores, scores * 10 + 3, labels) == 0.0  # same order, other scale
+    swapped = scores.copy()
+    swapped[[2, 3]] = swapped[[3, 2]]  # one defect now ranks below one good item
+    assert paired_auroc_difference_se(scores, swapped, labels) > 0.0
+    assert math.isnan(paired_auroc_difference_se(scores, scores, np.ones(6)))
+    with pytest.raises(ValueError, match="scores"):
+        paired_auroc_difference_se(scores, scores[:5], labels)
+
+
+def test_rank_correlation_hand_computed() -> None:
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks 0 1 2 3 against 1 0 2 3: 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 2 / 60 = 0.8
+    assert rank_correlation([1, 2, 3, 4], [2, 1, 3, 4]) == pytest.approx(0.8)
+    assert rank_correlation([5.0], [1.0]) == 1.0
+
+
+def test_auroc_standard_error_matches_the_spread_of_auroc_over_resampled_sets() -> None:
+    rng = np.random.default_rng(11)
+    labels = np.r_[np.ones(30, bool), np.zeros(70, bool)]
+    aurocs, estimates = [], []
+    for _ in range(400):
+        scores = rng.normal(size=100) + 0.8 * labels
+        aurocs.append(auroc(scores, labels))
+        estimates.append(auroc_standard_error(scores, labels))
+    assert np.median(estimates) == pytest.approx(np.std(aurocs), rel=0.15)
+    assert math.isnan(auroc_standard_error([0.1, 0.2, 0.3], [1, 0, 0]))  # one defect: no spread to estimate
