@@ -52,7 +52,8 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 
 
 # .env.example ships no secret values; tests fill them in as an operator would (strong random values).
-TEST_SECRETS = {"REDIS_PASSWORD": secrets.token_hex(24), "LINEWATCH_API_TOKEN": secrets.token_urlsafe(32),
+TEST_SECRETS = {"REDIS_PASSWORD": secrets.token_hex(24), "STATE_REDIS_PASSWORD": secrets.token_hex(24),
+                "LINEWATCH_API_TOKEN": secrets.token_urlsafe(32),
                 "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(24), "POSTGRES_PASSWORD": secrets.token_hex(24),
                 "MQTT_PASSWORD": secrets.token_hex(24), "MQTT_PLC_PASSWORD": secrets.token_hex(24)}
 

@@ -174,7 +174,7 @@ def test_healthcheck_script_reports_the_detector_probe() -> None:
 # --- finding 11: nothing reachable from outside by default, no password in argv, bounded logs/memory ---
 
 @pytest.mark.integration
-@pytest.mark.parametrize("service", ["redis", "grafana", "prometheus", "alertmanager", "alerts", "kafka",
+@pytest.mark.parametrize("service", ["redis", "state-redis", "grafana", "prometheus", "alertmanager", "alerts", "kafka",
                                      "detector", "detector-gpu", "camera-sim", "topics", "verdicts",
                                      "camera-health", "mosquitto"])
 def test_compose_service_is_bounded_and_keeps_secrets_out_of_argv(service: str, deploy_checks: Path) -> None:
@@ -192,9 +192,10 @@ def test_compose_service_is_bounded_and_keeps_secrets_out_of_argv(service: str, 
     for value in readme_values.values():  # the values the check block ran compose with
         assert value not in argv and value not in health, f"{service}: a secret is on the command line"
     assert "--web.enable-lifecycle" not in argv
-    if service == "redis":
-        assert "REDISCLI_AUTH" not in (svc.get("environment") or {}) and "/run/secrets/redis_password" in argv
-        assert [s["source"] for s in svc["secrets"]] == ["redis_password"]
+    if service in ("redis", "state-redis"):
+        secret = service.replace("-", "_") + "_password"
+        assert "REDISCLI_AUTH" not in (svc.get("environment") or {}) and f"/run/secrets/{secret}" in argv
+        assert [s["source"] for s in svc["secrets"]] == [secret]
     if service == "grafana":
         assert "GF_SECURITY_ADMIN_PASSWORD" not in svc["environment"]
         assert svc["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
