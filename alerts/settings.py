@@ -125,25 +125,45 @@ class RetrySettings(BaseModel):
 class GuardSettings(BaseModel):
     """What a frame result must satisfy before it reaches a camera's rule (hostile or broken producers).
 
-    Duplicates are recognised by (camera, sequence) in a bitmap of the last ``dedup_window``
-    sequences, so out-of-order frames still count. A sequence more than ``max_sequence_jump`` ahead of
-    the highest one seen, or a capture time more than ``max_capture_ahead_s`` ahead of this host's clock,
-    is rejected: one forged frame can neither push every real frame out of the window nor start a
-    cooldown that never ends. A camera that really jumped is followed again after ``reanchor_after``
-    consecutive frames continuing the jump; one that restarted its sequence below the window is followed
-    when its capture time is newer than the last one seen.
+    A camera's first frames all count; the first ``reanchor_after`` of them within ``max_sequence_jump`` of each
+    other become its *track*: the sequences it is at, with a bitmap of the last ``dedup_window`` sequences seen
+    per verdict (clean, breaching), so that frames arriving out of order count and a redelivery (same sequence,
+    same verdict, no newer) does not. A frame at most ``max_sequence_jump`` past the track's highest sequence,
+    or within the window below it, is on the track. Any other frame (a jump, a restart, or forged) is held,
+    not counted, until ``reanchor_after`` frames near each other agree; then they all count and become the
+    track. A camera must therefore step its sequence by at most ``max_sequence_jump`` from frame to frame
+    (linewatch cameras step by 1; a crash skips at most one ``sequence_block``, which is then held for
+    ``reanchor_after - 1`` frames, not lost). A capture time more than ``max_capture_ahead_s`` ahead of this
+    host's clock is refused, and no capture time moves the rule's clock (a cooldown's start) past this host's.
+
+    Guarantee (the adversary and the argument are in ``alerts.rules``): ``reanchor_after - 1`` forged records
+    of a camera, with any sequence and capture time, anywhere in its stream, cannot make a real breaching frame
+    of it a redelivery, refuse it or delay it, nor start a cooldown in the future. The bounds are tied together:
+    each forged frame on the track can raise its highest sequence by ``max_sequence_jump``, so
+    ``max_sequence_jump x reanchor_after`` must fit in half the window; the other half keeps late frames.
     """
 
     dedup_window: int = Field(default=1024, ge=64, le=65536, description="Recent sequences remembered per camera.")
-    max_sequence_jump: int = Field(default=10_000, ge=1, description="Largest accepted step past the highest "
-                                                                     "sequence seen.")
+    max_sequence_jump: int = Field(default=128, ge=1, description="Largest step past the highest sequence seen that "
+                                                                  "is taken at once; max_sequence_jump x "
+                                                                  "reanchor_after <= dedup_window / 2.")
     max_capture_ahead_s: float = Field(default=300.0, ge=0.0, description="Largest accepted capture time ahead "
                                                                           "of this host's clock (clock skew).")
-    reanchor_after: int = Field(default=3, ge=1, description="Consecutive frames continuing a rejected jump "
-                                                             "that make it the camera's new position.")
+    reanchor_after: int = Field(default=3, ge=1, le=16, description="Frames off the camera's track (a jump or a "
+                                                                    "restart) that must agree before they count; "
+                                                                    "reanchor_after - 1 forged frames cannot hide "
+                                                                    "a real breaching frame.")
     max_result_bytes: int = Field(default=65_536, ge=1024, description="Larger result records are dead-lettered.")
     max_text_chars: int = Field(default=256, ge=16, description="Longest line id, model version, label, ... in a "
                                                                 "result; heatmap keys may be 4 times this.")
+
+    @model_validator(mode="after")
+    def _forged_steps_fit_the_window(self) -> GuardSettings:
+        if self.max_sequence_jump * self.reanchor_after > self.dedup_window // 2:
+            raise ValueError(f"max_sequence_jump ({self.max_sequence_jump}) x reanchor_after ({self.reanchor_after}) "
+                             f"must not exceed dedup_window / 2 ({self.dedup_window // 2}): forged frames could "
+                             "push real ones out of the duplicate window")
+        return self
 
 
 class HttpSettings(BaseModel):

@@ -57,10 +57,16 @@ def test_redelivered_frames_are_ignored() -> None:
 
 
 def test_camera_restarting_its_sequence_is_not_taken_for_redelivery() -> None:
+    """A restart (numbering back to 0, captured later than anything seen) is followed, and none of its frames is
+    lost: the first ones are held until ``reanchor_after`` (3) agree, so that one forged frame cannot fake it."""
     state, _ = run([0.1] * 20)
-    restarted = frame("cam-1", 0, 0.9, capture_ns=T0 + 100 * FRAME_NS)
-    new, _ = step(state, restarted, RULE)
-    assert new is not state and new.last_sequence == 0
+    restarted = [frame("cam-1", seq, 0.9, capture_ns=T0 + (100 + seq) * FRAME_NS) for seq in range(3)]
+    held, _ = step(state, restarted[0], RULE)
+    held, _ = step(held, restarted[1], RULE)
+    assert held is not state and held.last_sequence == 19 and len(held.candidates[0].held) == 2
+    new, events = step(held, restarted[2], RULE)
+    assert new.last_sequence == 2 and [e.kind for e in events] == ["firing"]
+    assert events[0].alert.start_sequence == 0 and events[0].alert.frame_count == 3
 
 
 def test_cooldown_suppresses_a_new_alert_right_after_resolution() -> None:
