@@ -279,11 +279,15 @@ def start_alertmanager(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``linewatch ARGS`` (as ``python -m deploy.cli``) with extra environment, logging to a file."""
+def spawn(args: list[str], env: dict[str, str], log_path: Path, fault: str | None = None) -> subprocess.Popen[bytes]:
+    """Start ``linewatch ARGS`` (as ``python -m deploy.cli``) with extra environment, logging to a file.
+
+    ``fault`` (e.g. ``detector-worker-dies:3``) starts it through tests/helpers/inject.py instead: the same
+    command with that one fault patched in (see there).
+    """
+    entry = ["-m", "linewatch.deploy.cli"] if fault is None else [str(Path(__file__).with_name("inject.py")), fault]
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "linewatch.deploy.cli",
-                                 *args], cwd=ROOT, env={**os.environ, **env},
+        return subprocess.Popen([sys.executable, *entry, *args], cwd=ROOT, env={**os.environ, **env},
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
