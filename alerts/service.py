@@ -202,13 +202,18 @@ class AlertsService:
 
     def _apply(self, state: CameraState, result: FrameResult, now_ns: int,
                unhealthy: list[str]) -> tuple[CameraState, list[AlertEvent]]:
-        """The rule step, counting the frames the guard refuses."""
-        admission = admit(state, result, self.settings.guard, now_ns)
-        if admission in ("future", "sequence_jump"):
-            self.metrics.rejected.labels(admission).inc()
-            log.warning("camera %s: frame %d refused (%s; highest sequence %d)", result.camera_id, result.sequence,
-                        admission, state.last_sequence)
+        """The rule step, counting the frames the guard refuses or holds."""
         rule = self.settings.rules.for_camera(result.line_id, result.camera_id)
+        admission = admit(state, result, self.settings.guard, now_ns, rule)  # the same rule as step's: same verdict
+        if admission == "future":
+            self.metrics.rejected.labels(admission).inc()
+            log.warning("camera %s: frame %d refused (capture time ahead of this host's clock)", result.camera_id,
+                        result.sequence)
+        elif admission == "sequence_jump":
+            self.metrics.rejected.labels(admission).inc()
+            log.warning("camera %s: frame %d held off the track (highest sequence %d): it counts once %d frames "
+                        "near it agree", result.camera_id, result.sequence, state.last_sequence,
+                        self.settings.guard.reanchor_after)
         return step(state, result, rule, self.settings.guard, now_ns, unhealthy)
 
     def _persist(self, states: list[CameraState], events: list[AlertEvent], partitions: dict[str, int]) -> None:
