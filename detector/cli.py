@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from linewatch.detector.recipes import recipe_names
+
 
 def register(subparsers: Any) -> None:
     """Add this package's subcommands to the ``linewatch`` parser."""
@@ -21,6 +23,7 @@ def register(subparsers: Any) -> None:
     from linewatch.detector.service.cli import register_detect
 
     register_train(subparsers)
+    register_recipes(subparsers)
     register_calibrate(subparsers)
     register_predict(subparsers)
     register_export(subparsers)
@@ -46,7 +49,13 @@ def register_train(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train and calibrate an STFPM model on good images")
     p.add_argument("data_dir", type=Path, nargs="?", help="MVTec-layout folder or a folder of good images")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--backbone", default="efficientnet_lite0",
+    p.add_argument("--recipe", choices=recipe_names(), default=None,
+                   help="auto (the default) trains the candidate recipes and keeps the one that best finds synthetic "
+                        "defects drawn on held-out good images; or name one (`linewatch recipes` lists them). "
+                        "--backbone, --taps, --image-size or --tap-weights without --recipe train that geometry alone")
+    p.add_argument("--select-on", type=Path, default=None, metavar="DIR",
+                   help="--recipe auto: choose on the real labelled defects of this MVTec-layout folder instead")
+    p.add_argument("--backbone", default=None,
                    choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
                             "wide_resnet50_2"])
     p.add_argument("--epochs", type=int, default=None)
@@ -93,6 +102,8 @@ def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from linewatch.common.images import list_train_good
+    from linewatch.detector.recipe_choice import train_auto
+    from linewatch.detector.recipes import AUTO, RECIPES
     from linewatch.detector.train import TrainConfig, train, train_synthetic_model
 
     if args.synthetic:
@@ -103,15 +114,68 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     if args.data_dir is None:
         raise ValueError("DATA_DIR is required unless --synthetic is given")
-    config = TrainConfig(backbone=args.backbone, seed=args.seed, teacher_weights=args.teacher_weights,
-                         device=args.device)
-    overrides = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size, "lr": args.lr,
-                 "lr_schedule": args.lr_schedule, "refresh_bn_stats": args.refresh_bn_stats,
-                 "taps": args.taps, "tap_weights": args.tap_weights}
+    records = list_train_good(args.data_dir)
+    recipe = _recipe(args)
+    config = TrainConfig(seed=args.seed, teacher_weights=args.teacher_weights, device=args.device)
+    if recipe in RECIPES:
+        config = RECIPES[recipe].config(config)
+    overrides = {"backbone": args.backbone, "epochs": args.epochs, "image_size": args.image_size,
+                 "batch_size": args.batch_size, "lr": args.lr, "lr_schedule": args.lr_schedule,
+                 "refresh_bn_stats": args.refresh_bn_stats, "taps": args.taps, "tap_weights": args.tap_weights}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    result = train(config, list_train_good(args.data_dir), args.out, progress=not args.quiet, resume=args.resume)
-    print(f"wrote {result.path}: best epoch {result.best_epoch}, val loss {result.best_val_loss:.5f}, "
-          f"image threshold {result.calibration.image_threshold:.5f}, {result.images_per_second:.1f} images/s")
+    if recipe == AUTO:
+        result, recipe = train_auto(config, records, args.out, progress=not args.quiet, select_on=args.select_on)
+        _print_selection(result.path)
+    else:
+        result = train(config, records, args.out, progress=not args.quiet, resume=args.resume,
+                       notes={"recipe": recipe})
+    print(f"wrote {result.path} (recipe {recipe}): best epoch {result.best_epoch}, "
+          f"val loss {result.best_val_loss:.5f}, image threshold {result.calibration.image_threshold:.5f}, "
+          f"{result.images_per_second:.1f} images/s")
+    return 0
+
+
+GEOMETRY_FLAGS = ("backbone", "taps", "image_size", "tap_weights")
+
+
+def _recipe(args: argparse.Namespace) -> str:
+    """The recipe to train: ``--recipe``; without it, ``custom`` when geometry flags are given, else ``auto``."""
+    from linewatch.detector.recipes import AUTO
+
+    given = [f"--{name.replace('_', '-')}" for name in GEOMETRY_FLAGS if getattr(args, name) is not None]
+    if args.recipe == AUTO and given:
+        raise ValueError(f"--recipe auto chooses the geometry itself; drop {', '.join(given)} or name a recipe")
+    if args.select_on is not None and (args.recipe or (AUTO if not given else "custom")) != AUTO:
+        raise ValueError("--select-on chooses among recipes: it goes with --recipe auto")
+    if args.resume and (args.recipe or (AUTO if not given else "custom")) == AUTO:
+        raise ValueError("--resume continues one recipe's run: name the recipe (--recipe fine|coarse)")
+    return str(args.recipe or ("custom" if given else AUTO))
+
+
+def _print_selection(path: Path) -> None:
+    """What ``auto`` measured and chose, one line per candidate."""
+    from linewatch.detector.checkpoint import load_checkpoint
+
+    selection = load_checkpoint(path)[1]["training"]["selection"]
+    print(f"recipe selection on {selection['images']} images ({selection['defects']} defects, {selection['on']}): "
+          f"{selection['rule']}")
+    for name, figures in selection["candidates"].items():
+        mark = "  <- chosen" if name == selection["chosen"] else ""
+        print(f"  {name}: score {figures['score']:.4f} (image AUROC {figures['image_auroc']:.4f}, pixel AUROC "
+              f"{figures['pixel_auroc']:.4f}; by kind {figures['image_auroc_by_kind']}; trained in "
+              f"{figures['train_seconds']:.0f}s){mark}")
+
+
+def register_recipes(subparsers: Any) -> None:
+    """``linewatch recipes``: the training recipes and what each suits."""
+    p = subparsers.add_parser("recipes", help="list the training recipes (linewatch train --recipe NAME)")
+    p.set_defaults(func=_guarded(_recipes))
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from linewatch.detector.recipes import describe
+
+    print(describe())
     return 0
 
 

@@ -100,6 +100,9 @@ def run_evaluation(model: InferenceModel, data_dir: str | Path, out_dir: str | P
     metrics = {**_image_metrics(model, scores, flagged, labels), **_pixel_metrics(model, pixels),
                "per_type": _per_type(records, scores, labels, pixels.groups),
                "counts": pixels.counts(records, labels),
+               # which recipe trained the model, and what `--recipe auto` measured to choose it (None: older models)
+               "recipe": model.metadata.training.get("recipe"),
+               "selection": model.metadata.training.get("selection"),
                "settings": {"data_dir": str(data_dir.resolve()), "resolution": "image (map resized to each test image)",
                             "resize_mode": model.metadata.resize_mode, "aupro_fpr_limit": 0.3,
                             "batch_size": batch_size, "image_rule": "anomalous if score >= image_threshold",

@@ -169,6 +169,7 @@ Pixel metrics at image resolution; AUPRO to FPR 0.3 over 8-connected regions.</p
 <h2>Worst misses (defective, lowest scores)</h2>{_tiles(result, misses)}
 <h2>Worst false alarms (good, highest scores)</h2>{_tiles(result, alarms)}
 <p>Overlay colour: map / image threshold (red = at or above it); white outline = ground truth.</p>
+{_recipe(m)}
 <h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre>
 </body></html>
 """
@@ -187,6 +188,25 @@ def _operating_points(m: dict[str, Any]) -> str:
             f"the calibrated threshold raised false alarms on {_fmt(m.get('calibrated_false_alarm_rate'))} of the "
             f"good test images (target {_fmt(cal.get('target_false_alarm_rate'))}). {spread}. "
             f"Anomaly map: {cells[0]}x{cells[1]} cells.</p>")
+
+
+def _recipe(m: dict[str, Any]) -> str:
+    """The recipe that trained the model and, for ``--recipe auto``, every candidate's selection figures."""
+    recipe, selection = m.get("recipe"), m.get("selection")
+    if recipe is None:
+        return ""
+    if not selection:
+        return f"<h2>Recipe</h2><p>Trained with the recipe <b>{html.escape(str(recipe))}</b>.</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}{' (chosen)' if name == selection['chosen'] else ''}</td>"
+        f"<td>{_fmt(f['score'])}</td><td>{_fmt(f['image_auroc'])}</td><td>{_fmt(f['pixel_auroc'])}</td>"
+        f"<td>{html.escape(', '.join(f'{k} {_fmt(v)}' for k, v in f['image_auroc_by_kind'].items()))}</td>"
+        f"<td>{_fmt(f['train_seconds'])}</td></tr>" for name, f in selection["candidates"].items())
+    return (f"<h2>Recipe: {html.escape(str(recipe))}, chosen automatically</h2><p>On {selection['images']} images "
+            f"({selection['defects']} with defects, {html.escape(str(selection['on']))}). Rule: "
+            f"{html.escape(selection['rule'])}.</p><table><tr><th>recipe</th><th>selection score</th>"
+            f"<th>image AUROC</th><th>pixel AUROC</th><th>image AUROC by defect kind</th><th>train s</th></tr>"
+            f"{rows}</table>")
 
 
 def write_report(result: Evaluation, path: str | Path, worst: int = 6) -> Path:

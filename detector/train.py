@@ -175,10 +175,11 @@ class _Progress:
 
 def train(config: TrainConfig, train_records: Sequence[ImageRecord] | Sequence[np.ndarray], out: Path,
           progress: bool = True, resume: bool = False,
-          defect_images: Sequence[np.ndarray] | None = None) -> TrainResult:
+          defect_images: Sequence[np.ndarray] | None = None, notes: dict[str, Any] | None = None) -> TrainResult:
     """Train, pick the best epoch by validation loss, calibrate and write the checkpoint to ``out``.
 
     ``defect_images`` (optional) are only used to report an F1-optimal threshold next to the calibrated one.
+    ``notes`` join the checkpoint's training metadata (e.g. ``{"recipe": "fine"}``).
     """
     out = Path(out)
     state_path = out.with_name(out.name + ".state.pt")
@@ -204,7 +205,7 @@ def train(config: TrainConfig, train_records: Sequence[ImageRecord] | Sequence[n
     calibration = _calibrate(model, split.val_x, config, defect_images)
     training = {"config": config.to_dict(), "best_epoch": state.best_epoch, "best_val_loss": state.best_val,
                 "epochs_run": len(state.history), "n_train": len(split.train_x), "n_val": len(split.val_x),
-                "data_sha256": data_hash}
+                "data_sha256": data_hash, **(notes or {})}
     save_checkpoint(out, model.state_dict(), _metadata(model, config, calibration, training).to_dict())
     state_path.unlink(missing_ok=True)
     return TrainResult(path=out, best_epoch=state.best_epoch, best_val_loss=state.best_val, calibration=calibration,
@@ -224,12 +225,19 @@ def _build_model(config: TrainConfig, device: torch.device) -> STFPM:
 
 def _split_and_cache(model: STFPM, images: list[np.ndarray], config: TrainConfig, device: torch.device) -> _Split:
     """Seeded held-out split (for best-epoch choice and calibration) and the teacher feature caches."""
-    order = np.random.default_rng(config.seed).permutation(len(images))
-    n_val = min(len(images) - 1, max(1, round(len(images) * config.val_fraction)))
+    held_out = held_out_indices(len(images), config)  # the first indices of the same seeded permutation
+    kept = np.random.default_rng(config.seed).permutation(len(images))[len(held_out):]
     inputs = _inputs(model, images, device)
-    train_x, val_x = inputs[torch.from_numpy(order[n_val:])], inputs[torch.from_numpy(order[:n_val])]
+    train_x, val_x = inputs[torch.from_numpy(kept)], inputs[torch.from_numpy(held_out)]
     return _Split(train_x, val_x, _teacher_cache(model, train_x, config.batch_size),
                   _teacher_cache(model, val_x, config.batch_size))
+
+
+def held_out_indices(n_images: int, config: TrainConfig) -> np.ndarray:
+    """Indices of the good images a run holds out (best epoch, calibration; recipe choice): seeded, so every
+    recipe trained with the same seed on the same images holds out the same ones."""
+    order = np.random.default_rng(config.seed).permutation(n_images)
+    return order[:min(n_images - 1, max(1, round(n_images * config.val_fraction)))]
 
 
 def _resume(path: Path, model: STFPM, optimizer: torch.optim.Optimizer, config: TrainConfig, data_hash: str,

@@ -1,0 +1,92 @@
+"""Does a ranking of recipes on synthetic defects agree with the ranking that real defects give?
+
+For every shared set and every trained candidate of the accuracy sweep (``benchmarks/model_accuracy.py``,
+its ``--runs`` folder), the candidate is scored on what a plant has at training time: the training run's
+held-out good images, and synthetic defects drawn on them (``linewatch.detector.synthetic_defects``, seeded).
+Its selection figures (image AUROC of the synthetic defects against the clean held-out images, pixel AUROC
+on the synthetic masks, and their mean, the selection score) are set beside the candidate's real DEV-half
+figures from the sweep's cache (mean of image AUROC, pixel AUROC and AUPRO). Per set, the candidate that the
+synthetic score picks is compared with the one the real dev defects pick; test halves are not read.
+
+    .venv/bin/python benchmarks/recipe_selection.py --runs runs/accuracy-full --configs today,default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from model_accuracy import CONFIGS, METRICS, RUNS, checkpoint_path, data_sets, validation_images
+
+from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.recipe_choice import SEED, selection_figures, synthetic_selection
+
+
+def real_dev_score(runs: Path, set_name: str, config: str) -> float | None:
+    """The mean of the config's own-rule dev figures (image AUROC, pixel AUROC, AUPRO) from the sweep's cache."""
+    cache = checkpoint_path(runs, set_name, config).with_suffix(".eval.json")
+    if not cache.is_file():
+        return None
+    own_rule = CONFIGS[config].variants[0].name
+    rows = [r for r in json.loads(cache.read_text()) if r["half"] == "dev" and r["variant"] == own_rule]
+    return float(np.mean([rows[0][m] for m in METRICS[:3]])) if rows else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=RUNS)
+    parser.add_argument("--configs", default="today,default")
+    parser.add_argument("--sets", default="")
+    parser.add_argument("--max-train", type=int, default=0, help="the protocol the checkpoints were trained with")
+    parser.add_argument("--per-image", type=int, default=None,
+                        help="synthetic defects per held-out good image (default: the product's rule)")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the synthetic defects")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="JSON of every figure (default: RUNS/recipe_selection.json)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sets = {k: v for k, v in data_sets().items() if not args.sets or k in args.sets.split(",")}
+    rows = []
+    for set_name, root in sets.items():
+        for config in args.configs.split(","):
+            path = checkpoint_path(args.runs, set_name, config)
+            if not path.is_file():
+                continue
+            started = time.perf_counter()
+            goods = validation_images(root, CONFIGS[config], args.max_train)
+            selection = synthetic_selection(goods, args.per_image, args.seed)
+            figures = selection_figures(AnomalyModel.load(path, "cpu"), selection)
+            rows.append({"set": set_name, "config": config, "synthetic": figures,
+                         "real_dev": real_dev_score(args.runs, set_name, config),
+                         "seconds": round(time.perf_counter() - started, 1)})
+            print(f"{set_name}/{config}: synthetic {figures}; real dev {rows[-1]['real_dev']}", flush=True)
+    print(agreement(rows))
+    out = args.out or args.runs / "recipe_selection.json"
+    out.write_text(json.dumps({"machine": f"{platform.node()} {platform.processor()}", "date": time.strftime("%F"),
+                               "command": "benchmarks/recipe_selection.py " + " ".join(
+                                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+                               "rows": rows}, indent=1) + "\n")
+
+
+def agreement(rows: list[dict[str, Any]]) -> str:
+    """Per set: the synthetic pick, the real-dev pick, and whether they agree."""
+    lines, agree, total = [], 0, 0
+    for set_name in sorted({r["set"] for r in rows}):
+        mine = [r for r in rows if r["set"] == set_name and r["real_dev"] is not None]
+        if len(mine) < 2:
+            continue
+        by_synthetic = max(mine, key=lambda r: r["synthetic"]["score"])["config"]
+        by_real = max(mine, key=lambda r: r["real_dev"])["config"]
+        total, agree = total + 1, agree + (by_synthetic == by_real)
+        lines.append(f"{set_name}: synthetic picks {by_synthetic}, real dev defects pick {by_real}")
+    return "\n".join([*lines, f"agreement: {agree} of {total} sets"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Training recipes: named settings for kinds of parts, and ``auto``, which picks one from the good images.
+
+No fixed geometry won on every shared set (benchmarks/results/model_accuracy.md): the fine map finds small
+and thin defects on objects, the deep taps find the large low-contrast regions of textures. A plant cannot be
+asked which suits its parts, so ``linewatch train`` trains the candidates and keeps the one that separates
+synthetic defects drawn on its held-out good images best (``detector/recipe_choice.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the command line lists recipes without importing torch
+    from linewatch.detector.train import TrainConfig
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A name, what kind of part it suits, and the training settings it fixes."""
+
+    name: str
+    suits: str
+    settings: dict[str, Any]
+
+    def config(self, base: TrainConfig) -> TrainConfig:
+        """``base`` with this recipe's settings (run settings such as epochs, seed and device stay ``base``'s)."""
+        return replace(base, **self.settings)
+
+
+RECIPES: dict[str, Recipe] = {
+    "fine": Recipe("fine", "objects and small or thin defects: a 48x48 map (efficientnet_lite0 taps 2/4/10, 192 px)",
+                   {"backbone": "efficientnet_lite0", "taps": (2, 4, 10), "image_size": 192}),
+    "coarse": Recipe("coarse", "textures with large, low-contrast defects (stains, uneven surfaces): deep taps "
+                               "10/14 at 128 px, an 8x8 map", {"backbone": "efficientnet_lite0", "taps": (10, 14),
+                                                              "image_size": 128}),
+}
+CANDIDATES = ("fine", "coarse")  # what ``auto`` trains, in order of preference on a tie
+
+
+def recipe_names() -> tuple[str, ...]:
+    """What ``--recipe`` accepts."""
+    return (AUTO, *RECIPES)
+
+
+def describe() -> str:
+    """One line per recipe, for ``linewatch recipes``."""
+    width = max(len(n) for n in recipe_names())
+    lines = [f"{name:<{width}}  {recipe.suits}" for name, recipe in RECIPES.items()]
+    lines.append(f"{AUTO:<{width}}  the default: trains {', '.join(CANDIDATES)} and keeps the one that best separates "
+                 "synthetic defects (thin scratches, low-contrast blotches, pasted patches, noise blends) drawn on "
+                 "the held-out good images, or real ones with --select-on DIR")
+    return "\n".join(lines)
