@@ -203,6 +203,14 @@ CONFIGS: dict[str, SweepConfig] = {
         Variant(), Variant(map_taps=(10, 14)),
         *(Variant(map_taps=fine, coarse_taps=(10, 14), coarse_weight=w)
           for fine in ((2, 4, 10, 14), (2, 4, 10)) for w in (0.5, 1.0, 2.0)))),
+    # session 7: the "coarse" recipe: a 4-tap student at 128 px that shows the fine product (taps 2/4/10, 32x32)
+    # and reads the image score from the deep product (taps 10/14, the previous default's map); variants: the map
+    # over all four taps, and the deep map alone (8x8, for reference)
+    "coarse2map": SweepConfig("coarse2map", TrainConfig(image_size=128, taps=(2, 4, 10, 14), map_taps=(2, 4, 10),
+                                                        score_taps=(10, 14), tap_weights=()), (
+        Variant(map_taps=(2, 4, 10), score="taps", score_taps=(10, 14)),
+        Variant(map_taps=(2, 4, 10, 14), score="taps", score_taps=(10, 14)),
+        Variant(map_taps=(10, 14)))),
     "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox",
                                  refresh_bn_stats=False),
     "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15, refresh_bn_stats=False),

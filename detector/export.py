@@ -101,7 +101,8 @@ class ScoredGraph(nn.Module):
     def forward(self, pixels: torch.Tensor, thresholds: torch.Tensor, masks: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The same head as the torch runtime, so per-frame thresholds and regions need no second implementation."""
-        return self.calibrated.head(self.calibrated.model.maps_from_input(pixels), thresholds, masks)
+        maps, score_maps = self.calibrated.model.scored_maps(pixels)
+        return self.calibrated.head(maps, thresholds, masks, score_maps)
 
 
 def export_graph(model: AnomalyModel, out: str | Path, opset: int = 18) -> Path:

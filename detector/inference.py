@@ -64,7 +64,7 @@ def build_model(metadata: ModelMetadata) -> STFPM:
     """An (untrained) STFPM shaped as the checkpoint metadata describes."""
     return STFPM(backbone=metadata.backbone, image_size=metadata.image_size, taps=list(metadata.taps),
                  sigma=metadata.sigma, resize_mode=metadata.resize_mode, score_top_k=metadata.score_top_k,
-                 tap_weights=metadata.tap_weights)
+                 tap_weights=metadata.tap_weights, map_taps=metadata.map_taps, score_taps=metadata.score_taps)
 
 
 def _as_uint8_rgb(frame: np.ndarray) -> np.ndarray:
@@ -145,10 +145,10 @@ class AnomalyModel:
 
     @torch.inference_mode()
     def _run(self, frames: Frames, thresholds: torch.Tensor | None, masks: np.ndarray | None) -> list[np.ndarray]:
-        maps = self.model.maps_from_input(self._inputs(frames))
+        maps, score_maps = self.model.scored_maps(self._inputs(frames))
         cells = None if masks is None else torch.from_numpy(masks).to(self.device)
         return [t.float().cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy()
-                for t in self.calibrated.head(maps, thresholds, cells)]
+                for t in self.calibrated.head(maps, thresholds, cells, score_maps)]
 
     def _checked_masks(self, masks: np.ndarray | None, n: int) -> np.ndarray | None:
         """``masks`` as contiguous float32 (N, S, S), or a clear error naming the expected shape."""

@@ -30,6 +30,8 @@ class ModelMetadata:
     resize_mode: str = "squash"
     score_top_k: int = 1  # image score = mean of the k largest map values (1: the maximum)
     tap_weights: tuple[float, ...] = ()  # exponents of the layer maps in the fused product (empty: all 1)
+    map_taps: tuple[int, ...] = ()  # the taps whose product is the map shown (empty: every tap)
+    score_taps: tuple[int, ...] = ()  # the taps whose product the image score is read from (empty: the map shown)
     input_mean: tuple[float, ...] = ()
     input_std: tuple[float, ...] = ()
     map_cells: tuple[int, int] = (0, 0)  # fused map size in feature cells (height, width) before upsampling
@@ -45,12 +47,16 @@ class ModelMetadata:
         if self.tap_weights and (len(self.tap_weights) != len(self.taps)
                                  or not all(math.isfinite(w) and w > 0 for w in self.tap_weights)):
             raise MetadataError(f"tap_weights must be one positive number per tap {self.taps}, got {self.tap_weights}")
+        for name in ("map_taps", "score_taps"):
+            subset = getattr(self, name)
+            if not set(subset) <= set(self.taps) or len(set(subset)) != len(subset):
+                raise MetadataError(f"{name} must be distinct taps among {self.taps}, got {subset}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, as stored in the checkpoint."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["calibration"] = self.calibration.to_dict()
-        for name in ("taps", "tap_weights", "input_mean", "input_std", "map_cells"):
+        for name in ("taps", "tap_weights", "map_taps", "score_taps", "input_mean", "input_std", "map_cells"):
             out[name] = list(out[name])
         return out
 
@@ -64,6 +70,8 @@ class ModelMetadata:
                        sigma=float(data.get("sigma", 0.0)), resize_mode=str(data.get("resize_mode", "squash")),
                        score_top_k=int(data.get("score_top_k", 1)),
                        tap_weights=tuple(float(w) for w in data.get("tap_weights") or ()),
+                       map_taps=tuple(int(t) for t in data.get("map_taps") or ()),
+                       score_taps=tuple(int(t) for t in data.get("score_taps") or ()),
                        input_mean=tuple(float(v) for v in data.get("input_mean", ())),
                        input_std=tuple(float(v) for v in data.get("input_std", ())),
                        map_cells=tuple(int(v) for v in data.get("map_cells", (0, 0)))[:2],  # type: ignore[arg-type]

@@ -32,10 +32,14 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "fine": Recipe("fine", "objects and small or thin defects: a 48x48 map (efficientnet_lite0 taps 2/4/10, 192 px)",
-                   {"backbone": "efficientnet_lite0", "taps": (2, 4, 10), "image_size": 192}),
-    "coarse": Recipe("coarse", "textures with large, low-contrast defects (stains, uneven surfaces): deep taps "
-                               "10/14 at 128 px, an 8x8 map", {"backbone": "efficientnet_lite0", "taps": (10, 14),
-                                                              "image_size": 128}),
+                   {"backbone": "efficientnet_lite0", "taps": (2, 4, 10), "image_size": 192, "map_taps": None,
+                    "score_taps": None}),
+    # The previous 8x8 default's deep taps judge the image; the fine taps of the same student show where (32x32):
+    # an operator still sees the defect, which an 8x8 map did not show.
+    "coarse": Recipe("coarse", "textures with large, low-contrast defects (stains, uneven surfaces): scores with "
+                               "deep taps 10/14, shows the 32x32 map of taps 2/4/10 (128 px)",
+                     {"backbone": "efficientnet_lite0", "taps": (2, 4, 10, 14), "image_size": 128,
+                      "map_taps": (2, 4, 10), "score_taps": (10, 14)}),
 }
 CANDIDATES = ("fine", "coarse")  # what ``auto`` trains, in order of preference on a tie
 

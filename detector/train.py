@@ -67,6 +67,10 @@ class TrainConfig:
     score_top_k: int = 1
     # exponents of the tapped layers' maps in the fused product (None: all 1, the paper's product)
     tap_weights: tuple[float, ...] | None = None
+    # the taps whose product is the map shown, and those whose product the image score is read from (None: every
+    # tap, and the map shown); the student learns every tap either way (detector/recipes.py, "coarse")
+    map_taps: tuple[int, ...] | None = None
+    score_taps: tuple[int, ...] | None = None
     device: str | None = "auto"
     # None = where the hardware does bf16 natively (CUDA, or a CPU with AVX-512 BF16/AMX). Emulated bf16 is
     # slower, not faster: on an AVX2-only EPYC, 256 px batch 16 trained at 1.5 img/s in bf16 vs 9.0 in fp32.
@@ -85,6 +89,8 @@ class TrainConfig:
         data["teacher_weights"] = str(self.teacher_weights) if self.teacher_weights else None
         data["taps"] = list(self.taps) if self.taps else None
         data["tap_weights"] = list(self.tap_weights) if self.tap_weights else None
+        data["map_taps"] = list(self.map_taps) if self.map_taps else None
+        data["score_taps"] = list(self.score_taps) if self.score_taps else None
         return data
 
 
@@ -215,7 +221,7 @@ def train(config: TrainConfig, train_records: Sequence[ImageRecord] | Sequence[n
 def _build_model(config: TrainConfig, device: torch.device) -> STFPM:
     """The network with its pretrained teacher, on ``device``."""
     model = STFPM(config.backbone, config.image_size, config.taps, config.sigma, config.resize_mode,
-                  config.score_top_k, config.tap_weights or ())
+                  config.score_top_k, config.tap_weights or (), config.map_taps or (), config.score_taps or ())
     load_pretrained(model.teacher, get_spec(config.backbone).pretrained(config.teacher_weights), config.backbone)
     model.to(device)
     if config.channels_last:
@@ -336,7 +342,8 @@ def _metadata(model: STFPM, config: TrainConfig, calibration: Calibration, train
     return ModelMetadata(
         backbone=config.backbone, taps=tuple(model.taps), image_size=config.image_size, calibration=calibration,
         sigma=config.sigma, resize_mode=config.resize_mode, score_top_k=config.score_top_k,
-        tap_weights=model.tap_weights, input_mean=tuple(spec.mean), input_std=tuple(spec.std),
+        tap_weights=model.tap_weights, map_taps=model.map_taps, score_taps=model.score_taps,
+        input_mean=tuple(spec.mean), input_std=tuple(spec.std),
         map_cells=model.map_cells(), training=training,
         versions={"linewatch": _package_version(), "torch": torch.__version__})
 
@@ -350,16 +357,21 @@ def native_bf16(device: torch.device) -> bool:
 
 def _calibrate(model: STFPM, val_x: torch.Tensor, config: TrainConfig,
                defect_images: Sequence[np.ndarray] | None) -> Calibration:
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps shown, image scores) of pre-processed inputs."""
+        maps, scores = [], []
         with torch.inference_mode():
-            return torch.cat([model.maps_from_input(x[i:i + config.batch_size].float())
-                              for i in range(0, len(x), config.batch_size)]).float().cpu()
+            for i in range(0, len(x), config.batch_size):
+                shown, score_maps = model.scored_maps(x[i:i + config.batch_size].float())
+                maps.append(shown.float().cpu())
+                scores.append(model.image_scores(score_maps.float()).cpu())
+        return torch.cat(maps), torch.cat(scores)
 
-    maps = run(val_x)
-    scores = model.image_scores(maps).numpy()
+    maps, val_scores = run(val_x)
+    scores = val_scores.numpy()
     calibration = calibrate(scores, maps.numpy(), config.target_false_alarm_rate, config.pixel_false_positive_rate)
     if defect_images:
-        defect_scores = model.image_scores(run(_inputs(model, list(defect_images), val_x.device))).numpy()
+        defect_scores = run(_inputs(model, list(defect_images), val_x.device))[1].numpy()
         labels = np.r_[np.zeros(len(scores), bool), np.ones(len(defect_scores), bool)]
         threshold, f1 = f1_optimal_threshold(np.r_[scores, defect_scores], labels)
         calibration = Calibration(**{**calibration.to_dict(), "f1_threshold": threshold, "f1": f1})

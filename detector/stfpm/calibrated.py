@@ -29,21 +29,25 @@ class CalibratedSTFPM(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 NHWC frames -> image scores (N,), normalised scores (N,), anomalous (N,), maps (N, S, S)."""
-        return self.head(self.model.maps_from_input(self.model.preprocess(frames)))
+        maps, score_maps = self.model.scored_maps(self.model.preprocess(frames))
+        return self.head(maps, score_maps=score_maps)
 
-    def head(self, maps: torch.Tensor, thresholds: torch.Tensor | None = None, masks: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def head(self, maps: torch.Tensor, thresholds: torch.Tensor | None = None, masks: torch.Tensor | None = None,
+             score_maps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores, normalised scores and verdicts of fused maps; ``thresholds`` (N,) overrides per frame.
 
         ``masks`` (N, S, S) of 0/1 (``detector/roi.py``): cells outside a camera's regions are zeroed
         before the score, so they count toward nothing (score, verdict, breach region, returned map).
+        ``score_maps``: what the image score is read from when the model scores with other taps than it shows
+        (``STFPM.scored_maps``); default ``maps``.
         Normalised score: a logistic in log-score centred on the threshold (-> 0.5), scaled by the spread
         of the good calibration scores, so per-frame thresholds keep "0.5 = the threshold" true.
         """
         maps = maps.float()
+        score_maps = maps if score_maps is None else score_maps.float()
         if masks is not None:
-            maps = maps * masks.to(maps)
-        scores = self.model.image_scores(maps)
+            maps, score_maps = maps * masks.to(maps), score_maps * masks.to(maps)
+        scores = self.model.image_scores(score_maps)
         threshold = self.threshold if thresholds is None else thresholds.to(scores)
         return scores, self.normalise(scores, threshold), scores >= threshold, maps
 

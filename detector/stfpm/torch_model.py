@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from linewatch.detector.stfpm.anomaly_map import fuse_maps
+from linewatch.detector.stfpm.anomaly_map import fuse_layer_maps
 from linewatch.detector.stfpm.backbones import get_spec
+from linewatch.detector.stfpm.loss import layer_distance
 
 RESIZE_MODES = ("squash", "letterbox")
 # The student learns from scratch in a few hundred SGD steps; with the teacher's TF-style BN momentum
@@ -69,7 +70,8 @@ class STFPM(nn.Module):
 
     def __init__(self, backbone: str, image_size: int, taps: Sequence[int] | None = None,
                  sigma: float = 0.0, resize_mode: str = "squash", score_top_k: int = 1,
-                 tap_weights: Sequence[float] = ()) -> None:
+                 tap_weights: Sequence[float] = (), map_taps: Sequence[int] = (),
+                 score_taps: Sequence[int] = ()) -> None:
         super().__init__()
         spec = get_spec(backbone)
         if resize_mode not in RESIZE_MODES:
@@ -86,6 +88,13 @@ class STFPM(nn.Module):
         if self.tap_weights and (len(self.tap_weights) != len(self.taps)
                                  or not all(math.isfinite(w) and w > 0 for w in self.tap_weights)):
             raise ValueError(f"tap_weights must be one positive number per tap {self.taps}, got {self.tap_weights}")
+        # Two maps from one network: the map shown (``map_taps``, default every tap) and the map the image score
+        # is read from (``score_taps``, default the shown one): deep taps can judge large low-contrast regions
+        # while the fine ones still show where the defect is.
+        self.map_taps, self.score_taps = tuple(map_taps), tuple(score_taps)
+        for name, subset in (("map_taps", self.map_taps), ("score_taps", self.score_taps)):
+            if not set(subset) <= set(self.taps) or len(set(subset)) != len(subset):
+                raise ValueError(f"{name} must be distinct taps among {self.taps}, got {subset}")
         self.teacher = spec.build(self.taps)
         self.student = spec.build(self.taps)
         for module in self.student.modules():
@@ -130,9 +139,21 @@ class STFPM(nn.Module):
         return teacher, self.student(x)
 
     def maps_from_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Anomaly maps (N, S, S) of normalised input ``x``."""
+        """Anomaly maps (N, S, S) of normalised input ``x`` (the maps shown)."""
+        return self.scored_maps(x)[0]
+
+    def scored_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps shown, maps the image score is read from), each (N, S, S); the same tensor without score taps."""
         teacher, student = self.features(x)
-        return fuse_maps(teacher, student, self.image_size, self.sigma, self.tap_weights)
+        layers = [layer_distance(t, s) for t, s in zip(teacher, student, strict=True)]
+        maps = self._fuse(layers, self.map_taps)
+        return maps, (self._fuse(layers, self.score_taps) if self.score_taps else maps)
+
+    def _fuse(self, layers: list[torch.Tensor], taps: tuple[int, ...]) -> torch.Tensor:
+        """The fused product of the layer maps of ``taps`` (all taps when empty), with their fusion weights."""
+        picked = [self.taps.index(t) for t in taps] if taps else list(range(len(self.taps)))
+        weights = tuple(self.tap_weights[i] for i in picked) if self.tap_weights else ()
+        return fuse_layer_maps([layers[i] for i in picked], self.image_size, self.sigma, weights)
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         """Image score per map: the mean of its ``score_top_k`` largest values (1: the maximum)."""
@@ -142,13 +163,14 @@ class STFPM(nn.Module):
         return flat.topk(min(self.score_top_k, int(flat.shape[1])), dim=1).values.mean(dim=1)
 
     def map_cells(self) -> tuple[int, int]:
-        """Size of the fused map in feature cells (height, width): the finest tapped feature grid."""
+        """Size of the map shown in feature cells (height, width): the finest feature grid among its taps."""
         with torch.inference_mode():
             probe = torch.zeros(1, 3, self.image_size, self.image_size, device=self.mean.device)
             features = self.teacher(probe)
-        return max((int(f.shape[-2]), int(f.shape[-1])) for f in features)
+        shown = [f for tap, f in zip(self.taps, features, strict=True) if not self.map_taps or tap in self.map_taps]
+        return max((int(f.shape[-2]), int(f.shape[-1])) for f in shown)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 NHWC frames -> (image scores (N,), anomaly maps (N, S, S))."""
-        maps = self.maps_from_input(self.preprocess(frames))
-        return self.image_scores(maps), maps
+        maps, score_maps = self.scored_maps(self.preprocess(frames))
+        return self.image_scores(score_maps), maps

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Message, Producer
+from helpers.redis_server import throwaway_redis
 
 from linewatch.alerts.service import AlertsService, ensure_topics
 from linewatch.alerts.settings import AlertsSettings
-from linewatch.deploy.local import free_port, redis_server_binary, wait_for_port
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -88,14 +87,5 @@ def read_all(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) ->
 @contextmanager
 def redis_server(tmp_path: Path, *args: str) -> Iterator[str]:
     """A throwaway redis-server with extra arguments (e.g. a memory limit); yields its URL."""
-    port = free_port()
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port("127.0.0.1", port, 15, proc)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with throwaway_redis(tmp_path, "--save", "", "--appendonly", "no", *args) as url:
+        yield url

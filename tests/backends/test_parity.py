@@ -72,6 +72,27 @@ def test_fusion_weights_travel_into_the_exported_graph(backend: str, tiny_model:
 
 
 @pytest.mark.parametrize("backend", FP32_BACKENDS)
+def test_a_model_that_scores_with_other_taps_than_it_shows_exports_both(backend: str, tiny_model: Path,
+                                                                       tmp_path: Path, frames: np.ndarray) -> None:
+    """The "coarse" recipe's two maps: the map shown from taps 2/4, the image score from tap 10's map."""
+    import torch
+
+    from linewatch.detector.checkpoint import load_checkpoint, save_checkpoint
+
+    state, metadata = load_checkpoint(tiny_model)
+    two_maps = tmp_path / "two-maps.safetensors"
+    save_checkpoint(two_maps, state, {**metadata, "map_taps": [2, 4], "score_taps": [10]})
+    model = AnomalyModel.load(two_maps, "cpu")
+    expected = model.predict(frames)
+    with torch.inference_mode():
+        shown, scored = model.model.scored_maps(model.model.preprocess(torch.from_numpy(frames)))
+    np.testing.assert_allclose(expected.maps, shown.numpy(), atol=1e-6)
+    np.testing.assert_allclose(expected.image_scores, scored.flatten(1).amax(1).numpy(), rtol=1e-5)
+    assert not np.allclose(expected.image_scores, expected.maps.reshape(len(frames), -1).max(axis=1))
+    assert_same(load_model(two_maps, backend, "cpu").predict(frames), expected)
+
+
+@pytest.mark.parametrize("backend", FP32_BACKENDS)
 def test_per_frame_thresholds_go_through_the_graph_head(backend: str, tiny_model: Path, reference: AnomalyModel,
                                                         frames: np.ndarray) -> None:
     scores = reference.predict(frames).image_scores

@@ -17,8 +17,7 @@ from urllib.parse import urlparse
 import yaml
 from deploy_helpers import COMPOSE, K8S, TEST_SECRETS
 from deploy_tools import VENV_BIN, run_tool
-
-from linewatch.deploy.local import free_port, redis_server_binary, wait_for_port
+from helpers.redis_server import throwaway_redis
 
 
 def render_compose(folder: Path, variables: dict[str, str] | None = None) -> dict[str, Any]:
@@ -82,14 +81,5 @@ def redis_server(folder: Path, options: list[str], password: str) -> Iterator[st
     config = folder / "redis.conf"
     config.write_text(f'requirepass "{password}"\n')
     config.chmod(0o600)
-    port = free_port()
-    argv = [redis_server_binary(), str(config), *options, "--port", str(port), "--bind", "127.0.0.1",
-            "--dir", str(folder), "--daemonize", "no"]
-    with (folder / "redis.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port("127.0.0.1", port, 15, proc)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with throwaway_redis(folder, str(config), *options, "--daemonize", "no") as url:
+        yield url

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
 from linewatch.deploy.cli import main
-from linewatch.detector.recipe_choice import MARGIN, choose, synthetic_selection
+from linewatch.detector.recipe_choice import MARGIN, choose, required_margin, synthetic_selection
 from linewatch.detector.recipes import CANDIDATES, RECIPES, recipe_names
 from linewatch.detector.synthetic_defects import KINDS, make_defects
 from linewatch.ingest.synthetic import render_sample
@@ -61,10 +62,28 @@ def test_selection_draws_enough_defects_on_few_held_out_images() -> None:
 
 @pytest.mark.unit
 def test_the_rule_prefers_the_earlier_candidate_unless_a_later_one_wins_by_more_than_the_margin() -> None:
-    close = {"fine": {"score": 0.80}, "coarse": {"score": 0.80 + MARGIN / 2}}
-    clear = {"fine": {"score": 0.80}, "coarse": {"score": 0.80 + 2 * MARGIN}}
-    assert choose(close) == "fine" and choose(clear) == "coarse"
-    assert choose({"coarse": {"score": 0.7}, "fine": {"score": 0.9}}) == "fine"
+    labels = np.r_[np.zeros(200, bool), np.ones(400, bool)]
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=600) + 2.0 * labels
+    b = a + rng.normal(scale=0.05, size=600)  # ranks nearly alike: the standard error is tiny, MARGIN rules
+
+    def figures(first: float, second: float) -> dict[str, dict[str, Any]]:
+        return {"fine": {"score": first, "image_scores": a}, "coarse": {"score": second, "image_scores": b}}
+
+    assert choose(figures(0.80, 0.80 + MARGIN / 2), labels) == "fine"
+    clear = figures(0.80, 0.80 + 2 * MARGIN)
+    assert choose(clear, labels) == "coarse" and clear["coarse"]["margin"] == MARGIN
+    assert choose(figures(0.9, 0.7), labels) == "fine"
+
+
+@pytest.mark.unit
+def test_with_few_held_out_images_a_later_candidate_needs_more_than_the_margin() -> None:
+    """6 good images and 60 defects, both candidates near chance: a 0.05 lead is not evidence."""
+    labels = np.r_[np.zeros(6, bool), np.ones(60, bool)]
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=66) + 0.2 * labels, rng.normal(size=66) + 0.2 * labels
+    few = {"fine": {"score": 0.56, "image_scores": a}, "coarse": {"score": 0.61, "image_scores": b}}
+    assert required_margin(a, b, labels) > 0.05 and choose(few, labels) == "fine"
 
 
 @pytest.mark.unit

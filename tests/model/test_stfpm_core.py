@@ -110,3 +110,23 @@ def test_resnet_teacher_from_local_file_and_offline_message(tmp_path: Path, monk
     with pytest.raises(BackboneError, match=r"--teacher-weights PATH.*efficientnet_lite0 works fully offline"):
         spec.pretrained(None)
     assert ResNetFeatures.remap({"layer3.0.x": torch.zeros(1)}).keys() == {"layers.2.0.x"}
+
+
+def test_map_and_score_taps_must_be_taps_of_the_model() -> None:
+    from linewatch.detector.calibrate import Calibration
+    from linewatch.detector.metadata import MetadataError, ModelMetadata
+    from linewatch.detector.stfpm.torch_model import STFPM
+
+    with pytest.raises(ValueError, match="score_taps must be distinct taps among"):
+        STFPM("efficientnet_lite0", 64, taps=(2, 4, 10), score_taps=(14,))
+    model = STFPM("efficientnet_lite0", 128, taps=(2, 4, 10, 14), map_taps=(2, 4, 10), score_taps=(10, 14))
+    assert model.map_cells() == (32, 32)  # the map shown: the finest of its own taps
+    assert STFPM("efficientnet_lite0", 128, taps=(10, 14)).map_cells() == (8, 8)
+    calibration = Calibration(image_threshold=1.0, pixel_threshold=1.0, target_false_alarm_rate=0.01,
+                              pixel_false_positive_rate=0.001, log_scale=1.0)
+    with pytest.raises(MetadataError, match="map_taps must be distinct taps among"):
+        ModelMetadata(backbone="efficientnet_lite0", taps=(2, 4), image_size=64, calibration=calibration,
+                      map_taps=(2, 2))
+    good = ModelMetadata(backbone="efficientnet_lite0", taps=(2, 4, 10, 14), image_size=128, calibration=calibration,
+                         map_taps=(2, 4, 10), score_taps=(10, 14))
+    assert ModelMetadata.from_dict(good.to_dict()) == good
