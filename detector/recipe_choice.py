@@ -8,7 +8,7 @@ defects are drawn on those (``synthetic_defects.py``, seeded), or a folder of re
     selection score = mean of image AUROC (defective against the clean held-out images) and pixel AUROC
     (on the defect masks); the highest score wins; a later candidate must beat an earlier one by more than
     max(``MARGIN``, ``Z`` x the paired standard error of their image AUROC difference / 2) (candidates
-    are listed in order of preference, the fine map first).
+    are listed in order of preference, ``recipes.CANDIDATES``).
 
 The standard error makes the rule say "not enough evidence" where few good images are held out: a 32-image
 paper-web set holds out 6, and both candidates then score near chance on the synthetic defects; the
