@@ -44,7 +44,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fps", type=float, default=2.0, help="frames per second per camera (default 2)")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
                    help=f"most training epochs, with early stopping (default {DEMO_EPOCHS})")
-    p.add_argument("--image-size", type=int, help="model input size (default: TrainConfig's)")
+    p.add_argument("--image-size", type=int, help="model input size (default: the recipe's)")
+    p.add_argument("--recipe", choices=["fine", "coarse"], default=None,
+                   help="training recipe (`linewatch recipes`; default: coarse for ../shared's magnetic tiles, whose "
+                        "large low-contrast defects it finds, fine otherwise)")
     p.add_argument("--train-images", type=int, default=DEMO_TRAIN_IMAGES,
                    help=f"good training images, evenly spread over the set (default {DEMO_TRAIN_IMAGES}; 0: all)")
     p.add_argument("--retrain", action="store_true", help="train even when a cached model matches")
@@ -68,7 +71,17 @@ def demo_options(args: argparse.Namespace) -> DemoOptions:
     return DemoOptions(data=data, out=args.out, cache_dir=args.cache_dir, cameras=args.cameras, fps=args.fps,
                        duration=args.duration, drain_timeout=args.drain_timeout, epochs=args.epochs,
                        image_size=args.image_size, train_images=args.train_images, retrain=args.retrain,
-                       device=args.device, backend=args.backend, port=args.port)
+                       device=args.device, backend=args.backend, port=args.port, recipe=_recipe(args, data))
+
+
+def _recipe(args: argparse.Namespace, data: Path | None) -> str:
+    """The demo pins a recipe instead of training every candidate (which would double its training time): the
+    one the dev half of ../shared's magnetic_tile prefers for it (benchmarks/results/model_accuracy.md,
+    session 7: image AUROC 0.889 against 0.712), fine for anything else."""
+    if args.recipe:
+        return str(args.recipe)
+    shared = data is not None and data.resolve() == SHARED_DATA.resolve()
+    return "coarse" if shared else "fine"
 
 
 def run_demo(args: argparse.Namespace) -> int:

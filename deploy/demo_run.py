@@ -48,6 +48,7 @@ class DemoOptions:
     device: str
     backend: str
     port: int
+    recipe: str = "fine"  # detector/recipes.py; the demo pins one (training every candidate would double its time)
 
 @dataclass(frozen=True)
 class CameraTotals:
@@ -131,7 +132,8 @@ class DemoRun:
                 source = f"replay:{self.data}?split=test&shuffle=1&seed={i}"
             else:
                 source = f"synthetic:?defect_probability=0.3&size={a.image_size or 256}&seed={i + 1}"
-            # Dataset images differ in size; a real camera's do not, and equal sizes let the detector batch them.
+            # Dataset images differ in size; a real camera's do not, and equal sizes let the detector batch them
+            # (the model's thresholds are set on frames of this size: demo_model.CALIBRATION_IMAGES).
             side = a.image_size or 256
             cameras.append(CameraSettings(camera_id=f"cam-{i + 1}", line_id="line-1", source=source, fps=a.fps,
                                           loop=True, state_dir=state_dir, kafka=self.kafka, topics=self.topics,
@@ -175,7 +177,9 @@ class DemoRun:
         from linewatch.deploy.demo_model import ensure_model
 
         a = self.options
-        model = ensure_model(self.data, a.cache_dir, epochs=a.epochs, image_size=a.image_size,
+        side = a.image_size or 256  # the cameras' frame size (_cameras)
+        model = ensure_model(self.data, a.cache_dir, epochs=a.epochs, image_size=a.image_size, recipe=a.recipe,
+                             camera_frames=(side, side),
                              train_images=a.train_images, device=a.device, retrain=a.retrain)
         how = "reused cached" if model.cached else f"trained in {model.seconds:.0f}s,"
         print(f"model: {how} {model.path} ({model.config['epochs']} epochs)", flush=True)

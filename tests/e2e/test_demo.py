@@ -162,3 +162,30 @@ def test_a_damaged_cached_model_is_trained_again(tmp_path: Path) -> None:
     first.path.write_bytes(first.path.read_bytes()[:-100])
     again = ensure_model(None, tmp_path, epochs=1, image_size=64, train_images=4, device="cpu")
     assert not again.cached and again.path == first.path
+
+
+@pytest.mark.slow  # trains a 1-epoch model and scores 24 images
+def test_a_demo_model_of_real_data_is_calibrated_on_frames_as_the_cameras_send_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import cv2
+    import torch
+
+    from linewatch.detector.inference import AnomalyModel
+    from linewatch.ingest.synthetic import render_sample
+
+    torch.set_num_threads(1)
+    good = tmp_path / "part" / "train" / "good"
+    good.mkdir(parents=True)
+    for i in range(28):
+        cv2.imwrite(str(good / f"{i:03d}.png"), render_sample(i, size=80, defect_probability=0.0).image)
+    model = ensure_model(tmp_path / "part", tmp_path / "cache", epochs=1, image_size=64, train_images=4,
+                         device="cpu", camera_frames=(96, 96))
+    printed = capsys.readouterr().out
+    assert "calibrated on 24 good images the training did not use, sent as the cameras send them (96x96 JPEG)" \
+        in printed, printed
+    training = AnomalyModel.load(model.path, "cpu").metadata.training
+    assert training["recalibrated_from"]["n_good"] == 24
+    # the same data and settings without the camera's frame size are another model (no stale threshold reused)
+    other = ensure_model(tmp_path / "part", tmp_path / "cache", epochs=1, image_size=64, train_images=4,
+                         device="cpu")
+    assert other.path != model.path and "recalibrated_from" not in AnomalyModel.load(other.path).metadata.training
