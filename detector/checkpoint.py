@@ -43,6 +43,12 @@ def metadata_digest(metadata: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def rewritable_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` without what ``save_checkpoint`` stamps itself (format, version, digests), to save again."""
+    return {k: v for k, v in metadata.items() if k not in ("format", "format_version", "tensor_sha256",
+                                                              "metadata_sha256")}
+
+
 def save_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Write ``model_state`` and JSON ``metadata`` to ``path`` atomically (temp file + rename)."""
     from safetensors.torch import save_file

@@ -15,7 +15,7 @@ import numpy as np
 
 from linewatch.common.images import list_train_good, load_rgb
 from linewatch.detector.calibrate import Calibration, calibrate
-from linewatch.detector.checkpoint import load_checkpoint, save_checkpoint
+from linewatch.detector.checkpoint import load_checkpoint, rewritable_metadata, save_checkpoint
 from linewatch.detector.inference import AnomalyModel
 
 MIN_GOOD_IMAGES = 20
@@ -47,8 +47,7 @@ def recalibrate(model_path: Path, good_folder: Path, target_false_alarm_rate: fl
 def write_recalibrated(model_path: Path, calibration: Calibration, out: Path, source: Path) -> Path:
     """Copy of the checkpoint with ``calibration``; the metadata records where it came from."""
     state, metadata = load_checkpoint(model_path)
-    body = {k: v for k, v in metadata.items()
-            if k not in ("format", "format_version", "tensor_sha256", "metadata_sha256")}
+    body = rewritable_metadata(metadata)
     body["calibration"] = replace(calibration).to_dict()
     body["training"] = {**dict(body.get("training") or {}),
                         "recalibrated_from": {"folder": str(Path(source).resolve()),

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from linewatch.common.images import ImageRecord, list_test, load_mask, load_rgb
-from linewatch.detector.checkpoint import load_checkpoint, save_checkpoint
+from linewatch.detector.checkpoint import load_checkpoint, rewritable_metadata, save_checkpoint
 from linewatch.detector.metrics import auroc, paired_auroc_difference_se
 from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges
 from linewatch.detector.recipes import CANDIDATES, RECIPES
@@ -159,7 +159,6 @@ def _held_out(base: TrainConfig, records: Sequence[ImageRecord]) -> list[np.ndar
 def _write_with_selection(source: Path, out: Path, recipe: str, selection: dict[str, Any]) -> None:
     """Copy the chosen checkpoint to ``out`` with the recipe and the selection in its training metadata."""
     tensors, metadata = load_checkpoint(source)
-    body = {k: v for k, v in metadata.items() if k not in ("format", "format_version", "tensor_sha256",
-                                                              "metadata_sha256")}
+    body = rewritable_metadata(metadata)
     body["training"] = {**body.get("training", {}), "recipe": recipe, "selection": selection}
     save_checkpoint(out, tensors, body)

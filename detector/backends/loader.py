@@ -47,15 +47,20 @@ def cache_dir() -> Path:
     return base
 
 
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it (the table's key: a measurement holds for one CPU kind)."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first ``name`` line of /proc/cpuinfo ("model name", "vendor_id"), or None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (the table's key: a measurement holds for one CPU kind)."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def _importable(name: str) -> bool:

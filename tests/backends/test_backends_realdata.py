@@ -38,6 +38,7 @@ import pytest
 
 from linewatch.common.images import list_test, list_train_good, load_mask, load_rgb
 from linewatch.detector.backends import load_model
+from linewatch.detector.backends.loader import cpuinfo_field
 from linewatch.detector.backends.runners import openvino_capabilities
 from linewatch.detector.export import export_openvino
 from linewatch.detector.inference import InferenceModel
@@ -161,13 +162,7 @@ def _assert_close(label: str, model: InferenceModel, trained: Trained) -> None:
 
 def _cpu_vendor() -> str:
     """The CPU vendor (GenuineIntel, AuthenticAMD), whose numerics the INT8 and bf16 kernels follow."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown vendor"
+    return cpuinfo_field("vendor_id") or "unknown vendor"
 
 
 @pytest.mark.skipif(not SETS, reason=f"no shared data sets at {DATASETS}")
