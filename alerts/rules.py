@@ -43,7 +43,7 @@ An open alert can be resolved up to N clean frames early, and the cooldown then 
 "Authenticated frames").
 
 Suspect alerts: the caller passes the camera-health checks failing now (``unhealthy``, read once per batch
-from ``alerts/health``). An alert that fires, or is open, while its camera is unhealthy is marked suspect:
+from ``health``). An alert that fires, or is open, while its camera is unhealthy is marked suspect:
 its scores may come from the camera fault, not from the parts. The mark stays for the alert's lifetime
 (the evidence was taken through a faulty camera); the turn from clean to suspect of an open alert is
 its own event kind, ``suspect``, so that deliveries can update what they show.
@@ -94,7 +94,7 @@ class Alert(BaseModel):
     acks: list[Acknowledgement] = Field(default_factory=list, description="Every acknowledgement, oldest first.")
     suspect: bool = Field(default=False, description="The camera was unhealthy while the alert was open.")
     suspect_checks: list[str] = Field(default_factory=list,
-                                      description="The camera-health checks that were failing (alerts/health).")
+                                      description="The camera-health checks that were failing (health).")
 
 
 class AlertEvent(BaseModel):

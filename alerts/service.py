@@ -14,7 +14,7 @@ alerts become ``silent``, and the rest are re-sent to Alertmanager every ``alert
 at once after an assignment (a restart or rebalance), so Alertmanager never times out a live alert.
 
 Suspect alerts: once per batch, the camera-health checks failing for the batch's cameras are read from
-the heatmap Redis (``alerts.health.state``, one round trip) and passed to the rule, which marks the
+the heatmap Redis (``linewatch.health.state``, one round trip) and passed to the rule, which marks the
 alerts of unhealthy cameras suspect. Health that cannot be read leaves alerts unmarked (logged): a
 monitoring aid must not stop defect alerts.
 """
@@ -32,7 +32,6 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from linewatch.alerts.channels import build_channels
 from linewatch.alerts.deliveries import Channel
 from linewatch.alerts.deliveries.alertmanager import AlertmanagerChannel
-from linewatch.alerts.health.state import failing_checks
 from linewatch.alerts.history import AlertHistory
 from linewatch.alerts.intake import RejectedRecordError, bounded_dead_letter, decode_result
 from linewatch.alerts.metrics import AlertsMetrics
@@ -44,6 +43,7 @@ from linewatch.common.kafka import TopicPartitionKey
 from linewatch.common.kafka.consumer import Assignment, commit_positions, records
 from linewatch.common.kafka.producer import DeliveryFailedError, DeliveryProducer
 from linewatch.detector.events import FrameResult, dead_letter_headers
+from linewatch.health.state import failing_checks
 
 log = logging.getLogger(__name__)
 

@@ -14,4 +14,4 @@ site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['pur
 "$venv/bin/pip" install "anomalib==2.7.0" "torch==$("$project_venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
 "$venv/bin/pip" install --no-deps -e "$root"
 cd /  # the check must not import linewatch from the checkout's working directory
-"$venv/bin/python" -c "import anomalib.models.image.stfpm.torch_model, linewatch.detector.stfpm.torch_model; print('ok')"
+"$venv/bin/python" -c "import anomalib.models.image.stfpm.torch_model, linewatch.detector.model.stfpm.torch_model; print('ok')"

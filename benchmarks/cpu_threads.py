@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from linewatch.detector.stfpm.efficientnet_lite import EfficientNetLiteFeatures
+from linewatch.detector.model.stfpm.efficientnet_lite import EfficientNetLiteFeatures
 
 
 def main() -> None:

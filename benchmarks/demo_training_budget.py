@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from linewatch.common.images import list_train_good
-from linewatch.detector.train import TrainConfig, train
+from linewatch.detector.model.training.train import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
 

@@ -115,9 +115,9 @@ def main() -> None:
     import torch
 
     from linewatch.deploy.local import start_local_stack
+    from linewatch.detector.model.training.train import train_synthetic_model
     from linewatch.detector.service.service import DetectorService
     from linewatch.detector.service.settings import DetectorSettings
-    from linewatch.detector.train import train_synthetic_model
 
     torch.set_num_threads(2)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds to the finally that stops the broker

@@ -70,7 +70,7 @@ DRAIN_S = 20.0
 
 def default_model(path: Path, image_size: int) -> Path:
     """A checkpoint of the default architecture at ``image_size`` (1 epoch on synthetic parts)."""
-    from linewatch.detector.train import TrainConfig, train
+    from linewatch.detector.model.training.train import TrainConfig, train
 
     if not path.exists():
         images = [render_sample(i, size=256, defect_probability=0.0).image for i in range(16)]
@@ -428,8 +428,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from linewatch.detector.inference import AnomalyModel
-    from linewatch.detector.train import TrainConfig
+    from linewatch.detector.model.inference import AnomalyModel
+    from linewatch.detector.model.training.train import TrainConfig
 
     image_size = args.image_size or TrainConfig().image_size
     path = args.model or default_model(Path(tempfile.gettempdir()) / f"lw-bench-default-{image_size}"

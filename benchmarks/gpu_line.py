@@ -62,7 +62,7 @@ except ImportError as exc:  # the two hard requirements; the optional ones are c
     sys.exit(f"gpu_line.py needs numpy and torch ({exc}); nothing can be measured without them")
 
 if TYPE_CHECKING:
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.model.inference import AnomalyModel
 
 GOAL_FPS = 5000  # issue 12 item 6: end to end on one H200
 FRAME_SIDE = 256  # synthetic camera frames; the model resizes them to its own input size
@@ -322,7 +322,7 @@ def encode_jpegs(parts: list[np.ndarray], found: dict[str, str]) -> list[bytes]:
 
 def random_teacher_file(tmp: Path, backbone: str) -> Path:
     """Random teacher weights in a file: without the weights package training still runs (speed is the same)."""
-    from linewatch.detector.stfpm.backbones import get_spec
+    from linewatch.detector.model.stfpm.backbones import get_spec
 
     spec = get_spec(backbone)
     path = tmp / "random_teacher.pt"
@@ -332,9 +332,9 @@ def random_teacher_file(tmp: Path, backbone: str) -> Path:
 
 def untrained_model(config: Any, parts: list[np.ndarray], device: torch.device, why: str) -> AnomalyModel:
     """The default network with an untrained student, calibrated on the parts: same ops, same speed."""
-    from linewatch.detector.calibrate import calibrate
-    from linewatch.detector.inference import AnomalyModel
-    from linewatch.detector.train import _build_model, _metadata
+    from linewatch.detector.model.calibrate import calibrate
+    from linewatch.detector.model.inference import AnomalyModel
+    from linewatch.detector.model.training.train import _build_model, _metadata
 
     net = _build_model(config, device).eval()
     with torch.inference_mode():
@@ -348,8 +348,8 @@ def untrained_model(config: Any, parts: list[np.ndarray], device: torch.device, 
 def build_model(args: argparse.Namespace, device: torch.device, parts: list[np.ndarray], found: dict[str, str],
                 tmp: Path) -> tuple[AnomalyModel, str]:
     """``--model``, else the default architecture trained 1 epoch on synthetic parts (untrained if it cannot)."""
-    from linewatch.detector.inference import AnomalyModel
-    from linewatch.detector.train import TrainConfig, train
+    from linewatch.detector.model.inference import AnomalyModel
+    from linewatch.detector.model.training.train import TrainConfig, train
 
     if args.model:
         return AnomalyModel.load(args.model, str(device)), f"checkpoint {args.model}"
@@ -374,7 +374,7 @@ def build_model(args: argparse.Namespace, device: torch.device, parts: list[np.n
 
 def layout_models(base: AnomalyModel) -> dict[bool, AnomalyModel]:
     """One AnomalyModel per memory layout (channels_last False/True), each with its own copy of the network."""
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.model.inference import AnomalyModel
 
     models = {}
     for channels_last in (False, True):
@@ -844,8 +844,8 @@ def ort_section(ctx: Ctx) -> None:
     onnx = ctx.tmp / "graph.onnx"
 
     def export() -> Row:
-        from linewatch.detector.export import export_graph
-        from linewatch.detector.inference import AnomalyModel
+        from linewatch.detector.model.export import export_graph
+        from linewatch.detector.model.inference import AnomalyModel
 
         # from a CPU copy: export_graph moves the model it is given, and the measured ones stay where they are
         source = ctx.models[False]
@@ -932,8 +932,8 @@ def setup(args: argparse.Namespace) -> Ctx:
     if not found["cv2"]:
         stub_cv2()
     try:
-        from linewatch.detector.device import select_device
-        from linewatch.detector.inference import AnomalyModel  # noqa: F401  (fails here, not mid-run)
+        from linewatch.detector.model.device import select_device
+        from linewatch.detector.model.inference import AnomalyModel  # noqa: F401  (fails here, not mid-run)
     except ImportError as exc:
         sys.exit(f"cannot import linewatch ({_first_line(exc)}); run from the repo root with PYTHONPATH=.")
     device = select_device(args.device)

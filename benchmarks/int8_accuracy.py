@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from linewatch.common.images import ImageRecord, list_test, list_train_good, load_mask, load_rgb
-from linewatch.detector.backends.graph import GraphModel
-from linewatch.detector.backends.runners import openvino_runner
-from linewatch.detector.export import Int8Options, export_graph, fidelity, quantize_graph
-from linewatch.detector.inference import AnomalyModel
-from linewatch.detector.metrics import PixelAccumulator, auroc, quantile_edges
-from linewatch.detector.train import TrainConfig, train
+from linewatch.detector.evaluation.metrics import PixelAccumulator, auroc, quantile_edges
+from linewatch.detector.model.backends.graph import GraphModel
+from linewatch.detector.model.backends.runners import openvino_runner
+from linewatch.detector.model.export import Int8Options, export_graph, fidelity, quantize_graph
+from linewatch.detector.model.inference import AnomalyModel
+from linewatch.detector.model.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parents[1] / "shared" / "datasets"

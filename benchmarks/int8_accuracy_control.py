@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from linewatch.common.images import list_train_good, load_rgb
-from linewatch.detector.export import HEAD_OP_TYPES, calibration_items
-from linewatch.detector.inference import AnomalyModel
-from linewatch.detector.metrics import quantile_edges
+from linewatch.detector.evaluation.metrics import quantile_edges
+from linewatch.detector.model.export import HEAD_OP_TYPES, calibration_items
+from linewatch.detector.model.inference import AnomalyModel
 
 
 def map_fidelity(reference: list[np.ndarray], maps: list[np.ndarray]) -> float:

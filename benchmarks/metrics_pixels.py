@@ -2,7 +2,7 @@
 
 583 anomaly maps of 256x256 (38 M pixels, the size of magnetic_tile's test split at model size)
 with heavy-tailed scores and blob-shaped defect regions (some large, as ``uneven``) are accumulated
-the way ``detector.evaluate`` does it: bin edges from a sample of the maps, then one map at a time.
+the way ``linewatch.detector.evaluation.evaluate`` does it: bin edges from a sample of the maps, then one map at a time.
 Peak memory is measured with ``tracemalloc`` (numpy reports its buffers to it), apart from the maps
 themselves. The binned pixel AUROC is compared with the exact, sort-based one on all pixels; the
 binned AUPRO with the exact accumulator (every distinct score an edge) on a 1/10 subset.
@@ -20,8 +20,8 @@ import tracemalloc
 import cv2
 import numpy as np
 
-from linewatch.detector.metrics import auroc
-from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges
+from linewatch.detector.evaluation.metrics import auroc
+from linewatch.detector.evaluation.pixel_metrics import PixelAccumulator, quantile_edges
 
 
 def make_maps(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from linewatch.common.images import ImageRecord, list_test, list_train_good, load_mask, load_rgb
-from linewatch.detector.metrics import auroc
-from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges
-from linewatch.detector.stfpm.anomaly_map import fuse_layer_maps, gaussian_blur
-from linewatch.detector.stfpm.loss import layer_distance
-from linewatch.detector.train import TrainConfig, train
+from linewatch.detector.evaluation.metrics import auroc
+from linewatch.detector.evaluation.pixel_metrics import PixelAccumulator, quantile_edges
+from linewatch.detector.model.stfpm.anomaly_map import fuse_layer_maps, gaussian_blur
+from linewatch.detector.model.stfpm.loss import layer_distance
+from linewatch.detector.model.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parents[1] / "shared" / "datasets"
@@ -447,7 +447,7 @@ def evaluate_one(runs: Path, set_name: str, root: Path, config: SweepConfig, max
                  ) -> list[dict[str, Any]]:
     """Metrics of every variant of a trained config on both halves, cached next to the checkpoint; variants
     added to a config later are computed alone (reusing the pixel metrics of cached variants with the same map)."""
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.model.inference import AnomalyModel
 
     path = checkpoint_path(runs, set_name, config.name)
     cache = path.with_suffix(".eval.json")

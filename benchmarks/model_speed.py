@@ -9,7 +9,7 @@ repeat r+1 of any), so background load on a shared machine hits all variants ali
 Inference: uint8 NHWC frames of 256x256 -> resize + normalise (our ``STFPM.preprocess``, the same code
 for the peer, with its ImageNet mean/std) -> teacher + student -> fused anomaly map -> image score.
 Training: one SGD step of the student at batch 32; anomalib's step includes the teacher forward (as its
-Lightning module does); ours is measured with cached teacher features (as ``detector/train.py`` does)
+Lightning module does); ours is measured with cached teacher features (as ``detector/model/training/train.py`` does)
 and with the teacher forward in the step.
 
 Random init everywhere (speed only). anomalib's teacher is built with ``pre_trained=False``: its
@@ -24,7 +24,7 @@ Without anomalib (``--no-peer``) it runs from the project venv and measures ours
 ``--backends`` (issue 12) measures the default configuration (efficientnet_lite0, default taps) at the
 default input size (``--sizes``; 192 px, taps 2/4/10 since the accuracy sweep) through its whole
 ``predict`` path (uint8 frames -> calibrated scores,
-verdicts and maps on the host) on every backend and precision of ``linewatch.detector.backends``
+verdicts and maps on the host) on every backend and precision of ``linewatch.detector.model.backends``
 (torch fp32, ONNX Runtime fp32, OpenVINO fp32, OpenVINO INT8 via NNCF, OpenVINO bf16 where the CPU
 has it), side by side with anomalib's STFPM torch model and anomalib's own OpenVINO export of it
 (``Stfpm.to_openvino``, run as its ``OpenVINOInferencer`` does: float frames in [0, 1], resize and
@@ -57,10 +57,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from linewatch.detector.stfpm.backbones import get_spec
-from linewatch.detector.stfpm.loss import stfpm_loss
-from linewatch.detector.stfpm.torch_model import STFPM
-from linewatch.detector.train import TrainConfig
+from linewatch.detector.model.stfpm.backbones import get_spec
+from linewatch.detector.model.stfpm.loss import stfpm_loss
+from linewatch.detector.model.stfpm.torch_model import STFPM
+from linewatch.detector.model.training.train import TrainConfig
 
 FRAME_SIDE = 256  # camera frames; every model resizes them to its own input size
 PEER_DEFAULT_SIZE = 256  # anomalib's STFPM default input size
@@ -152,9 +152,9 @@ class PeerOpenVINOVariant:
 
 def calibrated_default(size: int) -> Any:
     """The default architecture (random student, pretrained teacher) with a placeholder calibration: speed only."""
-    from linewatch.detector.calibrate import Calibration
-    from linewatch.detector.inference import AnomalyModel
-    from linewatch.detector.metadata import ModelMetadata
+    from linewatch.detector.model.calibrate import Calibration
+    from linewatch.detector.model.inference import AnomalyModel
+    from linewatch.detector.model.metadata import ModelMetadata
 
     net = STFPM("efficientnet_lite0", size).eval()
     calibration = Calibration(image_threshold=1.0, pixel_threshold=1.0, target_false_alarm_rate=0.01,
@@ -167,9 +167,9 @@ def make_backend_variants(size: int, threads: int, workdir: str) -> list[Any]:
     """Ours (default architecture at ``size``) per backend and precision."""
     import openvino as ov
 
-    from linewatch.detector.backends.graph import GraphModel
-    from linewatch.detector.backends.runners import openvino_capabilities, openvino_runner, ort_runner
-    from linewatch.detector.export import Int8Options, export_graph, quantize_graph
+    from linewatch.detector.model.backends.graph import GraphModel
+    from linewatch.detector.model.backends.runners import openvino_capabilities, openvino_runner, ort_runner
+    from linewatch.detector.model.export import Int8Options, export_graph, quantize_graph
     from linewatch.ingest.synthetic import render_sample
 
     base = calibrated_default(size)
@@ -359,7 +359,7 @@ def profile_default(size: int, batch: int, threads: int, calls: int) -> dict[str
     """OpenVINO's per-node CPU time of our fp32 graph at ``size``, summed by part: where the time goes."""
     import openvino as ov
 
-    from linewatch.detector.export import export_graph
+    from linewatch.detector.model.export import export_graph
 
     base = calibrated_default(size)
     with tempfile.TemporaryDirectory(prefix="model-speed-") as workdir:

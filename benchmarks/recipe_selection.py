@@ -2,7 +2,8 @@
 
 For every shared set and every trained candidate of the accuracy sweep (``benchmarks/model_accuracy.py``,
 its ``--runs`` folder), the candidate is scored on what a plant has at training time: the training run's
-held-out good images, and synthetic defects drawn on them (``linewatch.detector.synthetic_defects``, seeded).
+held-out good images, and synthetic defects drawn on them
+(``linewatch.detector.model.training.synthetic_defects``, seeded).
 Its selection figures (image AUROC of the synthetic defects against the clean held-out images, pixel AUROC
 on the synthetic masks, and their mean, the selection score) are set beside the candidate's real DEV-half
 figures from the sweep's cache (mean of image AUROC, pixel AUROC and AUPRO). Per set, the candidate that the
@@ -24,8 +25,14 @@ import numpy as np
 import torch
 from model_accuracy import CONFIGS, METRICS, RUNS, checkpoint_path, data_sets, validation_images
 
-from linewatch.detector.inference import AnomalyModel
-from linewatch.detector.recipe_choice import CANDIDATES, SEED, choose, selection_figures, synthetic_selection
+from linewatch.detector.model.inference import AnomalyModel
+from linewatch.detector.model.training.recipe_choice import (
+    CANDIDATES,
+    SEED,
+    choose,
+    selection_figures,
+    synthetic_selection,
+)
 
 RECIPE_OF = {"default": "fine", "coarse2map": "coarse"}  # the sweep's configs that train exactly these recipes
 REFERENCE = {"today": "previous default (8x8)"}  # shown in the table, not a candidate

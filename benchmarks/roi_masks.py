@@ -23,9 +23,9 @@ def main() -> int:
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="roi-bench-"))
     os.environ["LINEWATCH_CACHE_DIR"] = str(work / "cache")
-    from linewatch.detector.backends import load_model
-    from linewatch.detector.roi import RoiConfig, cell_mask
-    from linewatch.detector.train import train_synthetic_model
+    from linewatch.detector.model.backends import load_model
+    from linewatch.detector.model.roi import RoiConfig, cell_mask
+    from linewatch.detector.model.training.train import train_synthetic_model
     from linewatch.ingest.synthetic import render_sample
 
     path = train_synthetic_model(work / "tiny.safetensors", epochs=1, image_size=64)

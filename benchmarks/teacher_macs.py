@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch import nn
 
-from linewatch.detector.stfpm.backbones import get_spec
+from linewatch.detector.model.stfpm.backbones import get_spec
 
 
 def conv_macs(net: nn.Module, size: int) -> int:

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from linewatch.alerts import cli as alerts_cli
-from linewatch.alerts.health import cli as health_cli
-from linewatch.alerts.verdicts import cli as verdicts_cli
 from linewatch.deploy import dashboards, stack_cli
 from linewatch.detector import cli as detector_cli
+from linewatch.health import cli as health_cli
 from linewatch.ingest import cli as ingest_cli
+from linewatch.plant import cli as verdicts_cli
 
 log = logging.getLogger(__name__)
 

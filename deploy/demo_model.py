@@ -68,14 +68,15 @@ def ensure_model(data: Path | None, cache_dir: Path, *, epochs: int = DEMO_EPOCH
                  recipe: str = "fine", camera_frames: tuple[int, int] | None = None) -> DemoModel:
     """Reuse the cached model for this data and these settings, or train it (``data`` None: synthetic).
 
-    The settings are the ``recipe``'s (detector/recipes.py: :class:`detector.train.TrainConfig`'s defaults
+    The settings are the ``recipe``'s (detector/model/training/recipes.py:
+    :class:`linewatch.detector.model.training.train.TrainConfig`'s defaults
     plus its geometry) with the demo's epoch budget and, optionally, another image size. With ``camera_frames``
     ((width, height) of the cameras' frames) and a real data set, the thresholds come from good images the
     training did not use, as the cameras send them (see ``CALIBRATION_IMAGES``).
     """
-    from linewatch.detector.checkpoint import load_checkpoint
-    from linewatch.detector.recipes import RECIPES
-    from linewatch.detector.train import TrainConfig, train
+    from linewatch.detector.model.checkpoint import load_checkpoint
+    from linewatch.detector.model.training.recipes import RECIPES
+    from linewatch.detector.model.training.train import TrainConfig, train
 
     base = RECIPES[recipe].config(TrainConfig())
     config = replace(base, epochs=epochs, image_size=image_size or base.image_size, device=device)
@@ -115,7 +116,7 @@ def _calibrate_on_camera_frames(model: Path, data: Path, used: list[Any], size: 
     import cv2
 
     from linewatch.common.images import list_train_good, load_rgb
-    from linewatch.detector.recalibrate import recalibrate, write_recalibrated
+    from linewatch.detector.model.training.recalibrate import recalibrate, write_recalibrated
     from linewatch.ingest.wire import encode_image
 
     taken = {r.path for r in used}

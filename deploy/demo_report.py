@@ -91,7 +91,7 @@ def _round(value: float | None) -> float | None:
 
 
 def _auroc(labelled: list[FrameResult]) -> float | None:
-    from linewatch.detector.metrics import auroc
+    from linewatch.detector.evaluation.metrics import auroc
 
     labels = [r.label == "defect" for r in labelled]
     if all(labels) or not any(labels):

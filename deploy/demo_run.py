@@ -48,7 +48,8 @@ class DemoOptions:
     device: str
     backend: str
     port: int
-    recipe: str = "fine"  # detector/recipes.py; the demo pins one (training every candidate would double its time)
+    # detector/model/training/recipes.py; the demo pins one (training every candidate would double its time)
+    recipe: str = "fine"
 
 @dataclass(frozen=True)
 class CameraTotals:

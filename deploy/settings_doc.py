@@ -34,12 +34,12 @@ class EnvField:
 
 def settings_classes() -> dict[str, type[BaseSettings]]:
     """The settings class behind each service (imported lazily: alerts/detector are heavy-ish)."""
-    from linewatch.alerts.health.settings import HealthSettings
     from linewatch.alerts.settings import AlertsSettings
-    from linewatch.alerts.verdicts.settings import VerdictsSettings
     from linewatch.detector.registry.settings import RegistrySettings
     from linewatch.detector.service.settings import DetectorSettings
+    from linewatch.health.settings import HealthSettings
     from linewatch.ingest.settings import CameraSettings
+    from linewatch.plant.settings import VerdictsSettings
 
     return {"camera": CameraSettings, "detector": DetectorSettings, "alerts": AlertsSettings,
             "registry": RegistrySettings, "verdicts": VerdictsSettings, "camera-health": HealthSettings}

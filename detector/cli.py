@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from linewatch.detector.recipes import recipe_names
+from linewatch.detector.model.training.recipes import recipe_names
 
 
 def register(subparsers: Any) -> None:
     """Add this package's subcommands to the ``linewatch`` parser."""
-    from linewatch.detector.backends.cli import register_bench
-    from linewatch.detector.evaluate_cli import register_evaluate
+    from linewatch.detector.evaluation.cli import register_evaluate
+    from linewatch.detector.model.backends.cli import register_bench
     from linewatch.detector.registry import cli as registry_cli
     from linewatch.detector.service.cli import register_detect
 
@@ -102,9 +102,9 @@ def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from linewatch.common.images import list_train_good
-    from linewatch.detector.recipe_choice import train_auto
-    from linewatch.detector.recipes import AUTO, RECIPES
-    from linewatch.detector.train import TrainConfig, train, train_synthetic_model
+    from linewatch.detector.model.training.recipe_choice import train_auto
+    from linewatch.detector.model.training.recipes import AUTO, RECIPES
+    from linewatch.detector.model.training.train import TrainConfig, train, train_synthetic_model
 
     if args.synthetic:
         path = train_synthetic_model(args.out, **{k: v for k, v in (("epochs", args.epochs),
@@ -140,7 +140,7 @@ GEOMETRY_FLAGS = ("backbone", "taps", "image_size", "tap_weights")
 
 def _recipe(args: argparse.Namespace) -> str:
     """The recipe to train: ``--recipe``; without it, ``custom`` when geometry flags are given, else ``auto``."""
-    from linewatch.detector.recipes import AUTO
+    from linewatch.detector.model.training.recipes import AUTO
 
     given = [f"--{name.replace('_', '-')}" for name in GEOMETRY_FLAGS if getattr(args, name) is not None]
     if args.recipe == AUTO and given:
@@ -154,7 +154,7 @@ def _recipe(args: argparse.Namespace) -> str:
 
 def _print_selection(path: Path) -> None:
     """What ``auto`` measured and chose, one line per candidate."""
-    from linewatch.detector.checkpoint import load_checkpoint
+    from linewatch.detector.model.checkpoint import load_checkpoint
 
     selection = load_checkpoint(path)[1]["training"]["selection"]
     print(f"recipe selection on {selection['images']} images ({selection['defects']} defects, {selection['on']}): "
@@ -173,7 +173,7 @@ def register_recipes(subparsers: Any) -> None:
 
 
 def _recipes(args: argparse.Namespace) -> int:
-    from linewatch.detector.recipes import describe
+    from linewatch.detector.model.training.recipes import describe
 
     print(describe())
     return 0
@@ -196,7 +196,7 @@ def register_calibrate(subparsers: Any) -> None:
 def _calibrate(args: argparse.Namespace) -> int:
     import json
 
-    from linewatch.detector.recalibrate import recalibrate, write_recalibrated
+    from linewatch.detector.model.training.recalibrate import recalibrate, write_recalibrated
 
     if (args.out is None) == (args.print_threshold is None):
         raise ValueError("give exactly one of --out MODEL2 and --print-threshold CAMERA")
@@ -225,8 +225,8 @@ def register_predict(subparsers: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from linewatch.detector.backends import load_model
-    from linewatch.detector.predict import predict_files
+    from linewatch.detector.evaluation.predict import predict_files
+    from linewatch.detector.model.backends import load_model
 
     model = load_model(args.model, args.backend, args.device)
     lines = predict_files(model, args.inputs, args.out, stream=sys.stdout)
@@ -248,7 +248,7 @@ def register_export(subparsers: Any) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from linewatch.detector.export import ExportError, export_model, export_openvino
+    from linewatch.detector.model.export import ExportError, export_model, export_openvino
 
     if args.fmt == "openvino":
         print(f"wrote {export_openvino(args.model, args.out, int8=args.int8, calibration_data=args.calibration_data)}")

@@ -12,7 +12,7 @@ cameras --config``) or ``LINEWATCH_ROI`` for a single ``linewatch camera``::
 or in pixels of a snapshot: ``units: pixels`` with ``frame_size: [1920, 1080]`` (width, height of that
 snapshot), so a frame of another size (a camera ``resize``, a new resolution) scales the polygons instead
 of shifting them. The camera process only validates the regions (a bad polygon stops it at start-up);
-the detector applies them (``detector/roi.py``) and the operator page draws them.
+the detector applies them (``detector/model/roi.py``) and the operator page draws them.
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import torch
 
-    from linewatch.detector.train import train_synthetic_model
+    from linewatch.detector.model.training.train import train_synthetic_model
 
     torch.set_num_threads(2)
     return train_synthetic_model(tmp_path_factory.mktemp("tiny-model") / "tiny.safetensors", epochs=1,

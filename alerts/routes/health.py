@@ -8,9 +8,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from linewatch.alerts.health.state import health_details, monitored, recently_unhealthy
 from linewatch.alerts.routes.deps import Context, User, text
 from linewatch.common import cache_keys as ck
+from linewatch.health.state import health_details, monitored, recently_unhealthy
 
 
 def _livez() -> dict[str, str]:

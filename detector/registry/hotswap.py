@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from linewatch.detector.checkpoint import CheckpointError
+from linewatch.detector.model.checkpoint import CheckpointError
 from linewatch.detector.registry.db import ALL_LINES, RegistryError
 from linewatch.detector.registry.models import Registry
 
@@ -37,7 +37,7 @@ class ModelRefusedError(ValueError):
 
 
 def _default_loader(path: Any, device: str) -> Any:
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.model.inference import AnomalyModel
 
     return AnomalyModel.load(path, device)
 

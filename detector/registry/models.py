@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from linewatch.detector.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from linewatch.detector.model.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from linewatch.detector.registry.db import ALL_LINES, Database, ModelVersion, Promotion, RegistryError
 from linewatch.detector.registry.store import FolderStore
 

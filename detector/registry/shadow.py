@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.registry.models import Registry
 from linewatch.detector.registry.offsets import end_offsets
 from linewatch.detector.registry.settings import RegistrySettings
@@ -276,7 +276,7 @@ def _name(row: dict[str, Any]) -> str:
 
 def _overlay_png(model: AnomalyModel, image: np.ndarray, anomaly_map: np.ndarray) -> bytes:
     """The frame with this model's heatmap, as PNG bytes (red at twice the model's image threshold)."""
-    from linewatch.detector.predict import overlay
+    from linewatch.detector.evaluation.predict import overlay
 
     full = model.map_to_image(anomaly_map, image.shape[:2])
     ok, buf = cv2.imencode(".png", cv2.cvtColor(overlay(image, full, model.image_threshold,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from linewatch.detector.checkpoint import file_sha256
+from linewatch.detector.model.checkpoint import file_sha256
 from linewatch.detector.registry.db import RegistryError
 
 

@@ -31,8 +31,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _detect(args: argparse.Namespace) -> int:
     from linewatch.common.settings import load_settings
-    from linewatch.detector.checkpoint import CheckpointError
-    from linewatch.detector.device import DeviceError
+    from linewatch.detector.model.checkpoint import CheckpointError
+    from linewatch.detector.model.device import DeviceError
     from linewatch.detector.service import DetectorSettings, run_detector
 
     settings = load_settings(DetectorSettings, **_overrides(args))

@@ -11,8 +11,8 @@ import numpy as np
 
 from linewatch.common.kafka import CommitGate
 from linewatch.detector.events import Breach, FrameResult, Latency
-from linewatch.detector.inference import InferenceModel, Prediction
-from linewatch.detector.roi import CameraMasks, RoiConfig
+from linewatch.detector.model.inference import InferenceModel, Prediction
+from linewatch.detector.model.roi import CameraMasks, RoiConfig
 from linewatch.detector.service.decoding import (
     DecodedFrame,
     PendingBatch,

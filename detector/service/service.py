@@ -84,7 +84,7 @@ class DetectorService:
     def _load_model(self) -> Any:
         import torch
 
-        from linewatch.detector.backends import load_model
+        from linewatch.detector.model.backends import load_model
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
@@ -146,7 +146,7 @@ class DetectorService:
         s = self.settings
         if s.registry is None:
             return None
-        from linewatch.detector.backends import load_model
+        from linewatch.detector.model.backends import load_model
         from linewatch.detector.registry.models import open_registry
         from linewatch.detector.registry.routing import ModelRouter
 

@@ -34,7 +34,9 @@ class DetectorSettings(BaseSettings, CameraRegionsSettings):
     model: Path = Field(default=Path("models/stfpm.safetensors"), description="Checkpoint from `linewatch train`.")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
-        default="auto", description="Model runtime; auto = the fastest measured on this machine (detector/backends).")
+        default="auto",
+        description="Model runtime; auto = the fastest measured on this machine (detector/model/backends).",
+    )
     torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads on CPU; 0 = torch's default.")
     max_batch_size: int = Field(default=16, ge=1, le=1024, description="A batch closes at this many frames...")
     max_wait_ms: float = Field(default=20.0, ge=0.0, description="...or this long after its first frame arrived.")

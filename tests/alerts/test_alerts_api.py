@@ -109,7 +109,7 @@ def test_alert_list_history_and_acknowledgement(api: tuple[TestClient, AlertsSet
 
 def test_camera_health_lists_failing_checks_and_survives_a_damaged_record(
         api: tuple[TestClient, AlertsSettings, str]) -> None:
-    from linewatch.alerts.health.state import health_key, index_key
+    from linewatch.health.state import health_key, index_key
 
     http, settings, _ = api
     client, prefix = settings.redis.client(), settings.redis.key_prefix

@@ -14,11 +14,11 @@ from alerts_helpers import WEBHOOK_SECRET, Webhook, frame, scores_stream
 from hostile_helpers import produce_raw, result_record, running, wait_until
 
 from linewatch.alerts.deliveries.alertmanager import payload
-from linewatch.alerts.health.checks import HealthEvent
-from linewatch.alerts.health.state import failing_checks, record
 from linewatch.alerts.history import AlertHistory
 from linewatch.alerts.rules import AlertEvent, CameraState, step
 from linewatch.alerts.settings import AlertsSettings, RuleConfig
+from linewatch.health.checks import HealthEvent
+from linewatch.health.state import failing_checks, record
 
 RULE = RuleConfig(k=3, n=5, min_score=0.5, resolve_after=3, cooldown_s=0.0)
 CLEAN, HIT = 0.1, 0.9

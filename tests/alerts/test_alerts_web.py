@@ -107,9 +107,9 @@ def test_page_shows_camera_health_and_suspect_alerts(make_settings: Callable[...
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from linewatch.alerts.health.checks import HealthEvent
-    from linewatch.alerts.health.state import heartbeat_key, record, refresh
     from linewatch.common import cache_keys
+    from linewatch.health.checks import HealthEvent
+    from linewatch.health.state import heartbeat_key, record, refresh
 
     driver: WebDriver = browser  # type: ignore[assignment]
     port = free_port()

@@ -35,7 +35,7 @@ def synthetic_good_folder(folder: Path, n: int = 24, size: int = 64) -> Path:
 @pytest.fixture(scope="session")
 def int8_export(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``linewatch export --format openvino --int8`` of the tiny model (NNCF on its good training parts)."""
-    from linewatch.detector.export import export_openvino
+    from linewatch.detector.model.export import export_openvino
 
     root = tmp_path_factory.mktemp("int8")
     return export_openvino(tiny_model, root / "ov-int8", int8=True,

@@ -37,12 +37,7 @@ import numpy as np
 import pytest
 
 from linewatch.common.images import list_test, list_train_good, load_mask, load_rgb
-from linewatch.detector.backends import load_model
-from linewatch.detector.backends.loader import cpuinfo_field
-from linewatch.detector.backends.runners import openvino_capabilities
-from linewatch.detector.export import export_openvino
-from linewatch.detector.inference import InferenceModel
-from linewatch.detector.metrics import (
+from linewatch.detector.evaluation.metrics import (
     PixelAccumulator,
     auroc,
     auroc_standard_error,
@@ -50,7 +45,12 @@ from linewatch.detector.metrics import (
     quantile_edges,
     rank_correlation,
 )
-from linewatch.detector.train import TrainConfig, train
+from linewatch.detector.model.backends import load_model
+from linewatch.detector.model.backends.loader import cpuinfo_field
+from linewatch.detector.model.backends.runners import openvino_capabilities
+from linewatch.detector.model.export import export_openvino
+from linewatch.detector.model.inference import InferenceModel
+from linewatch.detector.model.training.train import TrainConfig, train
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

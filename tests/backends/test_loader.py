@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from linewatch.deploy.cli import main
-from linewatch.detector.backends import BackendError, load_model
-from linewatch.detector.backends.loader import _read_table, _table_key, record_measurement
-from linewatch.detector.checkpoint import file_sha256
+from linewatch.detector.model.backends import BackendError, load_model
+from linewatch.detector.model.backends.loader import _read_table, _table_key, record_measurement
+from linewatch.detector.model.checkpoint import file_sha256
 from linewatch.ingest.synthetic import render_sample
 
 pytestmark = pytest.mark.unit

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linewatch.detector.backends import BackendError, load_model
-from linewatch.detector.backends.runners import openvino_capabilities
-from linewatch.detector.inference import AnomalyModel, Prediction
-from linewatch.detector.roi import RoiConfig, cell_mask
+from linewatch.detector.model.backends import BackendError, load_model
+from linewatch.detector.model.backends.runners import openvino_capabilities
+from linewatch.detector.model.inference import AnomalyModel, Prediction
+from linewatch.detector.model.roi import RoiConfig, cell_mask
 from linewatch.ingest.synthetic import render_sample
 
 pytestmark = pytest.mark.unit
@@ -61,7 +61,7 @@ def test_fp32_backends_match_torch(backend: str, tiny_model: Path, reference: An
 @pytest.mark.parametrize("backend", FP32_BACKENDS)
 def test_fusion_weights_travel_into_the_exported_graph(backend: str, tiny_model: Path, tmp_path: Path,
                                                         frames: np.ndarray) -> None:
-    from linewatch.detector.checkpoint import load_checkpoint, save_checkpoint
+    from linewatch.detector.model.checkpoint import load_checkpoint, save_checkpoint
 
     state, metadata = load_checkpoint(tiny_model)
     weighted = tmp_path / "weighted.safetensors"
@@ -77,7 +77,7 @@ def test_a_model_that_scores_with_other_taps_than_it_shows_exports_both(backend:
     """The "coarse" recipe's two maps: the map shown from taps 2/4, the image score from tap 10's map."""
     import torch
 
-    from linewatch.detector.checkpoint import load_checkpoint, save_checkpoint
+    from linewatch.detector.model.checkpoint import load_checkpoint, save_checkpoint
 
     state, metadata = load_checkpoint(tiny_model)
     two_maps = tmp_path / "two-maps.safetensors"

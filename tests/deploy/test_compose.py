@@ -22,12 +22,12 @@ from deploy_helpers import (
 )
 from deploy_tools import load_compose_model
 
-from linewatch.alerts.health.settings import HealthSettings
 from linewatch.common.settings import TopicSettings
 from linewatch.common.topics import all_topic_names
 from linewatch.deploy.cli import build_parser
 from linewatch.deploy.settings_doc import COMMAND_SETTINGS, is_known, settings_classes
 from linewatch.detector.service.settings import DetectorSettings
+from linewatch.health.settings import HealthSettings
 
 # Where each long-running service answers its container health probe.
 HEALTH_PATHS = {"detect": "/healthz", "alerts": "/health", "camera": "/metrics", "verdicts": "/metrics",

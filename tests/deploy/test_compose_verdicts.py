@@ -20,9 +20,9 @@ import pytest
 from deploy_helpers import DEPLOY, TEST_SECRETS, compose_env, load_compose
 from deploy_tools import run_tool
 
-from linewatch.alerts.verdicts.settings import MqttSettings
 from linewatch.deploy.cli import build_parser
 from linewatch.deploy.local import free_port, wait_for_port
+from linewatch.plant.settings import MqttSettings
 
 MOSQUITTO_DIR = DEPLOY / "compose" / "mosquitto"
 PREFIX = MqttSettings().topic_prefix  # the service's default; compose does not change it

@@ -74,8 +74,8 @@ def test_camera_health_row_has_a_panel_per_check_on_the_real_metric_names() -> N
     """Each health check's panel queries the metric the camera-health service really exports (issue 17)."""
     import re
 
-    from linewatch.alerts.health.checks import CHECKS
-    from linewatch.alerts.health.metrics import HealthMetrics
+    from linewatch.health.checks import CHECKS
+    from linewatch.health.metrics import HealthMetrics
 
     dashboard = next(d for d in load_dashboards() if d["uid"] == "linewatch-line")
     panels = dashboard["panels"]

@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 pytestmark = pytest.mark.unit
 
 DOCKER = DEPLOY / "docker"
-SOURCE_DIRS = ("linewatch", "common", "ingest", "detector", "alerts", "deploy")
+SOURCE_DIRS = ("linewatch", "common", "ingest", "detector", "health", "plant", "alerts", "deploy")
 
 
 def build_stage() -> list[str]:

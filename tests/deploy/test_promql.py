@@ -115,9 +115,9 @@ def start_line(running: Running, bootstrap: str, redis_url: str, unique: str, mo
 def start_health(running: Running, kafka: dict[str, Any], topics: dict[str, str], redis: dict[str, str],
                  unique: str) -> None:
     """``linewatch camera-health`` on the same topics, short windows so that every gauge is set within seconds."""
-    from linewatch.alerts.health.metrics import HealthMetrics
-    from linewatch.alerts.health.service import run_health
-    from linewatch.alerts.health.settings import HealthSettings
+    from linewatch.health.metrics import HealthMetrics
+    from linewatch.health.service import run_health
+    from linewatch.health.settings import HealthSettings
 
     running.ports["health"] = free_port()
     settings = HealthSettings(kafka=kafka, topics=topics, redis=redis, group_id=f"health-{unique}",  # type: ignore[arg-type]
@@ -153,7 +153,7 @@ def test_every_panel_and_recording_rule_returns_data(bootstrap: str, redis_url: 
                                                      deploy_model: Path, tmp_path: Path) -> None:
     expressions = panel_queries() + [(f"recording rule {name}", name) for name in recording_rules()]
     assert len(expressions) >= 20
-    from linewatch.alerts.health.metrics import HealthMetrics
+    from linewatch.health.metrics import HealthMetrics
 
     health_metrics = {m.name for m in HealthMetrics().registry.collect()}
     assert sum(any(name in expr for name in health_metrics) for _, expr in expressions) >= 8  # the health row

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from deploy_helpers import DEPLOY
 
-from linewatch.alerts.health.settings import HealthSettings
 from linewatch.alerts.settings import AlertsSettings
-from linewatch.alerts.verdicts.settings import VerdictsSettings
 from linewatch.deploy.cli import main
 from linewatch.deploy.settings_doc import COMMAND_SETTINGS, env_fields, is_known, render_markdown, settings_classes
 from linewatch.detector.service.settings import DetectorSettings
+from linewatch.health.settings import HealthSettings
 from linewatch.ingest.settings import CameraSettings
+from linewatch.plant.settings import VerdictsSettings
 
 
 def test_env_fields_walk_nested_models() -> None:

@@ -154,7 +154,7 @@ class _DyingModel:
     """The real tiny model, except that its second batch kills the worker thread."""
 
     def __init__(self, path: Path) -> None:
-        from linewatch.detector.inference import AnomalyModel
+        from linewatch.detector.model.inference import AnomalyModel
 
         self._model = AnomalyModel.load(path, device="cpu")
         self.calls = 0

@@ -123,7 +123,7 @@ def test_every_frame_yields_one_result_bad_frames_are_dead_lettered(bootstrap: s
 def test_tensor_batches_of_the_gpu_decode_path_score_like_numpy_batches(tiny_model: Path) -> None:
     import torch
 
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.model.inference import AnomalyModel
     from linewatch.ingest.synthetic import render_sample
 
     model = AnomalyModel.load(tiny_model, device="cpu")

@@ -14,8 +14,8 @@ from confluent_kafka import Producer
 from service_helpers import create_topics, read_topic, settings_for, topic_names
 
 from linewatch.detector.events import Breach, FrameResult
-from linewatch.detector.inference import AnomalyModel
-from linewatch.detector.roi import RoiConfig, cell_mask
+from linewatch.detector.model.inference import AnomalyModel
+from linewatch.detector.model.roi import RoiConfig, cell_mask
 from linewatch.detector.service import DetectorService
 from linewatch.ingest.synthetic import SyntheticSample, render_sample
 from linewatch.ingest.wire import encode_frame

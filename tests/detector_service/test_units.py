@@ -284,7 +284,7 @@ def test_batch_closes_before_its_pixel_budget_and_a_huge_item_runs_alone() -> No
 
 def test_preprocess_resizes_large_frames_in_strips_to_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
     """Item 5: the bounded-memory path gives the direct path's values (the filter is separable)."""
-    from linewatch.detector.stfpm import torch_model
+    from linewatch.detector.model.stfpm import torch_model
 
     frames = torch.randint(0, 256, (2, 3, 301, 517), dtype=torch.uint8)
     direct = torch_model._resize_bounded(frames, (64, 64))

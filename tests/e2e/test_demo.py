@@ -170,7 +170,7 @@ def test_a_demo_model_of_real_data_is_calibrated_on_frames_as_the_cameras_send_t
     import cv2
     import torch
 
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.model.inference import AnomalyModel
     from linewatch.ingest.synthetic import render_sample
 
     torch.set_num_threads(1)

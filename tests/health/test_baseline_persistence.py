@@ -19,14 +19,14 @@ import pytest
 from confluent_kafka import Producer
 from helpers.faults import wait_until
 
-from linewatch.alerts.health.baselines import PINNED, STORED, baseline_key
-from linewatch.alerts.health.metrics import HealthMetrics
-from linewatch.alerts.health.service import HealthService
-from linewatch.alerts.health.settings import Baseline, CheckConfig, ChecksSettings, HealthSettings
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.common.topics import ensure_topics
 from linewatch.deploy.local import LocalStack
+from linewatch.health.baselines import PINNED, STORED, baseline_key
+from linewatch.health.metrics import HealthMetrics
+from linewatch.health.service import HealthService
+from linewatch.health.settings import Baseline, CheckConfig, ChecksSettings, HealthSettings
 from linewatch.ingest.synthetic import render_sample
 from linewatch.ingest.wire import encode_frame
 
@@ -93,7 +93,7 @@ class Running:
 
 def test_a_restarted_service_reuses_the_learned_baseline(settings: HealthSettings,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="linewatch.alerts.health.service")
+    caplog.set_level(logging.INFO, logger="linewatch.health.service")
     client, prefix = settings.redis.client(), settings.redis.key_prefix
     with Running(settings) as first:
         first.send("cam-a", parts(CHECKS.baseline_frames))
@@ -114,7 +114,7 @@ def test_a_restarted_service_reuses_the_learned_baseline(settings: HealthSetting
 
 def test_pinned_baselines_win_and_an_unreadable_stored_one_is_learned_again(settings: HealthSettings,
                                                                            caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="linewatch.alerts.health.service")
+    caplog.set_level(logging.INFO, logger="linewatch.health.service")
     client, prefix = settings.redis.client(), settings.redis.key_prefix
     client.set(baseline_key(prefix, "cam-pinned"), '{"mean": 50.0, "focus": 50.0}', ex=60)
     client.set(baseline_key(prefix, "cam-garbled"), "not json", ex=60)

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from linewatch.alerts.health.checks import CameraMonitor, HealthEvent
-from linewatch.alerts.health.measure import HEALTHY, replays
-from linewatch.alerts.health.settings import CheckConfig, ScoreReference
+from linewatch.health.checks import CameraMonitor, HealthEvent
+from linewatch.health.measure import HEALTHY, replays
+from linewatch.health.settings import CheckConfig, ScoreReference
 
 pytestmark = pytest.mark.unit
 
@@ -24,7 +24,7 @@ DATA = Path(__file__).parent / "data"
 MEASURED: dict[str, dict[str, Any]] = {path.name.removesuffix("_scores.json"): json.loads(path.read_text())
                                        for path in sorted(DATA.glob("*_scores.json"))}
 # The faults that moved the drift statistic past the default threshold in every window when measured
-# (alerts/health/README.md, "Score drift: the test"); the others stay below it on that set.
+# (health/README.md, "Score drift: the test"); the others stay below it on that set.
 FIRES: dict[str, tuple[str, ...]] = {"bsdata": (), "magnetic_tile": (), "mvtec3d_tire": ("blur2", "dark50", "bright40")}
 WINDOW = CheckConfig().drift_window
 HEALTHY_REPLAYS = [(name, replay) for name, data in MEASURED.items() for replay, scores in replays(data).items()

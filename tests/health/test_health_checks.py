@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from linewatch.alerts.health.checks import CameraMonitor, HealthEvent, drift_statistic
-from linewatch.alerts.health.settings import Baseline, CheckConfig, ChecksSettings, ScoreReference
-from linewatch.alerts.health.stats import decode_grey, frame_stats, reduction
+from linewatch.health.checks import CameraMonitor, HealthEvent, drift_statistic
+from linewatch.health.settings import Baseline, CheckConfig, ChecksSettings, ScoreReference
+from linewatch.health.stats import decode_grey, frame_stats, reduction
 from linewatch.ingest.synthetic import render_sample
 from linewatch.ingest.wire import WireFormatError, encode_frame
 

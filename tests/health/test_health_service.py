@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from linewatch.alerts.health.metrics import HealthMetrics
-from linewatch.alerts.health.service import HealthService
-from linewatch.alerts.health.settings import CheckConfig, ChecksSettings, HealthSettings, ScoreReference
-from linewatch.alerts.health.state import monitored, recently_unhealthy, unhealthy_checks
 from linewatch.common.images import list_train_good
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.common.topics import ensure_topics
 from linewatch.deploy.local import LocalStack
 from linewatch.detector.events import FrameResult, Latency
+from linewatch.health.metrics import HealthMetrics
+from linewatch.health.service import HealthService
+from linewatch.health.settings import CheckConfig, ChecksSettings, HealthSettings, ScoreReference
+from linewatch.health.state import monitored, recently_unhealthy, unhealthy_checks
 from linewatch.ingest.synthetic import render_sample
 from linewatch.ingest.wire import encode_frame
 

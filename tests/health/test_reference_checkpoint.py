@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from linewatch.alerts.health.service import references_from_checkpoints
-from linewatch.detector.inference import AnomalyModel
-from linewatch.detector.train import train_synthetic_model
+from linewatch.detector.model.inference import AnomalyModel
+from linewatch.detector.model.training.train import train_synthetic_model
+from linewatch.health.service import references_from_checkpoints
 
 pytestmark = pytest.mark.unit
 

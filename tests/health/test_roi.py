@@ -1,11 +1,11 @@
-"""Regions of interest and ignore masks (detector/roi.py): pure functions, no services."""
+"""Regions of interest and ignore masks (detector/model/roi.py): pure functions, no services."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from linewatch.detector.roi import (
+from linewatch.detector.model.roi import (
     CameraMasks,
     RoiConfig,
     RoiError,

@@ -15,8 +15,8 @@ LEFT_HALF_IGNORED = "roi:\n  exclude: [[[0, 0], [0.5, 0], [0.5, 1], [0, 1]]]\n"
 
 def test_evaluate_applies_the_region_file_to_every_test_image(tiny_model: Path, tmp_path: Path,
                                                               capfd: pytest.CaptureFixture[str]) -> None:
-    from linewatch.detector.evaluate import run_evaluation
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.evaluation.evaluate import run_evaluation
+    from linewatch.detector.model.inference import AnomalyModel
     from linewatch.ingest.regions import load_roi_file
 
     data = tmp_path / "data"

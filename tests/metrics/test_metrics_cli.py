@@ -13,7 +13,7 @@ from linewatch.deploy.cli import main
 
 def test_evaluate_command_writes_metrics_and_report(tiny_model: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.model.inference import AnomalyModel
 
     write_tiny_mvtec(tmp_path / "data", size=96, n_good=6, per_type=3, crop=(80, 96))
     rc = main(["evaluate", "--model", str(tiny_model), str(tmp_path / "data"), "--report", str(tmp_path / "out"),
@@ -56,9 +56,9 @@ def test_real_magnetic_tile_subset_with_empty_masks(tiny_model: Path, magnetic_t
     import numpy as np
 
     from linewatch.common.images import load_mask
-    from linewatch.detector.evaluate import run_evaluation
-    from linewatch.detector.inference import AnomalyModel
-    from linewatch.detector.metrics import auroc
+    from linewatch.detector.evaluation.evaluate import run_evaluation
+    from linewatch.detector.evaluation.metrics import auroc
+    from linewatch.detector.model.inference import AnomalyModel
 
     subset = tmp_path / "mt"
     picks = {"good": ["000", "001", "002", "003", "004", "005", "006", "007"],

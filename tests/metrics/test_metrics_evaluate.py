@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from mvtec_fixture import mask_key, write_tiny_mvtec
 
-from linewatch.detector.calibrate import Calibration
-from linewatch.detector.evaluate import evaluate
-from linewatch.detector.geometry import map_to_image
-from linewatch.detector.metadata import ModelMetadata
+from linewatch.detector.evaluation.evaluate import evaluate
+from linewatch.detector.model.calibrate import Calibration
+from linewatch.detector.model.geometry import map_to_image
+from linewatch.detector.model.metadata import ModelMetadata
 
 
 class OracleModel:
@@ -88,7 +88,7 @@ def test_inverted_oracle_on_non_square_images(tmp_path: Path) -> None:
 
 def test_map_to_image_inverts_the_models_own_letterbox() -> None:
     torch = pytest.importorskip("torch")
-    from linewatch.detector.stfpm.torch_model import STFPM
+    from linewatch.detector.model.stfpm.torch_model import STFPM
 
     # A bright rectangle on a 90x150 image, letterboxed to 64x64 by STFPM.preprocess itself.
     image = np.zeros((90, 150, 3), np.uint8)

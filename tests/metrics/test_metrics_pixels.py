@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linewatch.detector.metrics import PixelAccumulator, auroc, quantile_edges, trapezoid_to
+from linewatch.detector.evaluation.metrics import PixelAccumulator, auroc, quantile_edges, trapezoid_to
 
 # 3x4 map with two ground-truth regions: A = {(0,0), (0,1)} (area 2) and B = {(2,3)} (area 1).
 MASK = np.array([[1, 1, 0, 0],

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linewatch.detector.metrics import (
+from linewatch.detector.evaluation.metrics import (
     auroc,
     auroc_standard_error,
     best_f1,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from linewatch.detector.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from linewatch.detector.model.inference import AnomalyModel
 
 
 def _state() -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from linewatch.deploy.cli import main
-from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.model.inference import AnomalyModel
 from linewatch.ingest.synthetic import render_sample
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from linewatch.detector.device import DeviceError, select_device
+from linewatch.detector.model.device import DeviceError, select_device
 
 
 def test_auto_on_cpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:

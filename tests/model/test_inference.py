@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.model.inference import AnomalyModel
 from linewatch.ingest.synthetic import render_sample
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from linewatch.common.images import list_test, list_train_good, load_mask, load_rgb
-from linewatch.detector.inference import AnomalyModel
-from linewatch.detector.metrics import PixelAccumulator, auroc, quantile_edges
-from linewatch.detector.train import TrainConfig, train
+from linewatch.detector.evaluation.metrics import PixelAccumulator, auroc, quantile_edges
+from linewatch.detector.model.inference import AnomalyModel
+from linewatch.detector.model.training.train import TrainConfig, train
 
 
 @pytest.mark.realdata

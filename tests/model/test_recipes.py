@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from linewatch.deploy.cli import main
-from linewatch.detector.recipe_choice import MARGIN, choose, required_margin, synthetic_selection
-from linewatch.detector.recipes import CANDIDATES, RECIPES, recipe_names
-from linewatch.detector.synthetic_defects import KINDS, make_defects
+from linewatch.detector.model.training.recipe_choice import MARGIN, choose, required_margin, synthetic_selection
+from linewatch.detector.model.training.recipes import CANDIDATES, RECIPES, recipe_names
+from linewatch.detector.model.training.synthetic_defects import KINDS, make_defects
 from linewatch.ingest.synthetic import render_sample
 
 
@@ -147,7 +147,7 @@ def test_train_without_flags_chooses_a_recipe_and_evaluate_reports_why(tmp_path:
     assert main(["train", str(data), "--out", str(out), "--epochs", "1", "--device", "cpu", "--quiet",
                  "--select-on", str(data)]) == 0
     assert "recipe selection on" in capsys.readouterr().out
-    from linewatch.detector.inference import AnomalyModel
+    from linewatch.detector.model.inference import AnomalyModel
 
     training = AnomalyModel.load(out, "cpu").metadata.training
     assert training["selection"]["on"] == str(data) and training["recipe"] in CANDIDATES

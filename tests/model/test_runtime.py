@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from linewatch.detector.calibrate import Calibration, threshold_interval
-from linewatch.detector.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from linewatch.detector.geometry import letterbox_box, map_to_image
-from linewatch.detector.inference import AnomalyModel
-from linewatch.detector.metadata import MetadataError, ModelMetadata
-from linewatch.detector.metrics import recall_at_false_alarm_rate
-from linewatch.detector.stfpm.calibrated import CalibratedSTFPM
-from linewatch.detector.stfpm.torch_model import STFPM
+from linewatch.detector.evaluation.metrics import recall_at_false_alarm_rate
+from linewatch.detector.model.calibrate import Calibration, threshold_interval
+from linewatch.detector.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from linewatch.detector.model.geometry import letterbox_box, map_to_image
+from linewatch.detector.model.inference import AnomalyModel
+from linewatch.detector.model.metadata import MetadataError, ModelMetadata
+from linewatch.detector.model.stfpm.calibrated import CalibratedSTFPM
+from linewatch.detector.model.stfpm.torch_model import STFPM
 from linewatch.ingest.synthetic import render_sample
 
 pytestmark = pytest.mark.unit

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torchvision
 
-from linewatch.detector.stfpm.anomaly_map import fuse_maps
-from linewatch.detector.stfpm.backbones import BackboneError, ResNetFeatures, get_spec, load_pretrained
-from linewatch.detector.stfpm.loss import stfpm_loss
-from linewatch.detector.stfpm.torch_model import STFPM
+from linewatch.detector.model.stfpm.anomaly_map import fuse_maps
+from linewatch.detector.model.stfpm.backbones import BackboneError, ResNetFeatures, get_spec, load_pretrained
+from linewatch.detector.model.stfpm.loss import stfpm_loss
+from linewatch.detector.model.stfpm.torch_model import STFPM
 
 
 def test_lite0_imagenet_weights_fill_every_parameter_and_default_taps_have_strides_4_8_16() -> None:
@@ -113,9 +113,9 @@ def test_resnet_teacher_from_local_file_and_offline_message(tmp_path: Path, monk
 
 
 def test_map_and_score_taps_must_be_taps_of_the_model() -> None:
-    from linewatch.detector.calibrate import Calibration
-    from linewatch.detector.metadata import MetadataError, ModelMetadata
-    from linewatch.detector.stfpm.torch_model import STFPM
+    from linewatch.detector.model.calibrate import Calibration
+    from linewatch.detector.model.metadata import MetadataError, ModelMetadata
+    from linewatch.detector.model.stfpm.torch_model import STFPM
 
     with pytest.raises(ValueError, match="score_taps must be distinct taps among"):
         STFPM("efficientnet_lite0", 64, taps=(2, 4, 10), score_taps=(14,))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from linewatch.detector.train import TrainConfig, learning_rate, refresh_bn_stats
+from linewatch.detector.model.training.train import TrainConfig, learning_rate, refresh_bn_stats
 
 
 def test_constant_schedule_is_the_configured_rate() -> None:

@@ -59,7 +59,7 @@ def model_a(tiny_model: Path) -> Path:
 @pytest.fixture(scope="session")
 def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second tiny model (seed 1): another version."""
-    from linewatch.detector.train import train_synthetic_model
+    from linewatch.detector.model.training.train import train_synthetic_model
 
     return train_synthetic_model(tmp_path_factory.mktemp("model_b") / "b.safetensors", epochs=1, seed=1)
 
@@ -67,6 +67,6 @@ def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def model_c(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A third tiny model (seed 2): the version promoted mid-stream in the end-to-end test."""
-    from linewatch.detector.train import train_synthetic_model
+    from linewatch.detector.model.training.train import train_synthetic_model
 
     return train_synthetic_model(tmp_path_factory.mktemp("model_c") / "c.safetensors", epochs=1, seed=2)

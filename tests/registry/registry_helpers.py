@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from linewatch.common import cache_keys
 from linewatch.detector.events import FrameResult, Latency
-from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.model.inference import AnomalyModel
 from linewatch.ingest.synthetic import render_sample
 from linewatch.ingest.wire import decode_frame, encode_frame
 

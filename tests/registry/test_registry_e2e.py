@@ -22,7 +22,7 @@ import redis
 from confluent_kafka import Consumer, Producer
 from registry_helpers import create_topics
 
-from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.registry.audit import AuditConsumer, explain
 from linewatch.detector.registry.db import Database
 from linewatch.detector.registry.models import Registry

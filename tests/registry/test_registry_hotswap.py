@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linewatch.detector.checkpoint import file_sha256
+from linewatch.detector.model.checkpoint import file_sha256
 from linewatch.detector.registry.db import Database
 from linewatch.detector.registry.hotswap import ModelWatcher
 from linewatch.detector.registry.models import Registry

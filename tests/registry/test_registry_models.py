@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from linewatch.deploy.cli import main
-from linewatch.detector.checkpoint import file_sha256
+from linewatch.detector.model.checkpoint import file_sha256
 from linewatch.detector.registry.db import Database, RegistryError
 from linewatch.detector.registry.models import Registry, _find_metrics
 from linewatch.detector.registry.store import FolderStore

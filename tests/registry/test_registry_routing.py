@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from linewatch.detector.checkpoint import file_sha256
-from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.model.checkpoint import file_sha256
+from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.registry.models import Registry, open_registry
 from linewatch.detector.registry.routing import ModelRouter
 from linewatch.detector.registry.settings import RoutingConfig

@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 from registry_helpers import create_topics, produce_frames, topic_names
 
 from linewatch.deploy.cli import main
-from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.registry.db import Database
 from linewatch.detector.registry.models import Registry
 from linewatch.detector.registry.settings import RegistrySettings

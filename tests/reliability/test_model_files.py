@@ -18,8 +18,8 @@ import pytest
 import torch
 from helpers.faults import ROOT, report, size
 
-from linewatch.detector.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from linewatch.detector.model.inference import AnomalyModel
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 

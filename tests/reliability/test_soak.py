@@ -85,7 +85,7 @@ def test_soak_at_80_percent_of_rated_throughput(bootstrap: str, redis_url: str, 
     fps = total_fps / CAMERAS
     model = tiny_model
     if FULL:  # the architecture the rated figure was measured with: TrainConfig's defaults, 1 epoch
-        from linewatch.detector.train import TrainConfig, train
+        from linewatch.detector.model.training.train import TrainConfig, train
         from linewatch.ingest.synthetic import render_sample
 
         images = [render_sample(i, size=256, defect_probability=0.0).image for i in range(16)]

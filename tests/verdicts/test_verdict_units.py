@@ -6,10 +6,10 @@ import pytest
 from asyncua import ua
 from verdict_helpers import result
 
-from linewatch.alerts.verdicts.mqtt import verdict_topic
-from linewatch.alerts.verdicts.opcua import field_value, to_variant
-from linewatch.alerts.verdicts.settings import DeadlineSettings, MqttSettings, OpcUaSettings, VerdictsSettings
-from linewatch.alerts.verdicts.verdict import OrderGuard, ResultError, decide, parse_result
+from linewatch.plant.mqtt import verdict_topic
+from linewatch.plant.opcua import field_value, to_variant
+from linewatch.plant.settings import DeadlineSettings, MqttSettings, OpcUaSettings, VerdictsSettings
+from linewatch.plant.verdict import OrderGuard, ResultError, decide, parse_result
 
 pytestmark = pytest.mark.unit
 
@@ -80,7 +80,7 @@ def test_deadlines_per_camera_and_safe_topics() -> None:
 def test_command_line_options_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from linewatch.alerts.verdicts import cli
+    from linewatch.plant import cli
 
     monkeypatch.setenv("LINEWATCH_DEADLINES__CAMERAS", '{"cam-9": 90}')
     parser = argparse.ArgumentParser()

@@ -12,16 +12,16 @@ from asyncua import Client
 from confluent_kafka import Producer
 from verdict_helpers import FakePlc, Mosquitto, MqttRecorder, result, wait_until
 
-from linewatch.alerts.verdicts.aio import LoopThread
-from linewatch.alerts.verdicts.metrics import VerdictsMetrics
-from linewatch.alerts.verdicts.mqtt import SinkError
-from linewatch.alerts.verdicts.opcua import PlcWriter
-from linewatch.alerts.verdicts.service import VerdictsService
-from linewatch.alerts.verdicts.settings import DeadlineSettings, MqttSettings, OpcUaSettings, VerdictsSettings
-from linewatch.alerts.verdicts.verdict import Verdict, decide, parse_result
 from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.common.topics import ensure_topics
 from linewatch.deploy.local import free_port
+from linewatch.plant.aio import LoopThread
+from linewatch.plant.metrics import VerdictsMetrics
+from linewatch.plant.mqtt import SinkError
+from linewatch.plant.opcua import PlcWriter
+from linewatch.plant.service import VerdictsService
+from linewatch.plant.settings import DeadlineSettings, MqttSettings, OpcUaSettings, VerdictsSettings
+from linewatch.plant.verdict import Verdict, decide, parse_result
 
 pytestmark = pytest.mark.integration
 

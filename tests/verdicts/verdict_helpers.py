@@ -16,9 +16,9 @@ import paho.mqtt.client as mqtt
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
-from linewatch.alerts.verdicts.aio import LoopThread
 from linewatch.deploy.local import free_port, wait_for_port
 from linewatch.detector.events import FrameResult, Latency
+from linewatch.plant.aio import LoopThread
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 

@@ -24,13 +24,13 @@ from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 from confluent_kafka import Producer
 
-from linewatch.alerts.verdicts.aio import LoopThread
-from linewatch.alerts.verdicts.service import VerdictsService
-from linewatch.alerts.verdicts.settings import MqttSettings, OpcUaSettings, VerdictsSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.common.topics import ensure_topics
 from linewatch.deploy.local import free_port, start_local_stack, wait_for_port
 from linewatch.detector.events import FrameResult, Latency
+from linewatch.plant.aio import LoopThread
+from linewatch.plant.service import VerdictsService
+from linewatch.plant.settings import MqttSettings, OpcUaSettings, VerdictsSettings
 
 
 def _percentiles(values: list[float]) -> str:

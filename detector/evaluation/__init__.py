@@ -1,0 +1,1 @@
+"""Offline evaluation of a checkpoint: metrics (AUROC, AUPRO), the HTML report, ``predict`` and ``bench``."""

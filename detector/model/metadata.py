@@ -1,0 +1,82 @@
+"""What a checkpoint says about its model: architecture, input geometry, scoring rule and calibration.
+
+A typed object instead of a loose dict: every consumer (inference, export, evaluate, the service, the
+demo) reads the same fields, and a checkpoint that lacks one is refused in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from linewatch.detector.model.calibrate import Calibration
+from linewatch.detector.model.geometry import RESIZE_MODES
+
+
+class MetadataError(ValueError):
+    """Checkpoint metadata that does not describe a usable model; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Everything but the weights; ``to_dict`` is what the checkpoint header stores."""
+
+    backbone: str
+    taps: tuple[int, ...]
+    image_size: int
+    calibration: Calibration
+    sigma: float = 0.0  # Gaussian smoothing of the fused map, in model-input pixels
+    resize_mode: str = "squash"
+    score_top_k: int = 1  # image score = mean of the k largest map values (1: the maximum)
+    tap_weights: tuple[float, ...] = ()  # exponents of the layer maps in the fused product (empty: all 1)
+    map_taps: tuple[int, ...] = ()  # the taps whose product is the map shown (empty: every tap)
+    score_taps: tuple[int, ...] = ()  # the taps whose product the image score is read from (empty: the map shown)
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
+    map_cells: tuple[int, int] = (0, 0)  # fused map size in feature cells (height, width) before upsampling
+    training: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise MetadataError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.image_size < 16 or not self.taps or self.score_top_k < 1 or self.sigma < 0:
+            raise MetadataError(f"implausible model geometry: image_size {self.image_size}, taps {self.taps}, "
+                                f"score_top_k {self.score_top_k}, sigma {self.sigma}")
+        if self.tap_weights and (len(self.tap_weights) != len(self.taps)
+                                 or not all(math.isfinite(w) and w > 0 for w in self.tap_weights)):
+            raise MetadataError(f"tap_weights must be one positive number per tap {self.taps}, got {self.tap_weights}")
+        for name in ("map_taps", "score_taps"):
+            subset = getattr(self, name)
+            if not set(subset) <= set(self.taps) or len(set(subset)) != len(subset):
+                raise MetadataError(f"{name} must be distinct taps among {self.taps}, got {subset}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, as stored in the checkpoint."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["calibration"] = self.calibration.to_dict()
+        for name in ("taps", "tap_weights", "map_taps", "score_taps", "input_mean", "input_std", "map_cells"):
+            out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
+        """Parse a checkpoint header's metadata; older checkpoints get the defaults of newer fields."""
+        try:
+            calibration = Calibration.from_dict(dict(data["calibration"]))
+            return cls(backbone=str(data["backbone"]), taps=tuple(int(t) for t in data["taps"]),
+                       image_size=int(data["image_size"]), calibration=calibration,
+                       sigma=float(data.get("sigma", 0.0)), resize_mode=str(data.get("resize_mode", "squash")),
+                       score_top_k=int(data.get("score_top_k", 1)),
+                       tap_weights=tuple(float(w) for w in data.get("tap_weights") or ()),
+                       map_taps=tuple(int(t) for t in data.get("map_taps") or ()),
+                       score_taps=tuple(int(t) for t in data.get("score_taps") or ()),
+                       input_mean=tuple(float(v) for v in data.get("input_mean", ())),
+                       input_std=tuple(float(v) for v in data.get("input_std", ())),
+                       map_cells=tuple(int(v) for v in data.get("map_cells", (0, 0)))[:2],  # type: ignore[arg-type]
+                       training=dict(data.get("training") or {}), versions=dict(data.get("versions") or {}))
+        except KeyError as exc:
+            raise MetadataError(f"checkpoint metadata has no {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise MetadataError(f"checkpoint metadata is malformed: {exc}") from None
