@@ -22,6 +22,8 @@ import numpy as np
 from linewatch.common.topics import TopicError, ensure_topics
 from linewatch.ingest.metrics import DROP_ENCODE_ERROR, DROP_OVERSIZE, DROP_QUEUE_FULL, DROP_UNSENT, CameraMetrics
 from linewatch.ingest.producer import FrameProducer, fit_to_limit
+from linewatch.ingest.product_sources import ProductFollower, product_follower, wait_for_product
+from linewatch.ingest.product_timeline import ProductTimeline
 from linewatch.ingest.sequence import SequenceStore
 from linewatch.ingest.settings import CameraSettings
 from linewatch.ingest.sources import CapturedFrame, FrameError, Source, SourceError, open_source
@@ -47,6 +49,7 @@ class CameraStats:
     first_sequence: int | None = None
     last_sequence: int | None = None
     elapsed_s: float = 0.0
+    late_stamped: int = 0  # frames sent with the old product because its changeover was announced late
 
     @property
     def dropped_total(self) -> int:
@@ -79,8 +82,10 @@ class Camera:
 
     def __init__(self, settings: CameraSettings, source: Source | str | None = None, *,
                  metrics: CameraMetrics | None = None, producer: FrameProducer | None = None,
-                 stop_event: threading.Event | None = None) -> None:
+                 stop_event: threading.Event | None = None, products: ProductTimeline | None = None) -> None:
         self.settings = settings
+        # the product each frame carries: the PLC's changeovers when a product source is set, else settings.product
+        self.products = products or ProductTimeline(fallback=settings.product)
         self.source = open_source(settings.source if source is None else source) \
             if not isinstance(source, Source) else source
         self.metrics = metrics or CameraMetrics()
@@ -240,7 +245,7 @@ class Camera:
         return encode_frame(image, camera_id=s.camera_id, line_id=s.line_id, sequence=sequence,
                             capture_ns=frame.capture_ns, encoding=s.encoding, jpeg_quality=s.jpeg_quality,
                             label=frame.label, defect_type=frame.defect_type, source_id=frame.source_id,
-                            product=s.product)
+                            product=self.products.stamp(frame.capture_ns))
 
     def _publish(self, frame: CapturedFrame, producer: FrameProducer, sequences: SequenceStore) -> None:
         cam = self.settings.camera_id
@@ -270,6 +275,16 @@ class Camera:
             self.stats.last_sequence = number
         producer.poll(0)
 
+    def _follow_products(self) -> ProductFollower | None:
+        """Start following the PLC's product (``product_source``) and wait for its first word, bounded."""
+        s = self.settings
+        if s.product_source is None:
+            return None
+        follower = product_follower(s.product_source, self.products, client_id=f"linewatch-camera-{s.camera_id}")
+        follower.start()
+        wait_for_product(self.products, follower, s.product_source_wait_s)
+        return follower
+
     def run(self, max_frames: int | None = None) -> CameraStats:
         """Capture and publish until the source ends, ``max_frames`` are captured or the stop event is set."""
         s = self.settings
@@ -289,6 +304,7 @@ class Camera:
         sequences = SequenceStore(s.state_dir, s.camera_id, s.sequence_block)
         acked0, bytes0, failed0 = producer.acked, producer.acked_bytes, producer.failed
         self._max_frames = max_frames
+        follower = self._follow_products()
         log.info("camera %s: publishing %s to %s (policy %s, queue %d)", s.camera_id, self.source.description,
                  s.topics.frames, "drop-oldest" if self.drop_oldest else "block", s.queue_size)
         capture = threading.Thread(target=self._capture, name=f"capture-{s.camera_id}", daemon=True)
@@ -313,12 +329,15 @@ class Camera:
                 log.error("camera %s: %d frames still undelivered after %.0fs flush", s.camera_id, left,
                           s.flush_timeout_s)
             sequences.close()
+            if follower is not None:
+                follower.stop()
             if owned:  # now, not whenever the garbage collector breaks the client's callback cycle
                 producer.close()
         self.stats.sent = producer.acked - acked0
         self.stats.bytes_sent = producer.acked_bytes - bytes0
         self.stats.delivery_errors = producer.failed - failed0
         self.stats.elapsed_s = time.monotonic() - started
+        self.stats.late_stamped = self.products.late_stamped
         log.info("camera %s: captured %d, sent %d, dropped %s, delivery errors %d", s.camera_id,
                  self.stats.captured, self.stats.sent, self.stats.dropped or 0, self.stats.delivery_errors)
         return self.stats

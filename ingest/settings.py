@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.ingest.product_sources import check_product_source
 from linewatch.ingest.regions import RoiConfig
 from linewatch.ingest.wire import CAMERA_ID_PATTERN, LINE_ID_PATTERN
 
@@ -23,6 +24,12 @@ class CameraSettings(BaseSettings):
     line_id: str = Field(default="line-1", pattern=LINE_ID_PATTERN)
     product: str | None = Field(default=None, pattern=CAMERA_ID_PATTERN, description="Product (part type) the line "
                                   "makes now: sent as lw-product, it chooses the detector's model.")
+    product_source: str | None = Field(default=None, description="Follow the product the line makes from the PLC: "
+                                       "mqtt://host[:port]/TOPIC (retained) or opc.tcp://host:port#NODE_ID "
+                                       "(ingest/product_sources.py); each frame carries the product in force at its "
+                                       "capture time, `product` until the PLC has spoken.")
+    product_source_wait_s: float = Field(default=10.0, ge=0, description="How long to wait for the PLC's product "
+                                         "before capturing the first frame.")
     roi: RoiConfig | None = Field(default=None, description="Regions of interest / ignore masks of this camera "
                                   "(ingest/regions.py); the detector reads them from the same cameras file.")
     source: str = Field(default="synthetic:", description="SOURCE string, see ingest.sources.open_source.")
@@ -47,3 +54,8 @@ class CameraSettings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Serve /metrics here; None: off.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
+
+    @field_validator("product_source")
+    @classmethod
+    def _followable(cls, source: str | None) -> str | None:
+        return None if source is None else check_product_source(source)

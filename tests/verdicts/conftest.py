@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from verdict_helpers import MOSQUITTO, FakePlc, Mosquitto
+from helpers.mosquitto import MOSQUITTO, Mosquitto
+from verdict_helpers import FakePlc
 
 
 @pytest.fixture

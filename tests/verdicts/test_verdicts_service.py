@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from asyncua import Client
 from confluent_kafka import Producer
-from verdict_helpers import FakePlc, Mosquitto, MqttRecorder, result, wait_until
+from helpers.mosquitto import Mosquitto
+from verdict_helpers import FakePlc, MqttRecorder, result, wait_until
 
 from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.common.topics import ensure_topics

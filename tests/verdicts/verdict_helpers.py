@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
-from linewatch.deploy.local import free_port, wait_for_port
+from linewatch.deploy.local import free_port
 from linewatch.detector.events import FrameResult, Latency
 from linewatch.plant.aio import LoopThread
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -30,31 +24,6 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.05)
-
-
-@dataclass
-class Mosquitto:
-    """A mosquitto broker subprocess on a free port of 127.0.0.1, with persistence, so that a durable
-    subscriber's session (and its queued QoS 1 messages) survive a broker restart."""
-
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Mosquitto:
-        folder = self.log_path.parent
-        config = folder / "mosquitto.conf"
-        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                          f"persistence_location {folder}/\n")
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port("127.0.0.1", self.port, 15.0, self.proc)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 class MqttRecorder:
