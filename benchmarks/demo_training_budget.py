@@ -19,16 +19,17 @@ from pathlib import Path
 
 import torch
 
+import common
 from linewatch.common.images import list_train_good
 from linewatch.detector.model.training.train import TrainConfig, train
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
+DATA = common.dataset("magnetic_tile")
 
 
 def main() -> None:
     """Measure and print one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, default=DATA, help="default: magnetic_tile in LINEWATCH_DATASETS")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--budget-s", type=float, default=240.0)
     parser.add_argument("--threads", type=int, default=2)
@@ -47,7 +48,7 @@ def main() -> None:
     fixed = total - result.seconds
     fits = int(max(0.0, args.budget_s - fixed) // per_epoch)
     print(json.dumps({
-        "images": len(records), "config": config.to_dict(), "threads": args.threads,
+        "machine": common.machine(), "images": len(records), "config": config.to_dict(), "threads": args.threads,
         "load_avg_1m": os.getloadavg()[0], "total_s": round(total, 1), "fixed_s": round(fixed, 1),
         "per_epoch_s": round(per_epoch, 1), "epochs_in_budget": fits, "budget_s": args.budget_s,
         "val_loss": [round(h["val_loss"], 4) for h in result.history],

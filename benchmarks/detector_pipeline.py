@@ -5,7 +5,7 @@ Usage (CPU, about 10 minutes on 2 cores)::
     .venv/bin/python benchmarks/detector_pipeline.py --batch 8 --duration 20 --loads 2,4,8,16 \
         --out /tmp/detector_pipeline.json
 
-Issue 12 item 5 (side by side in one process)::
+Side by side in one process::
 
     # bare vs pipeline, with and without the overlay PNG the detector used to render per frame:
     .venv/bin/python benchmarks/detector_pipeline.py --loads "" --legacy-overlay both
@@ -110,7 +110,7 @@ def predict_loop(model: Any, frames: np.ndarray, seconds: float) -> float:
 
 
 def heatmap_cost(map_side: int, rounds: int = 5, n: int = 200) -> dict[str, list[float]]:
-    """Writer-thread CPU ms per frame: before issue 12 (overlay PNG + map PNG) vs now (frame JPEG + map PNG),
+    """Writer-thread CPU ms per frame: the old writer (overlay PNG + map PNG) vs now (frame JPEG + map PNG),
     and the reader's render of an overlay from the stored fields; interleaved rounds, one thread."""
     from linewatch.common.heatmap_codec import encode_frame_jpeg, encode_map_png, overlay_from_fields
 
@@ -151,7 +151,7 @@ _ENCODE_ONLY_WRITE = HeatmapCache.write
 
 
 def _write_with_legacy_overlay(cache: HeatmapCache, entries: list[Any]) -> None:
-    """The heatmap writer as it was before issue 12 when ``Run.legacy_overlay`` is set: it also rendered and
+    """The old heatmap writer when ``Run.legacy_overlay`` is set: it also rendered and
     stored an overlay PNG per frame. Same OpenCV calls, same Redis traffic (one more pipeline per batch)."""
     if Run.legacy_overlay:
         pipe = cache._client.pipeline(transaction=False)
@@ -170,8 +170,8 @@ class Run:
     """One detector on fresh topics of the shared local stack."""
 
     overlay_max_side = 256  # the service's default; --overlay-max-side changes it for every run
-    fetch_wait_ms = 10  # the service's default (issue 12); the floor comparison sets 500 (librdkafka's default)
-    legacy_overlay = False  # True: also render the overlay PNG per frame, as the detector did before issue 12
+    fetch_wait_ms = 10  # the service's default; the floor comparison sets 500 (librdkafka's default)
+    legacy_overlay = False  # True: also render the overlay PNG per frame, as the old detector did
 
     def __init__(self, stack: Any, model: Any, batch: int, wait_ms: float, threads: int, tag: str) -> None:
         self.topics = {name: f"bench-{tag}-{name}" for name in ("frames", "results", "breaches", "dead_letters")}
@@ -413,7 +413,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a checkpoint; default: the default architecture, 1 epoch")
     parser.add_argument("--overlay-max-side", type=int, default=256, help="heatmap overlay PNG side")
     parser.add_argument("--legacy-overlay", choices=("off", "on", "both"), default="off",
-                        help="also render the per-frame overlay PNG like the detector before issue 12; both: "
+                        help="also render the per-frame overlay PNG like the old detector; both: "
                              "interleave pipeline runs without and with it")
     parser.add_argument("--fetch-wait-ms", type=int, default=10, help="the detector's fetch.wait.max.ms")
     parser.add_argument("--floor-fetch-waits", default="", help="e.g. 500,10: light load at each, interleaved")

@@ -1,4 +1,4 @@
-"""GPU benchmark of the line (issue 12 item 6): torch CUDA variants, ONNX Runtime CUDA/TensorRT, JPEG decode
+"""GPU benchmark of the line: torch CUDA variants, ONNX Runtime CUDA/TensorRT, JPEG decode
 (CPU pool vs nvJPEG) and the line in one process (JPEG bytes -> decode -> model -> scores and maps on the host).
 
 Prepared for a short slot (<= 8 min) on a lent GPU machine (one H200, no internet, no Kafka/Redis)::
@@ -64,7 +64,7 @@ except ImportError as exc:  # the two hard requirements; the optional ones are c
 if TYPE_CHECKING:
     from linewatch.detector.model.inference import AnomalyModel
 
-GOAL_FPS = 5000  # issue 12 item 6: end to end on one H200
+GOAL_FPS = 5000  # the goal: end to end on one H200
 FRAME_SIDE = 256  # synthetic camera frames; the model resizes them to its own input size
 WARMUP_BATCHES = 2  # first calls build kernels, cuDNN plans, compiled graphs, TensorRT engines; not timed
 MIN_BATCHES = 3
@@ -150,7 +150,7 @@ class Report:
 
     def markdown(self) -> str:
         """Header, one table (sections in a fixed order), the goal line."""
-        lines = ["# GPU line benchmark (issue 12 item 6)", ""]
+        lines = ["# GPU line benchmark", ""]
         lines += [f"- {key}: {value}" for key, value in self.header.items()]
         lines += [f"- {KAFKA_NOTE}", "", "| section | case | batch | frames/s | p50 ms | p99 ms | note |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]

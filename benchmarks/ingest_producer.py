@@ -1,4 +1,4 @@
-"""Frames/s and MB/s one camera producer sustains into the local broker (issue 4).
+"""Frames/s and MB/s one camera producer sustains into the local broker.
 
 Encode time (resize-free JPEG encode of realistic synthetic parts) is measured apart from send time
 (pre-encoded frames through :class:`ingest.producer.FrameProducer`, acks=all + idempotence, until
@@ -13,7 +13,6 @@ Uses ``KAFKA_BOOTSTRAP_SERVERS`` when set, else starts a local Tansu broker.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 import uuid
@@ -22,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import common
 from linewatch.common.settings import KafkaSettings, TopicSettings
 from linewatch.common.topics import ensure_topics
 from linewatch.deploy.local import start_local_stack
@@ -109,8 +109,8 @@ def main() -> None:
     cv2.setNumThreads(1)
     stack = start_local_stack()
     try:
-        print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
-              f"opencv {cv2.__version__}, broker {stack.bootstrap_servers}")
+        common.print_header()
+        print(f"opencv {cv2.__version__}, broker {stack.bootstrap_servers}")
         print("| frame | JPEG size (KiB) | encode (ms/frame) | send frames/s | send MB/s | "
               "camera loop frames/s | camera loop MB/s |")
         print("|---|---|---|---|---|---|---|")

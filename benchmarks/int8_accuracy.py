@@ -4,10 +4,10 @@ Per set, a cheap model of the DEFAULT architecture (efficientnet_lite0, default 
 trained on every 4th good training image (at most ``--max-train``); its OpenVINO fp32 graph is the
 reference (it equals torch to 4 decimals, tests/backends/test_backends_realdata.py). Every lever is an
 NNCF configuration (ignored scope, preset, bias correction, SmoothQuant for convolutions, calibration
-size); each is quantized once and evaluated on both halves of the set's test images
-(benchmarks/splits/<set>.json): the lever is CHOSEN on the dev halves and REPORTED on the test halves.
-Beside AUROC, each lever's fidelity to fp32 on held-out good training images (never used for training
-or calibration) is recorded: that is what ``linewatch export --int8`` can measure without defects.
+size; the list: ``benchmarks/sweeps/int8_accuracy.toml``); each is quantized once and evaluated on both
+halves of the set's test images (benchmarks/splits/<set>.json): the lever is CHOSEN on the dev halves and
+REPORTED on the test halves. Beside AUROC, each lever's fidelity to fp32 on held-out good training images
+(never used for training or calibration) is recorded: what ``linewatch export --int8`` can measure without defects.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/int8_accuracy.py --out /tmp/int8.json
 """
@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+import common
 from linewatch.common.images import ImageRecord, list_test, list_train_good, load_mask, load_rgb
 from linewatch.detector.evaluation.metrics import PixelAccumulator, auroc, quantile_edges
 from linewatch.detector.model.backends.graph import GraphModel
@@ -34,41 +33,21 @@ from linewatch.detector.model.export import Int8Options, export_graph, fidelity,
 from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.model.training.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parent
-SHARED = ROOT.parents[1] / "shared" / "datasets"
-SPLITS = ROOT / "splits"
-# levers before session 6 spelled out with the first block quantized (the export keeps it fp32 since)
-BEFORE = partial(Int8Options, fp32_first_block=False)
-BACKBONES = partial(BEFORE, scope="backbones", fp32_stems=False)  # the scope before this comparison
 ALL = "all"  # calibrate on up to 300 good training images (not the held-out ones), not just the training subset
-LEVERS: dict[str, tuple[Int8Options, str]] = {
-    "backbones (current)": (BACKBONES(), "train"),  # the export's scope before this comparison
-    "backbones, fp32 stems": (BACKBONES(fp32_stems=True), "train"),
-    "teacher only": (BEFORE(scope="teacher", fp32_stems=False), "train"),
-    "teacher only, fp32 stem": (BEFORE(scope="teacher", fp32_stems=True), "train"),  # the default of sessions 3-5
-    "backbones, performance preset": (BACKBONES(preset="performance"), "train"),
-    "backbones, full bias correction": (BACKBONES(fast_bias_correction=False), "train"),
-    "backbones, SmoothQuant conv 0.5": (BACKBONES(smooth_quant_conv=0.5), "train"),
-    "backbones, widest ranges": (BACKBONES(widest_ranges=True), "train"),
-    "backbones, fp32 stems, widest ranges": (BACKBONES(fp32_stems=True, widest_ranges=True), "train"),
-    "backbones, all calibration images": (BACKBONES(), ALL),
-    # the stride-2/4 blocks feed the finest tap (block 2) directly
-    "backbones, fp32 stems + blocks 0-2": (BEFORE(
-        scope="backbones", fp32_stems=True, fp32_patterns=(r".*_blocks\.[0-2]/.*",)), "train"),
-    # the convolutions whose outputs are the tapped features
-    "backbones, fp32 stems + tap projections": (BEFORE(
-        scope="backbones", fp32_stems=True, fp32_patterns=(r".*_blocks\.(2|4|10)/_project_conv.*",)), "train"),
-    "teacher only, fp32 stem, all calibration images": (BEFORE(scope="teacher", fp32_stems=True), ALL),
-    # session 4: the default scope plus one more fp32 region each (mvtec3d_tire still missed the bound)
-    "teacher only, fp32 stem + tap projections": (BEFORE(
-        scope="teacher", fp32_stems=True, fp32_patterns=(r".*_blocks\.(2|4|10)/_project_conv.*",)), "train"),
-    "teacher only, fp32 stem + blocks 0-2": (BEFORE(
-        scope="teacher", fp32_stems=True, fp32_patterns=(r".*_blocks\.[0-2]/.*",)), "train"),
-    "teacher only, fp32 stem, widest ranges": (BEFORE(scope="teacher", fp32_stems=True, widest_ranges=True),
-                                               "train"),
-    # session 6: the default now; the teacher's block 0 is what accuracy-controlled quantization gave back to fp32
-    "teacher only, fp32 stem + block 0": (Int8Options(), "train"),
-}
+
+
+def load_levers(sweep: dict[str, Any]) -> dict[str, tuple[Int8Options, str]]:
+    """Lever name -> (options, calibration source) from benchmarks/sweeps/int8_accuracy.toml, in file order."""
+    bases = sweep.get("bases", {})
+    levers = {}
+    for lever in sweep["levers"]:
+        fields = {**bases.get(lever.get("base", ""), {}), **lever.get("options", {})}
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        levers[lever["name"]] = (Int8Options(**fields), lever["calibration"])
+    return levers
+
+
+LEVERS: dict[str, tuple[Int8Options, str]] = load_levers(common.load_sweep("int8_accuracy"))
 
 
 def graph_model(base: AnomalyModel, xml: Path, precision: str) -> GraphModel:
@@ -90,7 +69,7 @@ def predictions(model: Any, images: list[np.ndarray]) -> tuple[np.ndarray, list[
 
 def halves(name: str, data: Path) -> dict[str, list[ImageRecord]]:
     """The set's dev and test halves of its test images."""
-    split = json.loads((SPLITS / f"{name}.json").read_text())
+    split = json.loads((common.SPLITS / f"{name}.json").read_text())
     by_path = {str(r.path.relative_to(data)): r for r in list_test(data)}
     return {half: [by_path[p] for p in split[half]] for half in ("dev", "test")}
 
@@ -105,7 +84,7 @@ def metrics(scores: np.ndarray, maps: list[np.ndarray], records: list[ImageRecor
 
 
 def run_set(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    data = SHARED / name / name
+    data = common.dataset(name)
     good = list_train_good(data)
     train_records, rest = good[::4][:args.max_train], [r for i, r in enumerate(good) if i % 4]
     held = {r.path for r in rest[::max(1, len(rest) // args.held_out)][:args.held_out]}
@@ -156,7 +135,9 @@ def run_set(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default=",".join(sorted(p.name for p in SHARED.glob("*") if p.is_dir())))
+    every_set = ",".join(sorted(p.name for p in common.datasets_dir().glob("*") if p.is_dir()))
+    parser.add_argument("--sets", default=every_set,
+                        help="comma-separated set names (default: every set in LINEWATCH_DATASETS)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--max-train", type=int, default=96)
     parser.add_argument("--held-out", type=int, default=48, help="good training images for the fidelity measure")
@@ -175,7 +156,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor(),
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": common.machine(),
                               "load_before": os.getloadavg(), "sets": {}}
     for name in args.sets.split(","):
         report["sets"][name] = run_set(name, args, work)

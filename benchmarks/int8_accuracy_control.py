@@ -24,6 +24,7 @@ import int8_accuracy as lever_sweep
 import numpy as np
 import torch
 
+import common
 from linewatch.common.images import list_train_good, load_rgb
 from linewatch.detector.evaluation.metrics import quantile_edges
 from linewatch.detector.model.export import HEAD_OP_TYPES, calibration_items
@@ -47,7 +48,7 @@ def main() -> None:
     import openvino as ov
 
     torch.set_num_threads(2)
-    data = lever_sweep.SHARED / args.set / args.set
+    data = common.dataset(args.set)
     base = AnomalyModel.load(args.work / f"{args.set}.safetensors", "cpu")
     good = list_train_good(data)
     calibration = list(calibration_items(base, [load_rgb(r.path) for r in good[::4][:96]]))

@@ -1,4 +1,4 @@
-"""Memory, time and exactness of the streamed pixel metrics (issue 3, metrics item).
+"""Memory, time and exactness of the streamed pixel metrics.
 
 583 anomaly maps of 256x256 (38 M pixels, the size of magnetic_tile's test split at model size)
 with heavy-tailed scores and blob-shaped defect regions (some large, as ``uneven``) are accumulated
@@ -13,13 +13,13 @@ binned AUPRO with the exact accumulator (every distinct score an edge) on a 1/10
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 import tracemalloc
 
 import cv2
 import numpy as np
 
+import common
 from linewatch.detector.evaluation.metrics import auroc
 from linewatch.detector.evaluation.pixel_metrics import PixelAccumulator, quantile_edges
 
@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
     maps, masks = make_maps(args.maps, args.size)
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, numpy {np.__version__}")
+    common.print_header()
+    print(f"numpy {np.__version__}")
     print(f"{args.maps} maps of {args.size}x{args.size} = {maps.size / 1e6:.1f} M pixels "
           f"({masks.sum() / masks.size:.1%} defective), maps hold {maps.nbytes / 2**20:.0f} MiB")
 

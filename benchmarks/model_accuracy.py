@@ -6,8 +6,9 @@ every defect type and of the good images each); the split is written down as fil
 ``train/good`` only; its per-layer distance maps are then scored on both halves with every variant
 (which taps make the map, per-layer normalisation, Gaussian smoothing, which taps and rule make the image
 score), without retraining. ``--phase table`` picks the configuration with the best mean over sets on the
-DEV halves and writes the TEST-half table to ``benchmarks/results/model_accuracy.md`` (``--dev-only``:
-the dev table alone, to choose before any test figure is seen; ``--out``: another file).
+DEV halves and writes the TEST-half table to ``runs/accuracy/model_accuracy.md`` (``--dev-only``:
+the dev table alone, to choose before any test figure is seen; ``--out``: another file). The configurations
+are in ``benchmarks/sweeps/model_accuracy.toml``; the data sets in ``LINEWATCH_DATASETS`` (benchmarks/common.py).
 
     nice -n 10 .venv/bin/python benchmarks/model_accuracy.py --phase all       # train what is missing, evaluate, table
     .venv/bin/python benchmarks/model_accuracy.py --phase train --configs today,s4_256
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+import common
 from linewatch.common.images import ImageRecord, list_test, list_train_good, load_mask, load_rgb
 from linewatch.detector.evaluation.metrics import auroc
 from linewatch.detector.evaluation.pixel_metrics import PixelAccumulator, quantile_edges
@@ -36,11 +37,8 @@ from linewatch.detector.model.stfpm.anomaly_map import fuse_layer_maps, gaussian
 from linewatch.detector.model.stfpm.loss import layer_distance
 from linewatch.detector.model.training.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parent
-SHARED = ROOT.parents[1] / "shared" / "datasets"
-SPLITS = ROOT / "splits"
-RUNS = ROOT.parent / "runs" / "accuracy"
-RESULTS = ROOT / "results" / "model_accuracy.md"
+RUNS = common.RUNS / "accuracy"
+TABLE = RUNS / "model_accuracy.md"  # the curated benchmarks/results/model_accuracy.md is kept by hand
 SPLIT_SEED = 20261129
 FALSE_ALARM_RATES = (0.01, 0.001)
 
@@ -75,7 +73,7 @@ class Variant:
     # ratios matter to AUROC and AUPRO (a power of the whole map ranks the same); a larger deep-tap exponent
     # leans the map toward the tap that sees large regions while the fine taps still place it
     tap_weights: tuple[float, ...] = ()
-    # session 6: a SUM of two maps, the fine product (``map_taps``) and the product over ``coarse_taps``, each
+    # a SUM of two maps, the fine product (``map_taps``) and the product over ``coarse_taps``, each
     # standardised by its mean and spread over the held-out good images' pixels, the coarse one weighted by
     # ``coarse_weight``. A product is high only where every tap agrees; a sum is high where either map is, so a
     # large low-contrast region that only the deep taps see is not multiplied away by the fine taps
@@ -117,117 +115,38 @@ class SweepConfig:
     variants: tuple[Variant, ...] = field(default=(Variant(),))
 
 
-def _lite(name: str, size: int, taps: tuple[int, ...], **kw: Any) -> SweepConfig:
-    variants = (Variant(0.0, 1), Variant(4.0 * size / 256, 1), Variant(0.0, 10), Variant(4.0 * size / 256, 10))
-    return SweepConfig(name, TrainConfig(image_size=size, taps=taps, patience=3, **kw), variants)
+def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
+    """TOML lists as the tuples the dataclasses hold."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
-FOUR_TAP_VARIANTS = (
-    Variant(),  # the model's own rule: product over taps 2/4/10/14
-    Variant(sigma=2.0),
-    Variant(top_k=10),
-    Variant(map_taps=(2, 4, 10)),
-    Variant(map_taps=(10, 14)),  # the previous default's map, from this student (8x8: for comparison only)
-    Variant(map_taps=(2, 4, 10, 14), normsum=True),
-    Variant(map_taps=(2, 4, 10), score="geomean", score_taps=(10, 14)),
-    Variant(map_taps=(2, 4, 10, 14), score="zsum", score_taps=(10, 14)),
-    # session 5: the deep taps weighted up in the product (large low-contrast regions, image-level strength)
-    Variant(tap_weights=(1.0, 1.0, 2.0, 2.0)),
-    Variant(tap_weights=(1.0, 1.0, 1.0, 2.0)),
-    Variant(tap_weights=(1.0, 1.0, 3.0, 3.0)),
-    Variant(tap_weights=(1.0, 1.0, 2.0, 2.0), score="zsum", score_taps=(10, 14)),
-    Variant(tap_weights=(1.0, 1.0, 3.0, 3.0), score="zsum", score_taps=(10, 14)),
-)
+def load_configs(sweep: dict[str, Any]) -> dict[str, SweepConfig]:
+    """The sweep's configurations (benchmarks/sweeps/model_accuracy.toml), in file order."""
+    sets = sweep.get("variant_sets", {})
+    configs = {}
+    for name, entry in sweep["configs"].items():
+        variants = entry.get("variants", [{}])
+        if isinstance(variants, str):
+            variants = sets[variants]
+        configs[name] = SweepConfig(name, TrainConfig(**_tuples(entry.get("train", {}))),
+                                    tuple(Variant(**_tuples(v)) for v in variants))
+    return configs
 
-# Sessions 1-3 trained without the batch-norm refresh (refresh_bn_stats=False, the default, is their recipe).
-TODAY = SweepConfig("today", TrainConfig(image_size=128, taps=(10, 14), sigma=0.0, resize_mode="squash", epochs=20,
-                                         refresh_bn_stats=False), (Variant(),))
-S4_192 = _lite("s4_192", 192, (2, 4, 10), epochs=15, refresh_bn_stats=False)
 
-# Taps of efficientnet_lite0: blocks 2, 4, 10 end the stride-4, -8 and -16 stages (the paper's ResNet
-# layers 1-3 geometry); 10/14 is the previous default (strides 16, 32).
-CONFIGS: dict[str, SweepConfig] = {
-    "today": TODAY,
-    "s4_256": _lite("s4_256", 256, (2, 4, 10), epochs=15, refresh_bn_stats=False),
-    "s4_192": S4_192,
-    # strides 4/8/16 plus the stride-32 tap of the previous default (large low-contrast regions)
-    "s4s32_256": _lite("s4s32_256", 256, (2, 4, 10, 14), epochs=15, refresh_bn_stats=False),
-    # the same four taps at 192 px with lr 0.1 (s4s32_256 diverged at lr 0.4); its maps are scored per tap
-    # group (fine taps for the map, deep taps for the image score) without retraining
-    "s4s32_192": SweepConfig("s4s32_192", TrainConfig(image_size=192, taps=(2, 4, 10, 14), patience=3, epochs=15,
-                                                      lr=0.1, refresh_bn_stats=False), (
-        Variant(map_taps=(2, 4, 10)),  # today's map and score, from a 4-tap student
-        Variant(map_taps=(2, 4, 10, 14)),  # product over all four taps
-        Variant(map_taps=(2, 4, 10), score="taps", score_taps=(10, 14)),  # map from fine taps, score from deep
-        Variant(map_taps=(2, 4, 10), score="geomean", score_taps=(10, 14)),
-        Variant(map_taps=(2, 4, 10, 14), normsum=True),
-        Variant(map_taps=(2, 4, 10), normsum=True, score="geomean", score_taps=(10, 14)),
-        Variant(map_taps=(2, 4, 10), score="zsum", score_taps=(10, 14)),
-        Variant(map_taps=(2, 4, 10, 14), normsum=True, score="zsum", score_taps=(10, 14)),
-    )),
-    # session 4: at 128 px the stride-4 tap alone gives a 32x32 map, and taps 10/14 see what the previous
-    # default saw (same input size); constant lr 0.4 (the paper's) vs warm-up + cosine decay; "_bn": the
-    # student's batch-norm statistics recomputed on the training images before each validation
-    **{f"s4s32_128{schedule}{bn}": SweepConfig(
-        f"s4s32_128{schedule}{bn}",
-        TrainConfig(image_size=128, taps=(2, 4, 10, 14), patience=3, epochs=20,
-                    lr_schedule="cosine" if schedule else "constant", refresh_bn_stats=bool(bn)),
-        FOUR_TAP_VARIANTS) for schedule in ("", "_cos") for bn in ("", "_bn")},
-    **{f"s4s32_{size}_bn": SweepConfig(f"s4s32_{size}_bn", TrainConfig(image_size=size, taps=(2, 4, 10, 14), patience=3,
-                                                                     epochs=20, refresh_bn_stats=True),
-                                       FOUR_TAP_VARIANTS)
-       for size in (160, 192)},
-    **{f"{name}_bn": SweepConfig(f"{name}_bn", replace(CONFIG.train, refresh_bn_stats=True), CONFIG.variants)
-       for name, CONFIG in (("today", TODAY), ("s4_192", S4_192))},
-    # session 5: the product's training default (what `linewatch train DATA` does; equal fusion weights spelled
-    # out), for runs on full training sets (--max-train 0); the variants score a smoothed copy of the map or
-    # weight the layer maps in the product (TrainConfig.tap_weights)
-    "default": SweepConfig("default", TrainConfig(tap_weights=()), (
-        Variant(), Variant(top_k=10), Variant(score_sigma=8.0), Variant(score_sigma=16.0), Variant(sigma=8.0),
-        *(Variant(tap_weights=w) for w in ((1.0, 1.0, 2.0), (1.0, 1.0, 4.0), (1.0, 2.0, 4.0))),
-        Variant(map_taps=(10,)))),  # tap 10 alone, 12x12: a diagnostic, not a candidate
-    # the same with the student's batch-norm statistics refreshed before each validation: on magnetic_tile's full
-    # training set the default's validation loss rose after epoch 2 and early stopping kept that epoch
-    "default_bn": SweepConfig("default_bn", TrainConfig(refresh_bn_stats=True, tap_weights=()),
-                              (Variant(), Variant(score_sigma=8.0))),
-    # session 6: the larger offline teachers (the `teachers` extra) in the default's recipe: the same strides
-    # 4/8/16 (their taps 3/6/14), 192 px, a 48x48 map
-    **{f"lite{n}": SweepConfig(f"lite{n}", TrainConfig(backbone=f"efficientnet_lite{n}", tap_weights=()), (
-        Variant(), Variant(top_k=10), Variant(tap_weights=(1.0, 1.0, 2.0)))) for n in (1, 2)},
-    # the default with aspect-preserving input (the long side scaled to 192 px, the rest padded), not squashed
-    "default_letterbox": SweepConfig("default_letterbox", TrainConfig(resize_mode="letterbox", tap_weights=()),
-                                     (Variant(), Variant(top_k=10))),
-    # session 6: the 4-tap student at 128 px with the fine product and the deep (previous default's) product
-    # SUMMED after standardisation, not multiplied (Variant.coarse_taps)
-    "s4s32_128_plus": SweepConfig("s4s32_128_plus", TrainConfig(image_size=128, taps=(2, 4, 10, 14), tap_weights=()), (
-        Variant(), Variant(map_taps=(10, 14)),
-        *(Variant(map_taps=fine, coarse_taps=(10, 14), coarse_weight=w)
-          for fine in ((2, 4, 10, 14), (2, 4, 10)) for w in (0.5, 1.0, 2.0)))),
-    # session 7: the "coarse" recipe: a 4-tap student at 128 px that shows the fine product (taps 2/4/10, 32x32)
-    # and reads the image score from the deep product (taps 10/14, the previous default's map); variants: the map
-    # over all four taps, and the deep map alone (8x8, for reference)
-    "coarse2map": SweepConfig("coarse2map", TrainConfig(image_size=128, taps=(2, 4, 10, 14), map_taps=(2, 4, 10),
-                                                        score_taps=(10, 14), tap_weights=()), (
-        Variant(map_taps=(2, 4, 10), score="taps", score_taps=(10, 14)),
-        Variant(map_taps=(2, 4, 10, 14), score="taps", score_taps=(10, 14)),
-        Variant(map_taps=(10, 14)))),
-    "s4_256_letterbox": _lite("s4_256_letterbox", 256, (2, 4, 10), epochs=15, resize_mode="letterbox",
-                                 refresh_bn_stats=False),
-    "s8_256": _lite("s8_256", 256, (4, 7, 10), epochs=15, refresh_bn_stats=False),
-    "s4_320": _lite("s4_320", 320, (2, 4, 10), epochs=15, refresh_bn_stats=False),
-}
+CONFIGS: dict[str, SweepConfig] = load_configs(common.load_sweep("model_accuracy"))
 
 
 def data_sets() -> dict[str, Path]:
     """Every shared set in MVTec layout (``<set>/<set>/test``)."""
-    if not SHARED.is_dir():
-        raise SystemExit(f"no shared data sets at {SHARED}")
-    return {d.name: d / d.name for d in sorted(SHARED.iterdir()) if (d / d.name / "test").is_dir()}
+    shared = common.datasets_dir()
+    if not shared.is_dir():
+        raise SystemExit(f"no shared data sets at {shared} (set LINEWATCH_DATASETS)")
+    return {d.name: d / d.name for d in sorted(shared.iterdir()) if (d / d.name / "test").is_dir()}
 
 
 def split(name: str, root: Path) -> dict[str, list[str]]:
     """The set's fixed dev/test halves (paths relative to ``root``), written once to benchmarks/splits."""
-    path = SPLITS / f"{name}.json"
+    path = common.SPLITS / f"{name}.json"
     if path.is_file():
         return dict(json.loads(path.read_text()))
     halves: dict[str, list[str]] = {"dev": [], "test": []}
@@ -241,7 +160,7 @@ def split(name: str, root: Path) -> dict[str, list[str]]:
         cut = (len(files) + 1) // 2
         halves["dev"] += sorted(files[:cut])
         halves["test"] += sorted(files[cut:])
-    SPLITS.mkdir(parents=True, exist_ok=True)
+    common.SPLITS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(halves, indent=1) + "\n")
     return halves
 
@@ -536,8 +455,7 @@ def table(rows: list[dict[str, Any]], sets: list[str], command: str, dev_only: b
     """The results file: machine, command, date; dev-half ranking; test-half figures of today and the choice
     (left out with ``dev_only``, so that the choice is made before any test figure is seen)."""
     best = choose(rows, sets)
-    lines = [f"# Model accuracy sweep\n\nMachine: {platform.machine()}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}. Date: {time.strftime('%Y-%m-%d')}. Command: `{command}`.\n",
+    lines = [f"# Model accuracy sweep\n\n{common.machine_line(common.machine(command))}\n",
              "Settings were chosen on the dev halves only (file lists in benchmarks/splits/); the figures in the "
              "test-half tables were not looked at for the choice.\n",
              "## Dev halves: every configuration (mean over sets of image AUROC, pixel AUROC, AUPRO)\n",
@@ -587,10 +505,10 @@ def main() -> None:
     """Parse, then train / evaluate / tabulate."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase", choices=("train", "eval", "table", "all"), default="all")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names from CONFIGS")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help="comma-separated names from benchmarks/sweeps/model_accuracy.toml")
     parser.add_argument("--sets", default="", help="comma-separated set names (default: every shared set)")
-    # one thread: on a shared 2-core machine, two OpenMP threads under load spend their time in barriers
-    # (the default 128 px config trained at 1 image/s with 2 threads under load, ~50 alone)
+    # one thread: OpenMP teams under load spend their time in barriers (docs/decisions/0004-omp-wait-policy-passive.md)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=0, help="override every config's epochs (smoke runs)")
     parser.add_argument("--max-train", type=int, default=120,
@@ -598,7 +516,7 @@ def main() -> None:
                              "configuration (the sweep's budget on 2 cores); 0: all")
     parser.add_argument("--dev-only", action="store_true",
                         help="table without the test halves: make the choice before seeing any test figure")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where --phase table writes its table")
+    parser.add_argument("--out", type=Path, default=TABLE, help="where --phase table writes its table")
     parser.add_argument("--runs", type=Path, default=RUNS,
                         help="checkpoints and evaluation caches (one folder per --max-train protocol)")
     args = parser.parse_args()
@@ -625,6 +543,7 @@ def main() -> None:
         text = table(rows, list(sets), f"python benchmarks/model_accuracy.py --phase {args.phase} "
                                        f"--configs {args.configs} --max-train {args.max_train}"
                                        + (" --dev-only" if args.dev_only else ""), args.dev_only)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
         print(text)
 

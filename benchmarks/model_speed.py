@@ -21,7 +21,7 @@ Needs a venv with both linewatch and anomalib (see benchmarks/anomalib_env.sh)::
 
 Without anomalib (``--no-peer``) it runs from the project venv and measures ours only.
 
-``--backends`` (issue 12) measures the default configuration (efficientnet_lite0, default taps) at the
+``--backends`` measures the default configuration (efficientnet_lite0, default taps) at the
 default input size (``--sizes``; 192 px, taps 2/4/10 since the accuracy sweep) through its whole
 ``predict`` path (uint8 frames -> calibrated scores,
 verdicts and maps on the host) on every backend and precision of ``linewatch.detector.model.backends``
@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import tempfile
@@ -57,6 +56,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+import common
 from linewatch.detector.model.stfpm.backbones import get_spec
 from linewatch.detector.model.stfpm.loss import stfpm_loss
 from linewatch.detector.model.stfpm.torch_model import STFPM
@@ -182,7 +182,7 @@ def make_backend_variants(size: int, threads: int, workdir: str) -> list[Any]:
     good = [render_sample(i, size=FRAME_SIDE, defect_probability=0.0).image for i in range(32)]
     int8_xml = f"{workdir}/lite0-{size}-int8.xml"
     ov.save_model(quantize_graph(base, ov.Core().read_model(str(graph)), good), int8_xml, compress_to_fp16=False)
-    # the scope of sessions 3-5 (the teacher's first block quantized too): what keeping it fp32 costs
+    # the earlier scope (the teacher's first block quantized too): what keeping it fp32 costs
     block0_xml = f"{workdir}/lite0-{size}-int8-block0.xml"
     ov.save_model(quantize_graph(base, ov.Core().read_model(str(graph)), good, Int8Options(fp32_first_block=False)),
                   block0_xml, compress_to_fp16=False)
@@ -396,7 +396,7 @@ def main() -> None:
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--out", help="write the JSON summary here too")
     parser.add_argument("--backends", action="store_true",
-                        help="issue 12: ours per backend and precision (predict path) vs anomalib torch + OpenVINO")
+                        help="ours per backend and precision (predict path) vs anomalib torch + OpenVINO")
     parser.add_argument("--sizes", default=str(TrainConfig().image_size),
                         help="our input sizes for --backends (default: the default model's)")
     parser.add_argument("--peer-sizes", default=str(PEER_DEFAULT_SIZE),
@@ -418,7 +418,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     peer = not args.no_peer
     report: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": common.machine(),
         "cpus": os.cpu_count(), "load_before": os.getloadavg(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
         "lite0_default_taps": list(get_spec("efficientnet_lite0").default_taps), "frame_side": FRAME_SIDE}

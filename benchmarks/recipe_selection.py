@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from model_accuracy import CONFIGS, METRICS, RUNS, checkpoint_path, data_sets, validation_images
 
+import common
 from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.model.training.recipe_choice import (
     CANDIDATES,
@@ -82,7 +82,7 @@ def main() -> None:
         row["synthetic"].pop("image_scores", None)
         row.pop("labels")
     out = args.out or args.runs / "recipe_selection.json"
-    out.write_text(json.dumps({"machine": f"{platform.node()} {platform.processor()}", "date": time.strftime("%F"),
+    out.write_text(json.dumps({"machine": common.machine(), "date": time.strftime("%F"),
                                "command": "benchmarks/recipe_selection.py " + " ".join(
                                    f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
                                "rows": rows}, indent=1) + "\n")

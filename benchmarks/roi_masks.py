@@ -1,4 +1,4 @@
-"""Cost of region masks in ``predict`` (issue 17): the same 8-frame batch with and without per-frame masks.
+"""Cost of region masks in ``predict``: the same 8-frame batch with and without per-frame masks.
 
 torch skips the multiply when no mask is given; the ONNX Runtime graph always takes a masks input (all
 ones without regions). Interleaved rounds, medians; one thread. Usage: ``python benchmarks/roi_masks.py``.
@@ -6,6 +6,7 @@ ones without regions). Interleaved rounds, medians; one thread. Usage: ``python 
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -16,11 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import common
+
 ROUNDS = 40
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(1)
+    common.print_header()
     work = Path(tempfile.mkdtemp(prefix="roi-bench-"))
     os.environ["LINEWATCH_CACHE_DIR"] = str(work / "cache")
     from linewatch.detector.model.backends import load_model

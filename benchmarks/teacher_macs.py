@@ -1,4 +1,4 @@
-"""Multiply-adds of each offline teacher, truncated at its default taps, at one input size (issue 11).
+"""Multiply-adds of each offline teacher, truncated at its default taps, at one input size.
 
 Counted over the convolutions with forward hooks (output elements x kernel area x input channels per
 group); batch norms and activations are left out. One backbone: the student costs the same again.
@@ -13,6 +13,7 @@ import argparse
 import torch
 from torch import nn
 
+import common
 from linewatch.detector.model.stfpm.backbones import get_spec
 
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=192)
     args = parser.parse_args()
+    common.print_header()
     base = None
     for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
         spec = get_spec(name)
