@@ -10,7 +10,7 @@ PACKAGES := -p linewatch
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,local,teachers]'
+	$(BIN)/python -m pip install -q -e '.[all,test,teachers]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -20,8 +20,10 @@ install: $(STAMP)
 system-deps:
 	@sh deploy/system-deps.sh
 
+# From a checkout the summary lands in ./demo-out (git-ignored); an installed `linewatch demo` writes to
+# $$XDG_STATE_HOME/linewatch/demo instead of the current folder.
 demo: install system-deps
-	$(BIN)/linewatch demo
+	$(BIN)/linewatch demo --out demo-out
 
 lint: install
 	$(BIN)/ruff check .

@@ -12,23 +12,24 @@ Content-Security-Policy (own scripts, styles and images only; no framing), ``X-F
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from linewatch.alerts import audit_routes
 from linewatch.alerts.history import AlertHistory
 from linewatch.alerts.metrics import AlertsMetrics
 from linewatch.alerts.routes import alerts as alert_routes
 from linewatch.alerts.routes import cameras as camera_routes
 from linewatch.alerts.routes import health as health_routes
 from linewatch.alerts.routes import pages as page_routes
+from linewatch.alerts.routes import refusals as refusal_routes
 from linewatch.alerts.routes.deps import ApiContext, User, identity, overlay_url
 from linewatch.alerts.settings import AlertsSettings
 
@@ -90,6 +91,29 @@ def add_routes(app: FastAPI, router: APIRouter) -> None:
     app.router.routes.extend(router.routes)
 
 
+def registry_routes(ctx: ApiContext) -> APIRouter:
+    """The audit and feedback routes; they need the registry database client (the ``lifecycle`` extra).
+
+    Without it (an alerts box installed with ``linewatch[alerts]`` only) they answer 503 and say what to
+    install, and the rest of the API works, as when the database is unreachable.
+    """
+    if importlib.util.find_spec("sqlalchemy") is not None:
+        from linewatch.alerts import audit_routes
+
+        return audit_routes.router(identity, redis=ctx.redis, prefix=ctx.prefix)
+    log.warning("audit and feedback routes off: the registry database client is not installed "
+                "(pip install 'linewatch[lifecycle]')")
+    routes = APIRouter()
+    who = Depends(identity)  # still 401 first: an unauthenticated caller learns nothing about the install
+
+    @routes.api_route("/api/audit", methods=["GET"])
+    @routes.api_route("/api/feedback", methods=["POST"])
+    def not_installed(_who: str = who) -> None:
+        raise HTTPException(503, "the registry database client is not installed: pip install 'linewatch[lifecycle]'")
+
+    return routes
+
+
 def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = None,
                state_client: Any = None) -> FastAPI:
     """The FastAPI application. ``client``: the heatmap cache's redis client, ``state_client`` the alert
@@ -99,8 +123,7 @@ def create_app(settings: AlertsSettings, metrics: AlertsMetrics, client: Any = N
     app.state.context = ctx
     app.middleware("http")(security_headers)
     for router in (health_routes.router(metrics_public=settings.http.metrics_public), page_routes.router,
-                   camera_routes.router, alert_routes.router,
-                   audit_routes.router(identity, redis=ctx.redis, prefix=ctx.prefix)):
+                   camera_routes.router, alert_routes.router, refusal_routes.router, registry_routes(ctx)):
         add_routes(app, router)
     app.mount("/static", StaticFiles(directory=page_routes.WEB_DIR), name="static")
     return app

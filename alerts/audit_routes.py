@@ -27,6 +27,7 @@ from linewatch.common import cache_keys
 from linewatch.common.heatmap_codec import HeatmapDataError, read_overlay
 from linewatch.detector.registry.audit import query_audit
 from linewatch.detector.registry.db import Database
+from linewatch.detector.registry.errors import RegistryError
 from linewatch.detector.registry.feedback import FeedbackError, record_feedback
 from linewatch.detector.registry.settings import RegistrySettings
 from linewatch.detector.registry.times import parse_since
@@ -67,6 +68,8 @@ class _Registry:
                 self._db = Database(RegistrySettings().registry.database_url)
             except SQLAlchemyError as exc:
                 raise HTTPException(503, f"registry database unavailable: {type(exc).__name__}") from None
+            except RegistryError as exc:  # e.g. at another schema revision: say which, and how to fix it
+                raise HTTPException(503, str(exc)) from None
         return self._db
 
 

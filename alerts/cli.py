@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from typing import Any
 
 
@@ -24,26 +22,17 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
+# argparse dest -> the AlertsSettings field it overrides
+FLAGS = {"host": "http.host", "port": "http.port", "bootstrap_servers": "kafka.bootstrap_servers",
+         "redis_url": "redis.url", "alertmanager_url": "alertmanager_url"}
+
+
 def _run(args: argparse.Namespace) -> int:
     from linewatch.alerts.service import run_alerts
     from linewatch.alerts.settings import AlertsSettings
-    from linewatch.common.settings import load_settings
+    from linewatch.common.service_runner import Overrides, run_service
 
-    base = load_settings(AlertsSettings)
-    http = base.http.model_copy(update={key: value for key, value in
-                                        {"host": args.host, "port": args.port}.items() if value is not None})
+    overrides = Overrides.from_args(args, FLAGS)
     if args.no_api:
-        http.enabled = False
-    updates: dict[str, Any] = {"http": http}
-    if args.bootstrap_servers:
-        updates["kafka"] = base.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
-    if args.redis_url:
-        updates["redis"] = base.redis.model_copy(update={"url": args.redis_url})
-    if args.alertmanager_url:
-        updates["alertmanager_url"] = args.alertmanager_url
-    settings = base.model_copy(update=updates)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    run_alerts(settings, stop)
-    return 0
+        overrides.set("http.enabled", False, "--no-api")
+    return run_service(AlertsSettings, overrides, run_alerts)

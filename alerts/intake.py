@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from linewatch.alerts.settings import GuardSettings
 from linewatch.detector.events import EVENT_SCHEMA_VERSION, FrameResult
+from linewatch.errors import DataError
 from linewatch.ingest.wire import LINE_ID_PATTERN, is_valid_camera_id
 
 MAX_DEAD_LETTER_VALUE = 900_000  # below librdkafka's default message.max.bytes (1 MB), headers included
@@ -29,7 +30,7 @@ MAX_DEAD_LETTER_HEADERS = 32
 INT63 = 2**63
 
 
-class RejectedRecordError(ValueError):
+class RejectedRecordError(DataError, ValueError):
     """A result record the alerts service does not apply; ``reason`` is a short stable code."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validato
 from pydantic_settings import BaseSettings
 
 from linewatch.common.redis_settings import RedisSettings
-from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.common.settings import HttpUrlText, KafkaSettings, TopicSettings, settings_config
 from linewatch.detector.registry.settings import RegistryConfig
 from linewatch.ingest.fleet import CameraRegionsSettings
 
@@ -172,7 +172,7 @@ class HttpSettings(BaseModel):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8081, ge=0, le=65535)
-    public_base_url: str = Field(default="http://127.0.0.1:8081",
+    public_base_url: HttpUrlText = Field(default="http://127.0.0.1:8081",
                                  description="How operators reach this service; used in links.")
     metrics_public: bool = Field(default=False, description="Serve /metrics without the bearer token (only for "
                                                             "a port that is not published; see alerts/README.md).")
@@ -201,7 +201,8 @@ class AlertsSettings(BaseSettings, CameraRegionsSettings):
     session_timeout_ms: int = Field(default=10000, ge=1000)
     batch_size: int = Field(default=200, ge=1, description="Records consumed before deliveries and the offset commit.")
 
-    alertmanager_url: str | None = Field(default=None, description="e.g. http://alertmanager:9093; None disables.")
+    alertmanager_url: HttpUrlText | None = Field(default=None,
+                                                 description="e.g. http://alertmanager:9093; None disables.")
     alertmanager_resend_s: float = Field(default=60.0, gt=0, description="Open alerts are re-sent this often.")
     alertname: str = "LinewatchDefect"
     webhook_url: SecretStr | None = Field(default=None, description="May hold credentials; never logged.")
@@ -210,7 +211,7 @@ class AlertsSettings(BaseSettings, CameraRegionsSettings):
         description="Standard Webhooks signing secret: whsec_ + base64 of 32 random bytes (or any string of 32+ "
                     "characters, used as raw bytes).")
     webhook_timeout_s: float = Field(default=5.0, gt=0)
-    grafana_url: str | None = None
+    grafana_url: HttpUrlText | None = None
     grafana_token: SecretStr | None = None
     grafana_dashboard_uid: str | None = None
     publish_alerts_topic: bool = Field(default=True, description="Also write alert events to topics.alerts.")

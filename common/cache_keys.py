@@ -19,6 +19,15 @@ With ``p`` the configured key prefix (default ``lw``):
                                    of the frame it was drawn from; kept ``OVERLAY_CACHE_TTL_S``.
 
 Memory is bounded by N per camera, the TTLs, and the server's ``maxmemory`` policy.
+
+Model refusals (written by the detector's hot swap, read by the operator page):
+
+- ``p:model-refusals``                   set of the ``model-refused`` keys below;
+- ``p:model-refused:{product}:{line}``   hash: product, line, version, reason, detail, since_ns, running_version
+                                         of a promoted model a detector refuses (``line`` empty: the every-line
+                                         assignment; ``running_version`` empty: no model of its own scores it).
+                                         Both keys expire unless the detector refreshes them while the refusal
+                                         stands; the hash is deleted once the registry moves on.
 """
 
 from __future__ import annotations
@@ -50,6 +59,16 @@ def overlay_cache_key(heatmap_key: str) -> str:
     return f"{prefix}:ov:{rest}" if marker else f"{heatmap_key}:ov"
 
 
+def model_refusals_key(prefix: str) -> str:
+    """Set of the :func:`model_refusal_key` keys of every standing model refusal."""
+    return f"{prefix}:model-refusals"
+
+
+def model_refusal_key(prefix: str, product: str, line: str) -> str:
+    """Hash describing the model refused for (product, line); ``line`` empty: the every-line assignment."""
+    return f"{prefix}:model-refused:{product}:{line}"
+
+
 # A rendered overlay is kept this long: a page refresh or a second operator does not re-render it,
 # and an operator who comes back later pays one render (a few ms) again.
 OVERLAY_CACHE_TTL_S = 300
@@ -72,3 +91,11 @@ FIELD_FRAME = "frame"
 FIELD_COLOUR_SCALE = "colour_scale"
 FIELD_MAP = "map"
 FIELD_MAP_SCALE = "map_scale"
+# model refusal hash:
+FIELD_REFUSAL_PRODUCT = "product"
+FIELD_REFUSAL_LINE = "line"
+FIELD_REFUSAL_VERSION = "version"
+FIELD_REFUSAL_REASON = "reason"  # a detector.registry.hotswap.RefusalReason value
+FIELD_REFUSAL_DETAIL = "detail"
+FIELD_REFUSAL_SINCE_NS = "since_ns"
+FIELD_REFUSAL_RUNNING_VERSION = "running_version"  # the version still scoring; empty: none

@@ -16,12 +16,13 @@ import cv2
 import numpy as np
 
 from linewatch.common import cache_keys as ck
+from linewatch.errors import DataError
 
 FRAME_JPEG_QUALITY = 85  # the overlay is a picture for people; 85 keeps part edges clean at ~6 KB (256 px)
 OVERLAY_PNG_COMPRESSION = 1  # fastest zlib level: the PNG is rendered on request and cached briefly
 
 
-class HeatmapDataError(ValueError):
+class HeatmapDataError(DataError, ValueError):
     """A stored heatmap hash cannot be turned into an overlay (fields missing or unreadable)."""
 
 

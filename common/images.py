@@ -17,10 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from linewatch import errors
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-class DataError(ValueError):
+class DataError(errors.DataError, ValueError):
     """The data folder is not what the command expects; the message says why."""
 
 

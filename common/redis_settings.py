@@ -6,11 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr
 
+from linewatch.common.settings import RedisUrlText
+
 
 class RedisSettings(BaseModel):
     """Connection to Redis, with AUTH and TLS options passed through to redis-py."""
 
-    url: str = "redis://127.0.0.1:6379/0"
+    url: RedisUrlText = "redis://127.0.0.1:6379/0"
     username: str | None = None
     password: SecretStr | None = None
     ssl: bool = False

@@ -2,16 +2,20 @@
 
 Every service reads ``LINEWATCH_``-prefixed environment variables (nested fields with
 ``__``, e.g. ``LINEWATCH_KAFKA__BOOTSTRAP_SERVERS``) and an optional ``.env`` file.
-``load_settings`` turns a validation error into one line naming the field.
+``load_settings`` turns a validation error into a :class:`ConfigError` whose one line names the field.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Literal, TypeVar
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from linewatch.errors import ConfigurationError
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -70,6 +74,21 @@ class KafkaSettings(BaseModel):
         return config
 
 
+def _url_with_scheme(schemes: tuple[str, ...]) -> AfterValidator:
+    """A check that a text setting is a URL of one of ``schemes`` with a host (a typo fails at start)."""
+    def check(value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not (parts.hostname or parts.scheme == "unix"):
+            raise ValueError(f"must be a {' or '.join(f'{scheme}://' for scheme in schemes)} URL with a host")
+        return value
+
+    return AfterValidator(check)
+
+
+HttpUrlText = Annotated[str, _url_with_scheme(("http", "https"))]
+RedisUrlText = Annotated[str, _url_with_scheme(("redis", "rediss", "unix"))]
+
+
 class TopicSettings(BaseModel):
     """Topic names and how new topics are created."""
 
@@ -83,19 +102,28 @@ class TopicSettings(BaseModel):
     replication_factor: int = Field(default=1, ge=1)
 
 
-class ConfigError(SystemExit):
-    """Invalid configuration: exits with status 2 and a one-line message."""
+class ConfigError(ConfigurationError):
+    """Invalid configuration; the message names each bad field (as its variable, or the flag that set it)."""
 
 
-def describe_validation_error(exc: ValidationError, prefix: str = ENV_PREFIX) -> str:
-    """One line naming each bad field (as its environment variable) and why."""
+def describe_validation_error(exc: ValidationError, prefix: str = ENV_PREFIX,
+                              flags: Mapping[str, str] | None = None) -> str:
+    """One line naming each bad field (as its environment variable, or as ``flags[dotted.path]``) and why."""
     parts = []
     for error in exc.errors():
-        path = "__".join(str(item) for item in error["loc"])
-        secret = any(word in path.lower() for word in ("password", "token", "secret"))
-        shown = "***" if secret else repr(error.get("input"))
-        parts.append(f"{prefix}{path.upper()}: {error['msg']} (got {shown})")
+        path = [str(item) for item in error["loc"]]
+        variable = prefix + "__".join(path).upper()
+        flag = (flags or {}).get(".".join(path))
+        name = f"{flag} ({variable})" if flag else variable
+        secret = any(word in variable.lower() for word in ("password", "token", "secret"))
+        shown = "***" if secret else _without_url_passwords(repr(error.get("input")))
+        parts.append(f"{name}: {error['msg']} (got {shown})")
     return "invalid configuration: " + "; ".join(parts)
+
+
+def _without_url_passwords(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` URL in it masked."""
+    return re.sub(r"(//[^/:@\s]*):[^/@\s]*@", r"\1:***@", text)
 
 
 def describe_settings_error(exc: SettingsError) -> str:
@@ -104,13 +132,19 @@ def describe_settings_error(exc: SettingsError) -> str:
     return f"invalid configuration: {exc}{cause} (a complex {ENV_PREFIX}... variable must hold valid JSON)"
 
 
-def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
-    """Build ``cls`` from the environment plus ``overrides``, or exit with one clear line."""
+def load_settings(cls: type[SettingsT], flags: Mapping[str, str] | None = None, **overrides: Any) -> SettingsT:
+    """Build ``cls`` from the environment plus ``overrides``, validated together.
+
+    ``overrides`` are nested like the settings (``http={"port": 8081}``) and are deep-merged over the
+    environment. ``flags`` maps a dotted field path to the command-line flag that set it, so an error
+    names what the user typed.
+
+    Raises:
+        ConfigError: a value is invalid; the message names each bad one.
+    """
     try:
         return cls(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as exc:
-        print(f"linewatch: {describe_validation_error(exc)}", file=sys.stderr)
-        raise ConfigError(2) from None
+        raise ConfigError(describe_validation_error(exc, flags=flags)) from None
     except SettingsError as exc:
-        print(f"linewatch: {describe_settings_error(exc)}", file=sys.stderr)
-        raise ConfigError(2) from None
+        raise ConfigError(describe_settings_error(exc)) from None

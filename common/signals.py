@@ -13,6 +13,9 @@ Two forms, chosen by what the command owns:
 
 Both restore the previous handlers on exit, and do nothing off the main thread, where Python cannot
 install handlers (the caller's event still works for programmatic stops).
+
+Long-running commands do not call these themselves: common/service_runner.py installs
+:func:`stop_on_signals` for each of them, so every service answers signals the same way.
 """
 
 from __future__ import annotations

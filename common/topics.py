@@ -9,11 +9,12 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from linewatch.common.settings import KafkaSettings, TopicSettings
+from linewatch.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
 
-class TopicError(RuntimeError):
+class TopicError(BrokerError, RuntimeError):
     """A topic could not be created or checked; the message names the topic and the reason."""
 
 

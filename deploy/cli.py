@@ -3,6 +3,11 @@
 Each package registers its own subcommands (``register(subparsers)``) so that the
 behaviour behind a command lives next to the code it runs; heavy imports (torch)
 happen inside the handlers, so ``linewatch camera`` starts fast.
+
+Errors: a :class:`~linewatch.errors.LinewatchError` (a bad setting, flag, data set, model, backend or
+broker) ends the command with one line on stderr and the exit status its class documents (see
+linewatch/errors.py); a bad flag does the same through argparse (status 2). Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from typing import NoReturn
 
 from linewatch.alerts import cli as alerts_cli
 from linewatch.deploy import dashboards, stack_cli
 from linewatch.detector import cli as detector_cli
+from linewatch.errors import LinewatchError
 from linewatch.health import cli as health_cli
 from linewatch.ingest import cli as ingest_cli
 from linewatch.plant import cli as verdicts_cli
@@ -33,9 +40,16 @@ def installed_version() -> str:
         return "unknown"
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A parser whose errors are one line, like every other error of the command (subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests that check deploy files against the CLI)."""
-    parser = argparse.ArgumentParser(prog="linewatch", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="linewatch", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--version", action="version", version=f"linewatch {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -52,8 +66,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     _dump_stacks_on_sigusr1()
     try:
         return int(args.func(args) or 0)
+    except LinewatchError as exc:
+        print(f"{command_name(args)}: error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``linewatch COMMAND [ACTION]`` as typed, for error lines."""
+    return " ".join(["linewatch", *(str(part) for part in (args.command, getattr(args, "action", None)) if part)])
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (its class name when it has none)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
 
 
 def _dump_stacks_on_sigusr1() -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from linewatch.errors import BrokerError, ConfigurationError
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "grafana" / "dashboards"
 FOLDER_UID = "linewatch"
@@ -22,7 +23,7 @@ FOLDER_TITLE = "linewatch"
 DATASOURCE_VARIABLE = "datasource"
 
 
-class DashboardError(RuntimeError):
+class DashboardError(BrokerError, RuntimeError):
     """A dashboard file is invalid or Grafana refused it; the message says which and why."""
 
 
@@ -112,16 +113,12 @@ def push_dashboards(grafana_url: str, token: str, dashboards: list[dict[str, Any
 def _push(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("GRAFANA_TOKEN")
     if not token:
-        print("linewatch dashboards push: --token (or GRAFANA_TOKEN) is required", file=sys.stderr)
-        return 2
-    try:
-        dashboards = load_dashboards(Path(args.dir))
-        if args.datasource_uid:
-            dashboards = [with_datasource(dashboard, args.datasource_uid) for dashboard in dashboards]
-        results = push_dashboards(args.grafana_url, token, dashboards)
-    except DashboardError as exc:
-        print(f"linewatch dashboards push: {exc}", file=sys.stderr)
-        return 1
+        raise ConfigurationError("--token (or GRAFANA_TOKEN) is required")
+    # DashboardError (a BrokerError: Grafana refused or is unreachable, or a file is unusable) ends it in one line
+    dashboards = load_dashboards(Path(args.dir))
+    if args.datasource_uid:
+        dashboards = [with_datasource(dashboard, args.datasource_uid) for dashboard in dashboards]
+    results = push_dashboards(args.grafana_url, token, dashboards)
     for result in results:
         print(f"{result.uid}: {result.status} (version {result.version}) {result.url or ''}".rstrip())
     return 0

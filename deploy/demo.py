@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +23,49 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
-# A few MB of real BSData images (CC BY-SA 4.0, deploy/demo_data/LICENSE.md): a fresh clone without
-# ../shared still replays real parts with real defect masks.
-BUNDLED_DATA = REPO_ROOT / "deploy" / "demo_data" / "bsdata_sample"
-DEFAULT_DATA = SHARED_DATA if (SHARED_DATA / "test").is_dir() else BUNDLED_DATA
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this code runs from (``make demo``), None when installed from a wheel."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def shared_data() -> Path | None:
+    """magnetic_tile in ../shared beside a checkout (the data sets of the benchmarks), None elsewhere."""
+    root = checkout_root()
+    return None if root is None else root.parent / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
+
+
+def bundled_data() -> Path | None:
+    """A few MB of real BSData images shipped as package data (CC BY-SA 4.0, demo_data/LICENSE.md), so a
+    wheel install or a fresh clone without ../shared still replays real parts with real defect masks.
+    None when the package is not on the file system (a zip import): the demo then makes synthetic parts."""
+    sample = resources.files("linewatch.deploy") / "demo_data" / "bsdata_sample"
+    return sample if isinstance(sample, Path) else None
+
+
+def default_data() -> Path | None:
+    """../shared's magnetic_tile when present, else the bundled sample."""
+    shared = shared_data()
+    return shared if shared is not None and (shared / "test").is_dir() else bundled_data()
+
+
+def _user_folder(variable: str, fallback: str) -> Path:
+    """An XDG base directory (a relative value is ignored, as the specification says)."""
+    value = os.environ.get(variable, "")
+    return Path(value) if os.path.isabs(value) else Path.home() / fallback
+
+
+def default_cache_dir() -> Path:
+    """Trained demo models: kept across runs and checkouts, and safe to delete (a cache)."""
+    return _user_folder("XDG_CACHE_HOME", ".cache") / "linewatch" / "models"
+
+
+def default_out_dir() -> Path:
+    """Summary, logs, registry and state of the last run. Not the current folder: an installed user may run
+    the demo from anywhere, and it should not drop files there unasked (``make demo`` passes ``--out demo-out``)."""
+    return _user_folder("XDG_STATE_HOME", ".local/state") / "linewatch" / "demo"
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +74,7 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("demo", help="run the whole line locally for a bounded time and print a summary",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+    p.add_argument("--data", type=Path, default=None,
                    help="MVTec-layout data set (train/good, test/<type>); default: ../shared's magnetic_tile "
                         "beside the checkout, else the bundled BSData sample; synthetic parts when it is absent")
     p.add_argument("--synthetic", action="store_true", help="use synthetic parts even when --data exists")
@@ -51,8 +90,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--train-images", type=int, default=DEMO_TRAIN_IMAGES,
                    help=f"good training images, evenly spread over the set (default {DEMO_TRAIN_IMAGES}; 0: all)")
     p.add_argument("--retrain", action="store_true", help="train even when a cached model matches")
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/models"), help="where trained models are kept")
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="summary.json, summary.html and logs")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where trained models are kept (default: $XDG_CACHE_HOME or ~/.cache, then linewatch/models)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="summary.json, summary.html, logs and the run's state (default: $XDG_STATE_HOME or "
+                        "~/.local/state, then linewatch/demo)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (training and detector)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
                    help="the detector's model runtime (auto: the fastest measured here)")
@@ -65,10 +107,13 @@ def demo_options(args: argparse.Namespace) -> DemoOptions:
     """The run's options from the command line; the data set is None (synthetic parts) when absent."""
     from linewatch.deploy.demo_run import DemoOptions
 
-    data = None if args.synthetic or not (args.data / "test").is_dir() else args.data
+    asked = args.data or default_data()
+    data = None if args.synthetic or asked is None or not (asked / "test").is_dir() else asked
     if data is None and not args.synthetic:
-        print(f"no data set at {args.data}: using the synthetic part generator", flush=True)
-    return DemoOptions(data=data, out=args.out, cache_dir=args.cache_dir, cameras=args.cameras, fps=args.fps,
+        print(f"no data set at {asked or 'the bundled sample'}: using the synthetic part generator", flush=True)
+    out, cache_dir = args.out or default_out_dir(), args.cache_dir or default_cache_dir()
+    print(f"data: {data or 'synthetic parts'}; outputs: {out}; model cache: {cache_dir}", flush=True)
+    return DemoOptions(data=data, out=out, cache_dir=cache_dir, cameras=args.cameras, fps=args.fps,
                        duration=args.duration, drain_timeout=args.drain_timeout, epochs=args.epochs,
                        image_size=args.image_size, train_images=args.train_images, retrain=args.retrain,
                        device=args.device, backend=args.backend, port=args.port, recipe=_recipe(args, data))
@@ -80,7 +125,8 @@ def _recipe(args: argparse.Namespace, data: Path | None) -> str:
     session 7: image AUROC 0.889 against 0.712), fine for anything else."""
     if args.recipe:
         return str(args.recipe)
-    shared = data is not None and data.resolve() == SHARED_DATA.resolve()
+    shared_set = shared_data()
+    shared = data is not None and shared_set is not None and data.resolve() == shared_set.resolve()
     return "coarse" if shared else "fine"
 
 

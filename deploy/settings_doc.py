@@ -7,6 +7,7 @@ tests use to check that compose and Kubernetes files only set variables that exi
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import types
 import typing
@@ -33,7 +34,7 @@ class EnvField:
 
 
 def settings_classes() -> dict[str, type[BaseSettings]]:
-    """The settings class behind each service (imported lazily: alerts/detector are heavy-ish)."""
+    """The settings class behind each service (imported lazily: the alerts and detector settings are heavy-ish)."""
     from linewatch.alerts.settings import AlertsSettings
     from linewatch.detector.registry.settings import RegistrySettings
     from linewatch.detector.service.settings import DetectorSettings
@@ -77,8 +78,12 @@ def type_name(annotation: Any) -> str:
     args = typing.get_args(annotation)
     if _is_union(annotation):
         return " | ".join(type_name(arg) for arg in args)
+    if origin is typing.Annotated:  # a checked type (e.g. a URL text): shown as what it holds
+        return type_name(args[0])
     if origin is typing.Literal:
         return " | ".join(repr(arg) for arg in args)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):  # a vocabulary: list it like a Literal
+        return " | ".join(repr(member.value) for member in annotation)
     if origin is not None:
         name = getattr(origin, "__name__", str(origin))
         return f"{name}[{', '.join(type_name(arg) for arg in args)}]"

@@ -1,18 +1,19 @@
 """Subcommands of ``linewatch`` that belong to the detector package (train, predict, export).
 
-Each ``register_*`` adds one subcommand; handlers import torch lazily and turn expected failures
-(bad data, bad checkpoint, missing weights, absent device) into one line on stderr and exit code 2.
+Each ``register_*`` adds one subcommand; handlers import torch lazily. Expected failures (bad data, bad
+checkpoint, missing weights, absent device) are :class:`~linewatch.errors.LinewatchError` subclasses, which
+``linewatch`` turns into one line on stderr and their exit status (linewatch/errors.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from linewatch.detector.model.training.recipes import recipe_names
+from linewatch.detector.model.vocabulary import Backbone, Backend, RecipeName
+from linewatch.errors import ConfigurationError
 
 
 def register(subparsers: Any) -> None:
@@ -33,31 +34,18 @@ def register(subparsers: Any) -> None:
     registry_cli.register(subparsers)
 
 
-def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except ValueError as exc:  # DataError, CheckpointError, BackboneError, DeviceError, ExportError
-            print(f"linewatch {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def register_train(subparsers: Any) -> None:
     """``linewatch train DATA_DIR --out MODEL``."""
     p = subparsers.add_parser("train", help="train and calibrate an STFPM model on good images")
     p.add_argument("data_dir", type=Path, nargs="?", help="MVTec-layout folder or a folder of good images")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--recipe", choices=recipe_names(), default=None,
+    p.add_argument("--recipe", choices=RecipeName.values(), default=None,
                    help="auto (the default) trains the candidate recipes and keeps the one that best finds synthetic "
                         "defects drawn on held-out good images; or name one (`linewatch recipes` lists them). "
                         "--backbone, --taps, --image-size or --tap-weights without --recipe train that geometry alone")
     p.add_argument("--select-on", type=Path, default=None, metavar="DIR",
                    help="--recipe auto: choose on the real labelled defects of this MVTec-layout folder instead")
-    p.add_argument("--backbone", default=None,
-                   choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
-                            "wide_resnet50_2"])
+    p.add_argument("--backbone", default=None, choices=Backbone.values())
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -79,7 +67,7 @@ def register_train(subparsers: Any) -> None:
     p.add_argument("--synthetic", action="store_true", help="train a tiny model on synthetic parts (no data needed)")
     p.add_argument("--resume", action="store_true", help="continue from the last finished epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_guarded(_train))
+    p.set_defaults(func=_train)
 
 
 def _taps(text: str) -> tuple[int, ...]:
@@ -113,9 +101,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     if args.data_dir is None:
-        raise ValueError("DATA_DIR is required unless --synthetic is given")
+        raise ConfigurationError("DATA_DIR is required unless --synthetic is given")
+    recipe = _recipe(args)  # the flags first: a bad combination fails before the data is read
     records = list_train_good(args.data_dir)
-    recipe = _recipe(args)
     config = TrainConfig(seed=args.seed, teacher_weights=args.teacher_weights, device=args.device)
     if recipe in RECIPES:
         config = RECIPES[recipe].config(config)
@@ -140,16 +128,15 @@ GEOMETRY_FLAGS = ("backbone", "taps", "image_size", "tap_weights")
 
 def _recipe(args: argparse.Namespace) -> str:
     """The recipe to train: ``--recipe``; without it, ``custom`` when geometry flags are given, else ``auto``."""
-    from linewatch.detector.model.training.recipes import AUTO
-
+    auto = RecipeName.AUTO.value
     given = [f"--{name.replace('_', '-')}" for name in GEOMETRY_FLAGS if getattr(args, name) is not None]
-    if args.recipe == AUTO and given:
-        raise ValueError(f"--recipe auto chooses the geometry itself; drop {', '.join(given)} or name a recipe")
-    if args.select_on is not None and (args.recipe or (AUTO if not given else "custom")) != AUTO:
-        raise ValueError("--select-on chooses among recipes: it goes with --recipe auto")
-    if args.resume and (args.recipe or (AUTO if not given else "custom")) == AUTO:
-        raise ValueError("--resume continues one recipe's run: name the recipe (--recipe fine|coarse)")
-    return str(args.recipe or ("custom" if given else AUTO))
+    if args.recipe == auto and given:
+        raise ConfigurationError(f"--recipe auto chooses the geometry itself; drop {', '.join(given)} or name a recipe")
+    if args.select_on is not None and (args.recipe or (auto if not given else "custom")) != auto:
+        raise ConfigurationError("--select-on chooses among recipes: it goes with --recipe auto")
+    if args.resume and (args.recipe or (auto if not given else "custom")) == auto:
+        raise ConfigurationError("--resume continues one recipe's run: name the recipe (--recipe fine|coarse)")
+    return str(args.recipe or ("custom" if given else auto))
 
 
 def _print_selection(path: Path) -> None:
@@ -169,7 +156,7 @@ def _print_selection(path: Path) -> None:
 def register_recipes(subparsers: Any) -> None:
     """``linewatch recipes``: the training recipes and what each suits."""
     p = subparsers.add_parser("recipes", help="list the training recipes (linewatch train --recipe NAME)")
-    p.set_defaults(func=_guarded(_recipes))
+    p.set_defaults(func=_recipes)
 
 
 def _recipes(args: argparse.Namespace) -> int:
@@ -190,7 +177,7 @@ def register_calibrate(subparsers: Any) -> None:
     p.add_argument("--print-threshold", metavar="CAMERA", default=None,
                    help="print the threshold as LINEWATCH_CAMERA_THRESHOLDS JSON for this camera instead")
     p.add_argument("--device", default="auto")
-    p.set_defaults(func=_guarded(_calibrate))
+    p.set_defaults(func=_calibrate)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -199,7 +186,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from linewatch.detector.model.training.recalibrate import recalibrate, write_recalibrated
 
     if (args.out is None) == (args.print_threshold is None):
-        raise ValueError("give exactly one of --out MODEL2 and --print-threshold CAMERA")
+        raise ConfigurationError("give exactly one of --out MODEL2 and --print-threshold CAMERA")
     calibration = recalibrate(args.model, args.good_dir, args.target_false_alarm_rate, args.device)
     low, high = calibration.threshold_interval or (float("nan"), float("nan"))
     summary = (f"image threshold {calibration.image_threshold:.5f} (90% interval {low:.5f}..{high:.5f}) "
@@ -219,9 +206,9 @@ def register_predict(subparsers: Any) -> None:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="folder for overlays and predictions.jsonl")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="torch",
+    p.add_argument("--backend", choices=Backend.values(), default=Backend.TORCH.value,
                    help="model runtime (auto: the fastest measured here); an export folder implies openvino")
-    p.set_defaults(func=_guarded(_predict))
+    p.set_defaults(func=_predict)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -244,16 +231,18 @@ def register_export(subparsers: Any) -> None:
                    "fidelity to fp32 on held-out good images (check your own defects with evaluate)")
     p.add_argument("--calibration-data", type=Path, default=None, metavar="DIR",
                    help="the model's good training images (MVTec folder or plain), for --int8")
-    p.set_defaults(func=_guarded(_export))
+    p.set_defaults(func=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from linewatch.detector.model.export import ExportError, export_model, export_openvino
+    from linewatch.detector.model.export import export_model, export_openvino
 
+    if args.int8 and args.calibration_data is None:
+        raise ConfigurationError("--int8 needs --calibration-data DIR: the model's good training images")
     if args.fmt == "openvino":
         print(f"wrote {export_openvino(args.model, args.out, int8=args.int8, calibration_data=args.calibration_data)}")
         return 0
     if args.int8:
-        raise ExportError("--int8 is for --format openvino")
+        raise ConfigurationError("--int8 is for --format openvino")
     print(f"wrote {export_model(args.model, args.out, args.fmt)}")
     return 0

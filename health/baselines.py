@@ -3,8 +3,10 @@
 A baseline learned from the first frames after a start is only as good as the camera at that moment:
 a camera that is dark or blurred when the service restarts would learn its fault as "normal" and never
 be flagged. So a learned baseline is written to Redis (``p:cam:{camera}:baseline``, JSON ``{"mean",
-"focus", "learned_at_ns"}``) and read back when the camera is first seen after a restart. Order of
-precedence: pinned (``LINEWATCH_BASELINES``) > stored in Redis > learned from the first frames.
+"focus", "learned_at_ns"}`` plus the spreads and layout of its frames, see ``Baseline``; a record without
+them, as older ones, is judged by the fixed limits alone) and read back when the camera is first seen
+after a restart. Order of precedence: pinned (``LINEWATCH_BASELINES``) > stored in Redis > learned from
+the first frames.
 
 The key expires ``ttl_s`` (default 30 days) after its last use: reading it and every refresh while the
 camera sends frames extend it, so a camera removed from the line leaves nothing behind for good. To make
@@ -23,6 +25,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
+from linewatch.errors import DataError
 from linewatch.health.settings import Baseline
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 PINNED, STORED, LEARNING, LEARNED = "pinned", "stored", "learning", "learned"
 
 
-class BaselineRecordError(ValueError):
+class BaselineRecordError(DataError, ValueError):
     """A stored baseline that cannot be used (not JSON, or values out of range)."""
 
 
@@ -51,7 +54,7 @@ def baseline_key(prefix: str, camera_id: str) -> str:
 def save_baseline(client: Any, prefix: str, camera_id: str, baseline: Baseline, ttl_s: int,
                   learned_at_ns: int | None = None) -> None:
     """Store a learned baseline, expiring ``ttl_s`` after now unless used again."""
-    record = {"mean": baseline.mean, "focus": baseline.focus,
+    record = {**baseline.model_dump(exclude_none=True),
               "learned_at_ns": time.time_ns() if learned_at_ns is None else learned_at_ns}
     client.set(baseline_key(prefix, camera_id), json.dumps(record), ex=ttl_s)
 
@@ -63,8 +66,9 @@ def load_baseline(client: Any, prefix: str, camera_id: str, ttl_s: int) -> tuple
         return None
     try:
         record = json.loads(raw)
-        return Baseline(mean=record["mean"], focus=record["focus"]), int(record.get("learned_at_ns", 0))
-    except (ValueError, TypeError, KeyError, ValidationError) as exc:
+        learned_at_ns = int(record.pop("learned_at_ns", 0))
+        return Baseline.model_validate(record), learned_at_ns
+    except (ValueError, TypeError, KeyError, AttributeError, ValidationError) as exc:
         raise BaselineRecordError(f"unreadable stored baseline {raw[:80]!r}: {exc}") from exc
 
 

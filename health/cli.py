@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from typing import Any
 
 
@@ -23,23 +21,19 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
+# argparse dest -> the HealthSettings field it overrides
+FLAGS = {"bootstrap_servers": "kafka.bootstrap_servers", "alertmanager_url": "alertmanager_url",
+         "metrics_port": "metrics_port"}
+
+
 def _run(args: argparse.Namespace) -> int:
+    from linewatch.common.service_runner import Overrides, run_service
     from linewatch.common.settings import load_settings
     from linewatch.health.service import run_health
     from linewatch.health.settings import HealthSettings
 
-    base = load_settings(HealthSettings)
-    updates: dict[str, Any] = {}
-    if args.bootstrap_servers:
-        updates["kafka"] = base.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
-    if args.alertmanager_url:
-        updates["alertmanager_url"] = args.alertmanager_url
-    if args.reference_checkpoint:
-        updates["reference_checkpoints"] = [*base.reference_checkpoints, *args.reference_checkpoint]
-    if args.metrics_port is not None:
-        updates["metrics_port"] = args.metrics_port
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    run_health(base.model_copy(update=updates), stop)
-    return 0
+    overrides = Overrides.from_args(args, FLAGS)
+    if args.reference_checkpoint:  # added to those of the environment, not instead of them
+        from_env = load_settings(HealthSettings).reference_checkpoints
+        overrides.set("reference_checkpoints", [*from_env, *args.reference_checkpoint], "--reference-checkpoint")
+    return run_service(HealthSettings, overrides, run_health)

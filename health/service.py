@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from linewatch.common.kafka import records
 from linewatch.common.topics import ensure_topics
 from linewatch.detector.events import EVENT_SCHEMA_VERSION, FrameResult
+from linewatch.detector.model.checkpoint import file_sha256, read_metadata
 from linewatch.health.alertmanager import HealthAlertmanager
 from linewatch.health.baselines import (
     LEARNED,
@@ -45,12 +46,10 @@ log = logging.getLogger(__name__)
 
 
 def references_from_checkpoints(paths: list[str]) -> dict[str, ScoreReference]:
-    """Model version -> calibration score distribution, read from each checkpoint's calibration."""
-    from linewatch.detector.model.checkpoint import file_sha256, load_checkpoint
-
+    """Model version -> calibration score distribution, read from each checkpoint's header (no torch needed)."""
     references = {}
     for path in paths:
-        _state, metadata = load_checkpoint(path)
+        metadata = read_metadata(path)
         calibration = metadata["calibration"]
         references[file_sha256(Path(path))[:12]] = ScoreReference(p50=calibration["score_stats"]["p50"],
                                                                   log_scale=calibration["log_scale"])

@@ -16,6 +16,7 @@ import numpy as np
 from linewatch.ingest.wire import MAX_PIXELS, MAX_SIDE, FrameMeta, WireFormatError, probe_dimensions
 
 THUMB_SIDE = 32  # frozen-stream comparison: tiny, so JPEG noise and sensor noise average out
+LAYOUT_SIDE = 8  # where the light and the scene's structure lie: coarse, so parts' details average out
 _REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
             8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
@@ -74,3 +75,23 @@ def frame_stats(grey: np.ndarray) -> FrameStats:
 def thumb_difference(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute grey-level difference of two thumbnails."""
     return float(np.abs(a - b).mean())
+
+
+def layout(thumb: np.ndarray) -> np.ndarray:
+    """The frame's coarse brightness layout divided by its mean: how light and structure lie in the view.
+
+    Dividing by the mean leaves exposure to the exposure check; what remains moves when the camera's view
+    moves (a shifted or turned camera, a new fixture in view), whatever the exposure.
+    """
+    coarse = cv2.resize(thumb, (LAYOUT_SIDE, LAYOUT_SIDE), interpolation=cv2.INTER_AREA)
+    return (coarse / max(float(coarse.mean()), 1.0)).astype(np.float32)
+
+
+def layout_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two layouts (fractions of the mean brightness)."""
+    return float(np.abs(a - b).mean())
+
+
+def robust_spread(values: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation: a few odd frames barely move it."""
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))

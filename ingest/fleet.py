@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from linewatch.common.settings import describe_validation_error
+from linewatch.errors import ConfigurationError
 from linewatch.ingest.camera import CameraStats, run_camera
 from linewatch.ingest.metrics import CameraMetrics
 from linewatch.ingest.regions import RoiConfig, describe_roi_error
@@ -42,7 +43,7 @@ from linewatch.ingest.wire import CAMERA_ID_PATTERN
 log = logging.getLogger(__name__)
 
 
-class FleetConfigError(ValueError):
+class FleetConfigError(ConfigurationError, ValueError):
     """The cameras file is not valid; the message names the file, camera and field."""
 
 

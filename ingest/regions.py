@@ -23,10 +23,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from linewatch.errors import ConfigurationError
+
 Point = tuple[float, float]
 
 
-class RoiError(ValueError):
+class RoiError(ConfigurationError, ValueError):
     """A region configuration that cannot describe a region (the message says which polygon and why)."""
 
 

@@ -17,8 +17,10 @@ import os
 import threading
 from pathlib import Path
 
+from linewatch.errors import DataError
 
-class SequenceStateError(RuntimeError):
+
+class SequenceStateError(DataError, RuntimeError):
     """The state file exists but cannot be read; refusing to guess and risk repeating numbers."""
 
 

@@ -50,6 +50,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from linewatch.errors import DataError
+
 WIRE_VERSION = 1
 Encoding = Literal["jpeg", "png", "raw"]
 ENCODINGS: tuple[str, ...] = ("jpeg", "png", "raw")
@@ -67,7 +69,7 @@ _PRINTABLE = re.compile(r"^[\x20-\x7e]+$")
 DEFAULT_MAX_FUTURE_SKEW_NS = 300 * 1_000_000_000  # capture clocks may run ahead of ours by this much
 
 
-class WireFormatError(ValueError):
+class WireFormatError(DataError, ValueError):
     """A record that is not a valid version-1 frame. ``reason`` is a short stable code."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from linewatch.common.service_runner import Overrides
 
 
 def register(subparsers: Any) -> None:
@@ -28,35 +29,33 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
+# argparse dest -> the VerdictsSettings field it overrides
+FLAGS = {"bootstrap_servers": "kafka.bootstrap_servers", "mqtt_host": "mqtt.host", "mqtt_port": "mqtt.port",
+         "plc_endpoint": "opcua.plc_endpoint", "deadline_ms": "deadlines.default_ms",
+         "late_policy": "deadlines.late_policy", "metrics_port": "metrics_port"}
+
+
+def overrides_from_args(args: argparse.Namespace) -> Overrides:
+    """The command-line options as :class:`~linewatch.common.service_runner.Overrides` of VerdictsSettings."""
+    from linewatch.common.service_runner import Overrides
+
+    overrides = Overrides.from_args(args, FLAGS)
+    if args.serve_opcua:
+        overrides.set("opcua.serve", True, "--serve-opcua")
+        overrides.set("opcua.server_endpoint", args.serve_opcua, "--serve-opcua")
+    return overrides
+
+
 def settings_from_args(args: argparse.Namespace) -> Any:
-    """The environment's settings with the command-line options applied."""
-    from linewatch.common.settings import load_settings
+    """The environment's settings with the command-line options applied (validated together)."""
     from linewatch.plant.settings import VerdictsSettings
 
-    base = load_settings(VerdictsSettings)
-    mqtt = base.mqtt.model_copy(update=_given({"host": args.mqtt_host, "port": args.mqtt_port}))
-    opcua = base.opcua.model_copy(update=_given({"plc_endpoint": args.plc_endpoint}))
-    if args.serve_opcua:
-        opcua = opcua.model_copy(update={"serve": True, "server_endpoint": args.serve_opcua})
-    deadlines = base.deadlines.model_copy(update=_given({"default_ms": args.deadline_ms,
-                                                         "late_policy": args.late_policy}))
-    updates: dict[str, Any] = {"mqtt": mqtt, "opcua": opcua, "deadlines": deadlines,
-                               **_given({"metrics_port": args.metrics_port})}
-    if args.bootstrap_servers:
-        updates["kafka"] = base.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
-    return base.model_copy(update=updates)
-
-
-def _given(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if value is not None}
+    return overrides_from_args(args).load(VerdictsSettings)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from linewatch.common.service_runner import run_service
     from linewatch.plant.service import run_verdicts
+    from linewatch.plant.settings import VerdictsSettings
 
-    settings = settings_from_args(args)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    run_verdicts(settings, stop)
-    return 0
+    return run_service(VerdictsSettings, overrides_from_args(args), run_verdicts)

@@ -17,6 +17,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from linewatch.errors import BrokerError
 from linewatch.plant.settings import MqttSettings
 from linewatch.plant.verdict import Verdict
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 _TOPIC_UNSAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
 
 
-class SinkError(RuntimeError):
+class SinkError(BrokerError, RuntimeError):
     """A sink did not take a verdict; the batch is retried."""
 
 

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from linewatch.common.kafka import commit_positions, records
 from linewatch.common.topics import ensure_topics
+from linewatch.errors import InvalidValueError
 from linewatch.plant.aio import LoopThread
 from linewatch.plant.metrics import VerdictsMetrics
 from linewatch.plant.mqtt import MqttSink, SinkError
@@ -49,7 +50,7 @@ def build_sinks(settings: VerdictsSettings, loop: LoopThread) -> list[Sink]:
     if settings.opcua.serve:
         sinks.append(VerdictServer(settings.opcua, loop))
     if not sinks:
-        raise ValueError("no verdict sink enabled: set LINEWATCH_MQTT__ENABLED, LINEWATCH_OPCUA__PLC_ENDPOINT "
+        raise InvalidValueError("no verdict sink enabled: set LINEWATCH_MQTT__ENABLED, LINEWATCH_OPCUA__PLC_ENDPOINT "
                          "or LINEWATCH_OPCUA__SERVE")
     return sinks
 

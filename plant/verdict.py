@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from linewatch.detector.events import EVENT_SCHEMA_VERSION, FrameResult
+from linewatch.errors import DataError
 from linewatch.plant.settings import LatePolicy
 
 VERDICT_SCHEMA_VERSION = 1
@@ -22,7 +23,7 @@ PASS: VerdictName = "pass"
 REJECT: VerdictName = "reject"
 
 
-class ResultError(ValueError):
+class ResultError(DataError, ValueError):
     """A record of the results topic that is not a result this build understands."""
 
 

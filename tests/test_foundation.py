@@ -24,11 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bad_setting_gives_one_line_error() -> None:
-    code = "from linewatch.common.settings import load_settings, settings_config, TopicSettings\n" \
-           "from pydantic_settings import BaseSettings\n" \
-           "class S(BaseSettings):\n    model_config = settings_config()\n" \
-           "    topics: TopicSettings = TopicSettings()\n" \
-           "load_settings(S)\n"
+    code = "import sys\nfrom linewatch.deploy.cli import main\nsys.exit(main(['topics']))\n"
     env = {"LINEWATCH_TOPICS__PARTITIONS": "zero", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

@@ -14,13 +14,14 @@ from urllib.parse import quote
 
 from linewatch.alerts.metrics import AlertsMetrics
 from linewatch.alerts.rules import Alert, AlertEvent
+from linewatch.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
 Attempt = Literal["delivered", "transient", "permanent"]
 
 
-class DeliveryError(Exception):
+class DeliveryError(BrokerError):
     """A delivery failed; ``permanent`` failures (e.g. HTTP 400) are not retried."""
 
     def __init__(self, message: str, *, permanent: bool = False) -> None:

@@ -35,13 +35,20 @@ def _protected_metrics(ctx: Context, _who: User) -> Response:
     return _metrics_body(ctx)
 
 
-def camera_health_row(camera_id: str, checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One camera's entry of ``/api/camera-health``: healthy, or its failing checks oldest first."""
+def camera_health_row(camera_id: str, checks: dict[str, dict[str, Any]], *, monitored: bool) -> dict[str, Any]:
+    """One camera's entry of ``/api/camera-health``: its ``health`` and its failing checks oldest first.
+
+    ``health`` is "healthy", "unhealthy", or "unknown" while the camera-health service is not reporting:
+    no check runs then, so the absence of failing checks proves nothing (``healthy`` is true only for "healthy"), and
+    the checks listed are the last ones it recorded.
+    """
     failing = sorted(({"check": name, "detail": str(d.get("detail", "")), "since_ns": _nanoseconds(d.get("since_ns")),
                        "value": d.get("value"), "threshold": d.get("threshold")} for name, d in checks.items()),
                      key=lambda c: (c["since_ns"], c["check"]))
     line = next((str(d["line_id"]) for d in checks.values() if d.get("line_id")), "")
-    return {"camera_id": camera_id, "line_id": line, "healthy": not failing, "checks": failing}
+    health = "unknown" if not monitored else "unhealthy" if failing else "healthy"
+    return {"camera_id": camera_id, "line_id": line, "health": health, "healthy": health == "healthy",
+            "checks": failing}
 
 
 def _nanoseconds(value: Any) -> int:
@@ -55,8 +62,9 @@ def _camera_health(ctx: Context, _who: User) -> dict[str, Any]:
     cameras = sorted({text(c) for c in ctx.redis.smembers(ck.cameras_key(ctx.prefix))}
                      | set(recently_unhealthy(ctx.redis, ctx.prefix)))
     details = health_details(ctx.redis, ctx.prefix, cameras) if cameras else {}
-    return {"monitored": monitored(ctx.redis, ctx.prefix),
-            "cameras": [camera_health_row(camera, details[camera]) for camera in cameras]}
+    reporting = monitored(ctx.redis, ctx.prefix)
+    return {"monitored": reporting,
+            "cameras": [camera_health_row(camera, details[camera], monitored=reporting) for camera in cameras]}
 
 
 def router(*, metrics_public: bool) -> APIRouter:

@@ -146,16 +146,19 @@ function showSuspectBanner(a) {
     a.suspect_checks.join(", ") + ") while this alert was open; check the camera before the parts." : "";
 }
 
+// health is "healthy", "unhealthy" or "unknown" (the camera-health service is not reporting: no check
+// runs, so a camera without failing checks is not known to be healthy; the checks shown are the last recorded).
 function healthRow(cam) {
-  const row = el("tr", { class: cam.healthy ? "healthy" : "unhealthy", "data-camera": cam.camera_id });
+  const row = el("tr", { class: cam.health, "data-camera": cam.camera_id });
   const failing = cam.checks.map((c) => `${c.check}: ${c.detail} (since ${time(c.since_ns)})`).join("; ");
-  [cam.camera_id, cam.line_id || "—", cam.healthy ? "healthy" : "unhealthy", failing || "—"]
+  const checks = failing && cam.health === "unknown" ? "last recorded: " + failing : failing;
+  [cam.camera_id, cam.line_id || "—", cam.health, checks || "—"]
     .forEach((text) => row.append(el("td", {}, text)));
   return row;
 }
 
 function markUnhealthyCards(cameras) {
-  cameras.filter((cam) => !cam.healthy).forEach((cam) => {
+  cameras.filter((cam) => cam.health === "unhealthy").forEach((cam) => {
     const card = document.querySelector(`#cameras .card[data-camera="${CSS.escape(cam.camera_id)}"]`);
     if (!card) return;
     card.classList.add("unhealthy");
@@ -169,6 +172,32 @@ async function refreshCameraHealth() {
     "The camera-health service is not reporting: no check is running, cameras are not known to be healthy.";
   $("camera-health").querySelector("tbody").replaceChildren(...health.cameras.map(healthRow));
   markUnhealthyCards(health.cameras);
+}
+
+// Promoted models a detector refuses (GET /api/model-refusals): the line is not inspected by the model the
+// engineers meant until they roll back or promote a good one. Shown on every view.
+const REFUSAL_REASONS = {
+  model_file: "the model file is missing from the store or damaged",
+  checkpoint: "the checkpoint is unreadable or its metadata does not match its weights",
+  version_mismatch: "the file holds another version",
+  output_shape: "it scored the warm-up frame with the wrong output shape",
+  non_finite: "it scored the warm-up frame with non-finite values",
+  known_good: "it calls the product's known-good image anomalous",
+  load_error: "it could not be loaded",
+};
+function refusalText(r) {
+  const where = r.line ? `line ${r.line}` : "every line";
+  const why = REFUSAL_REASONS[r.reason] ? ` (${REFUSAL_REASONS[r.reason]})` : "";
+  const running = r.running_version ? `The previous model ${r.running_version} keeps scoring.` :
+    "No earlier model of this product was running: its frames are dead-lettered, or scored by the fallback model.";
+  return `Model ${r.version} for product ${r.product} (${where}) is refused: ${r.reason}${why}, since ` +
+    `${time(r.since_ns)}. ${running}`;
+}
+async function refreshRefusals() {
+  const { refusals } = await (await api("/api/model-refusals")).json();
+  $("model-refusals").replaceChildren(...refusals.map((r) => el("p", { "data-product": r.product,
+    "data-version": r.version, "data-reason": r.reason, title: r.detail }, refusalText(r))));
+  $("model-refusals").hidden = !refusals.length;
 }
 
 async function acknowledge(event) {
@@ -205,9 +234,10 @@ function route() {
   $("logout").hidden = !token();
   $("live-view").hidden = !token() || Boolean(match);
   $("alert-view").hidden = !token() || !match;
-  if (!token()) return;
+  if (!token()) { $("model-refusals").hidden = true; return; }
   delete $("worst-heatmap").dataset.loaded;
-  const tick = () => (match ? refreshAlert(decodeURIComponent(match[1])) : refreshLive())
+  const view = () => (match ? refreshAlert(decodeURIComponent(match[1])) : refreshLive());
+  const tick = () => Promise.all([view(), refreshRefusals()])
     .then(() => { $("status").textContent = "updated " + new Date().toLocaleTimeString(); })
     .catch((err) => { $("status").textContent = "offline: " + err.message; });
   tick();

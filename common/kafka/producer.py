@@ -10,11 +10,13 @@ from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from linewatch.errors import BrokerError
+
 OnDelivery = Callable[[KafkaError | None, Message], None]
 Headers = list[tuple[str, bytes]] | None
 
 
-class DeliveryFailedError(RuntimeError):
+class DeliveryFailedError(BrokerError, RuntimeError):
     """The broker did not take a record: refused by the client, failed, or not acknowledged in time."""
 
 

@@ -3,7 +3,7 @@
     python deploy/prometheus/prometheus_rule.py > deploy/k8s/base/prometheus-rule.yaml
 
 The rule files stay the source: compose's Prometheus loads them directly, Kubernetes gets this
-object. ``tests/deploy/test_k8s_tools.py`` fails when the committed file differs from this output.
+object. ``tests/deploy/test_monitoring_rules.py`` fails when the committed file differs from this output.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from linewatch.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from linewatch.detector.model.inference import InferenceModel
 
@@ -24,7 +26,7 @@ FRAME_SIDE = 256  # camera frame side of the synthetic input; every model resize
 WARMUP_BATCHES = 2  # first calls build kernels/primitives for the shape; not timed
 
 
-class BenchError(ValueError):
+class BenchError(ConfigurationError, ValueError):
     """The measurement could not run; the message says why."""
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from linewatch.detector.model.vocabulary import Backend
 
 
 def _positive(text: str) -> int:
@@ -16,22 +17,15 @@ def _positive(text: str) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from linewatch.common.images import DataError
     from linewatch.detector.evaluation.evaluate import evaluate
     from linewatch.detector.model.backends import load_model
-    from linewatch.detector.model.checkpoint import CheckpointError
-    from linewatch.detector.model.device import DeviceError
     from linewatch.ingest.regions import load_roi_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        roi = load_roi_file(args.roi) if args.roi else None  # before the model: a bad file fails fast
-        model = load_model(args.model, args.backend, args.device, threads=args.threads)
-        metrics = evaluate(model, args.data_dir, args.report, batch_size=args.batch_size, roi=roi)
-    except (CheckpointError, DataError, DeviceError, FileNotFoundError, ValueError) as exc:
-        print(f"linewatch evaluate: {exc}", file=sys.stderr)
-        return 2
+    roi = load_roi_file(args.roi) if args.roi else None  # before the model: a bad file fails fast
+    model = load_model(args.model, args.backend, args.device, threads=args.threads)
+    metrics = evaluate(model, args.data_dir, args.report, batch_size=args.batch_size, roi=roi)
 
     def show(value: Any) -> str:
         return "n/a" if value is None else f"{value:.4f}"
@@ -58,7 +52,7 @@ def register_evaluate(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=_positive, default=16, help="images per inference batch (16)")
     parser.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="torch",
+    parser.add_argument("--backend", choices=Backend.values(), default=Backend.TORCH.value,
                         help="model runtime (auto: the fastest measured here); an export folder implies openvino")
     parser.add_argument("--roi", metavar="FILE", help="regions of interest / ignore masks (YAML or JSON, a camera's "
                         "`roi` shape: units, include, exclude) applied to every test image, to measure their effect")

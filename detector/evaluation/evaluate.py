@@ -33,6 +33,7 @@ from linewatch.detector.evaluation.pixel_metrics import DEFAULT_BINS, PixelAccum
 from linewatch.detector.evaluation.report import write_report
 from linewatch.detector.evaluation.results import Evaluation
 from linewatch.detector.model.roi import CameraMasks, RoiConfig
+from linewatch.errors import InvalidValueError
 
 if TYPE_CHECKING:
     from linewatch.detector.model.inference import InferenceModel
@@ -88,7 +89,7 @@ def run_evaluation(model: InferenceModel, data_dir: str | Path, out_dir: str | P
                    n_bins: int = DEFAULT_BINS, report: bool = True, roi: RoiConfig | None = None) -> Evaluation:
     """As :func:`evaluate`, returning the full :class:`Evaluation` (curves, scores, maps)."""
     if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+        raise InvalidValueError("batch_size must be at least 1")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     records = list_test(data_dir)
     started = time.perf_counter()

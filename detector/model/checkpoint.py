@@ -13,9 +13,12 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from linewatch.errors import ModelError
+
+if TYPE_CHECKING:  # torch is imported where tensors are touched: reading metadata must work without it
+    import torch
 
 FORMAT = "linewatch-stfpm"
 FORMAT_VERSION = 2  # 2: metadata digest added
@@ -23,12 +26,14 @@ _META_KEY = "linewatch"
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelError, ValueError):
     """The file is not a usable linewatch checkpoint; the message says why."""
 
 
 def tensor_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 over names, dtypes, shapes and bytes of the tensors, in name order."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
@@ -88,16 +93,16 @@ def _read_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights and metadata of a checkpoint; raises :class:`CheckpointError` for anything unusable."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's checked metadata, from its header alone (stdlib only: no torch, no tensors read).
 
+    Boxes without the detector's libraries (camera health) read calibrations this way; the weights'
+    digest is checked only by :func:`load_checkpoint`.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    header = _read_header(path)
-    raw = (header.get("__metadata__") or {}).get(_META_KEY)
+    raw = (_read_header(path).get("__metadata__") or {}).get(_META_KEY)
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file but not a linewatch checkpoint (no metadata)")
     try:
@@ -112,6 +117,15 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if metadata.get("metadata_sha256") != metadata_digest(metadata):
         raise CheckpointError(f"{path} failed its integrity check (metadata such as thresholds differ from the "
                               "recorded digest; the file was edited or damaged)")
+    return metadata
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a checkpoint; raises :class:`CheckpointError` for anything unusable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    metadata = read_metadata(path)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from linewatch.errors import BackendError
 
-class DeviceError(ValueError):
+
+class DeviceError(BackendError, ValueError):
     """The requested device is not available here."""
 
 

@@ -36,6 +36,7 @@ from torch import nn
 from linewatch.detector.evaluation.metrics import rank_correlation
 from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.model.stfpm.calibrated import CalibratedSTFPM
+from linewatch.errors import ModelError
 
 FORMATS = ("onnx", "torchscript", "openvino")
 OUTPUT_NAMES = ("scores", "normalised_scores", "anomalous", "maps")
@@ -54,7 +55,7 @@ INT8_RISK = ("INT8 kept image and pixel AUROC within 0.005 of fp32 on the three 
              "`linewatch evaluate` on your own defects before using it.")
 
 
-class ExportError(ValueError):
+class ExportError(ModelError, ValueError):
     """The export could not be written; the message says why."""
 
 

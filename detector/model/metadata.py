@@ -12,9 +12,10 @@ from typing import Any
 
 from linewatch.detector.model.calibrate import Calibration
 from linewatch.detector.model.geometry import RESIZE_MODES
+from linewatch.errors import ModelError
 
 
-class MetadataError(ValueError):
+class MetadataError(ModelError, ValueError):
     """Checkpoint metadata that does not describe a usable model; the message names the field."""
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from linewatch.detector.registry.cli_common import add_database_option, guarded, load
+from linewatch.detector.registry.cli_common import add_database_option, guarded, load, moment, overrides
 
 
 def register_audit(subparsers: Any) -> None:
@@ -30,8 +29,8 @@ def register_audit(subparsers: Any) -> None:
     p = actions.add_parser("export", help="audit rows as CSV")
     p.add_argument("--out", type=Path, help="CSV file (default: standard output)")
     p.add_argument("--camera")
-    p.add_argument("--since", help="90s, 30m, 2h, 7d or an ISO time")
-    p.add_argument("--until", help="same forms as --since")
+    p.add_argument("--since", type=moment, help="90s, 30m, 2h, 7d or an ISO time")
+    p.add_argument("--until", type=moment, help="same forms as --since")
     add_database_option(p)
     p.set_defaults(func=guarded(_export))
 
@@ -53,14 +52,17 @@ def _database(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from linewatch.common.service_runner import run_service
+    from linewatch.detector.registry.settings import RegistrySettings
+
+    return run_service(RegistrySettings, overrides(args), lambda settings, stop: _consume(settings, stop, args))
+
+
+def _consume(settings: Any, stop: threading.Event, args: argparse.Namespace) -> int:
     from linewatch.detector.registry.audit import AuditConsumer
     from linewatch.detector.registry.db import Database
 
-    settings = load(args)
     consumer = AuditConsumer(settings, Database(settings.registry.database_url), group_id=args.group)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     consumer.run(stop, until_end=args.until_end)
     print(f"audit: {consumer.written} rows written, {consumer.skipped} records skipped", file=sys.stderr)
     return 0

@@ -76,6 +76,10 @@ def register_models(subparsers: Any) -> None:
 
     register_shadow(actions)
 
+    from linewatch.detector.registry.migrate_cli import register_migrate
+
+    register_migrate(actions)
+
 
 def _common(parser: argparse.ArgumentParser, handler: Handler) -> None:
     add_database_option(parser)

@@ -11,7 +11,9 @@ Tables:
 - ``alert_spans``     which frames each alert covers (from the ``alerts`` topic), to fill ``audit.alert_id``;
 - ``feedback``        operators' marks on a frame or alert: false alarm or real defect.
 
-Tables are created on first use (``create_all`` is idempotent); there are no migrations yet.
+The schema has revisions (Alembic, :mod:`.migrations`): opening a :class:`Database` checks that the
+database is at the revision this code needs and refuses it otherwise (``linewatch models migrate``
+upgrades it); only a database without any of these tables is created, directly at that revision.
 """
 
 from __future__ import annotations
@@ -44,10 +46,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 ALL_LINES = ""  # a promotion for every line of a product
-
-
-class RegistryError(ValueError):
-    """A registry operation that cannot be done; the message says why (unknown version, nothing to roll back)."""
 
 
 def utcnow() -> datetime:
@@ -171,16 +169,14 @@ class Feedback(Base):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the tables created; a SQLite file's folder is created too."""
+    """An engine for ``url``, tables untouched; a SQLite file's folder is created too."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+    event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
 
@@ -193,11 +189,22 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """An engine plus a session factory; ``with db.session() as s:`` commits on success."""
+    """An engine plus a session factory; ``with db.session() as s:`` commits on success.
+
+    Opening refuses a database at another schema revision (``SchemaRevisionError``, one line that
+    says to run ``linewatch models migrate``) and creates the tables of an empty one.
+    """
 
     def __init__(self, url: str) -> None:
+        from linewatch.detector.registry.migrations import check_revision  # it imports this module
+
         self.url = url
         self.engine = make_engine(url)
+        try:
+            check_revision(self.engine, Base.metadata)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

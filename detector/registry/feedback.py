@@ -31,12 +31,13 @@ from sqlalchemy import select
 from linewatch.common.settings import KafkaSettings
 from linewatch.detector.registry.db import AuditRecord, Database, Feedback
 from linewatch.detector.registry.models import FEEDBACK_MANIFEST
+from linewatch.errors import DataError
 from linewatch.ingest.wire import WireFormatError, decode_frame
 
 VERDICTS = ("false_alarm", "real_defect")
 
 
-class FeedbackError(ValueError):
+class FeedbackError(DataError, ValueError):
     """Feedback that cannot be recorded or exported; the message says why."""
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import select
 
 from linewatch.detector.model.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from linewatch.detector.registry.db import ALL_LINES, Database, ModelVersion, Promotion, RegistryError
+from linewatch.detector.registry.db import ALL_LINES, Database, ModelVersion, Promotion
+from linewatch.detector.registry.errors import RegistryError
 from linewatch.detector.registry.store import FolderStore
 
 FEEDBACK_MANIFEST = "feedback_manifest.json"  # written by `dataset export --feedback`, read by register

@@ -17,14 +17,14 @@ fallback model is configured; its watcher keeps polling, so a later promotion ta
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from linewatch.detector.registry.hotswap import Loader, ModelWatcher
+from linewatch.detector.registry.hotswap import Loader, ModelWatcher, RefusalSink
 from linewatch.detector.registry.models import Registry
 from linewatch.detector.registry.settings import RoutingConfig
 
@@ -57,6 +57,7 @@ class ModelRouter:
     device: str = "cpu"
     fallback_model: Any = None
     on_refused: Callable[[str, str, str], None] | None = None  # (product, version, why)
+    refusal_sinks: Sequence[RefusalSink] = ()  # where standing refusals are shown (metric, operator page)
     _routes: dict[str, _Route] = field(default_factory=dict)
     _known_good: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -112,7 +113,8 @@ class ModelRouter:
         """Start following ``product``: look its assignment up now, then poll in the background."""
         watcher = ModelWatcher(self.registry, product, self.config.line, device=self.device, poll_s=self.config.poll_s,
                                known_good=self._known_good.get(product), loader=self.loader,
-                               on_refused=lambda v, why: self._refused(product, v, why))
+                               on_refused=lambda v, why: self._refused(product, v, why),
+                               refusal_sinks=self.refusal_sinks)
         route = self._routes[product] = _Route(watcher)
         watcher.check_once()
         route.model = watcher.take()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings
 
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
@@ -28,6 +28,20 @@ class RegistryConfig(BaseModel):
     audit_group_id: str = Field(default="linewatch-audit", description="Consumer group of `linewatch audit run`.")
     shadow_group_prefix: str = Field(default="linewatch-shadow",
                                      description="Shadow replays use this prefix plus a unique suffix as group.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_usable(cls, value: str) -> str:
+        # Checked here so that a typo is a one-line configuration error, not a traceback from the engine.
+        # The dialect is looked up (a module of SQLAlchemy), not connected to; its driver loads on first use.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            make_url(value).get_dialect()
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise ValueError(f"not a usable SQLAlchemy URL: {exc}") from None
+        return value
 
 
 class RoutingConfig(BaseModel):

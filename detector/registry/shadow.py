@@ -41,13 +41,14 @@ from linewatch.detector.registry.models import Registry
 from linewatch.detector.registry.offsets import end_offsets
 from linewatch.detector.registry.settings import RegistrySettings
 from linewatch.detector.registry.times import iso
+from linewatch.errors import DataError
 from linewatch.ingest.wire import FrameMeta, WireFormatError, decode_frame
 
 log = logging.getLogger(__name__)
 PRODUCT_HEADER = "lw-product"
 
 
-class ShadowError(ValueError):
+class ShadowError(DataError, ValueError):
     """A shadow run that cannot start (no active version, no frames topic); the message says why."""
 
 

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from linewatch.detector.model.checkpoint import file_sha256
-from linewatch.detector.registry.db import RegistryError
+from linewatch.detector.registry.errors import RegistryError
 
 
 class FolderStore:

@@ -26,6 +26,14 @@ def parse_since(value: str, now_ns: int | None = None) -> int:
     return int(moment.timestamp() * 1e9)
 
 
+def parse_duration(value: str) -> float:
+    """Seconds of a duration such as ``90s``, ``30m``, ``2h``, ``7d``; raises ValueError with the accepted forms."""
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"expected a duration such as 90s, 30m, 2h or 7d, got {value!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
 def iso(ns: int) -> str:
     """ns since the epoch as an ISO-8601 UTC time with milliseconds."""
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds")

@@ -3,59 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
-import sys
-import threading
 from typing import Any
 
-log = logging.getLogger(__name__)
+from linewatch.detector.model.vocabulary import Backend
 
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    if args.bootstrap_servers:
-        values["kafka"] = {"bootstrap_servers": args.bootstrap_servers}
-    if args.redis_url:
-        values["redis"] = {"url": args.redis_url}
-    if args.frames_topic:
-        values["topics"] = {"frames": args.frames_topic}
-    renames = {"max_batch": "max_batch_size"}
-    for name in ("model", "max_batch", "max_wait_ms", "device", "backend", "group_id", "metrics_port", "decode_mode",
-                 "decode_workers", "torch_threads"):
-        value = getattr(args, name, None)
-        if value is not None:
-            values[renames.get(name, name)] = value
-    return values
+# argparse dest -> the DetectorSettings field it overrides
+FLAGS = {"bootstrap_servers": "kafka.bootstrap_servers", "redis_url": "redis.url", "frames_topic": "topics.frames",
+         "max_batch": "max_batch_size",
+         **{name: name for name in ("model", "max_wait_ms", "device", "backend", "group_id", "metrics_port",
+                                    "decode_mode", "decode_workers", "torch_threads")}}
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from linewatch.common.settings import load_settings
-    from linewatch.detector.model.checkpoint import CheckpointError
-    from linewatch.detector.model.device import DeviceError
+    from linewatch.common.service_runner import Overrides, run_service
     from linewatch.detector.service import DetectorSettings, run_detector
 
-    settings = load_settings(DetectorSettings, **_overrides(args))
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        # First signal: drain the batch in flight, commit, exit. The default handler is restored,
-        # so a second Ctrl-C kills at once (still safe: only acknowledged frames were committed).
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("signal %d: draining and stopping", signum)
-            stop.set()
-            signal.signal(signum, signal.SIG_DFL)
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, on_signal)
-    try:
-        run_detector(settings, stop)
-    except (CheckpointError, DeviceError, ValueError) as exc:
-        print(f"linewatch detect: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"linewatch detect: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    # The first signal drains the batch in flight, commits and exits; a second kills at once (still safe:
+    # only acknowledged frames were committed). RuntimeError: the service failed while running (logged).
+    return run_service(DetectorSettings, Overrides.from_args(args, FLAGS), run_detector, fatal=(RuntimeError,))
 
 
 def register_detect(subparsers: Any) -> None:
@@ -69,7 +34,7 @@ def register_detect(subparsers: Any) -> None:
     parser.add_argument("--max-batch", type=int, help="a batch closes at this many frames (default 16)")
     parser.add_argument("--max-wait-ms", type=float, help="...or this long after its first frame (default 20)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"],
+    parser.add_argument("--backend", choices=Backend.values(),
                         help="model runtime (default auto: the fastest measured on this machine)")
     parser.add_argument("--decode-mode", choices=["cpu", "gpu", "auto"], help="where JPEG decoding runs")
     parser.add_argument("--decode-workers", type=int, help="decode threads (default 2)")

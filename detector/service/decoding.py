@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from linewatch.errors import InvalidValueError
 from linewatch.ingest.wire import (
     DEFAULT_MAX_FUTURE_SKEW_NS,
     MAX_PIXELS,
@@ -102,7 +103,7 @@ def select_decode_backend(mode: str, device_type: str) -> DecodeBackend:
         return "cpu"
     if mode == "gpu":
         if device_type != "cuda":
-            raise ValueError(f"decode_mode=gpu needs the model on a CUDA device, but it runs on {device_type}; "
+            raise InvalidValueError(f"decode_mode=gpu needs the model on a CUDA device, but it runs on {device_type}; "
                              "use decode_mode=cpu or auto")
         return "gpu"
     if mode == "auto":

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from linewatch.detector.registry.hotswap import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,27 @@ class DetectorMetrics:
         self.model_refusals = Counter("linewatch_detector_model_refusals", "Promoted models refused (load or sanity "
                                       "check failed; the old model keeps running).", ["product", "version"],
                                       registry=reg)
+        # 1 while a refusal stands; labels bounded: one series per followed product, reason a short enum.
+        self.model_refused = Gauge("linewatch_detector_model_refused", "1 while the model the registry assigns "
+                                   "to a product is refused (the detector keeps the model it had).",
+                                   ["product", "version", "reason"], registry=reg)
         self._lag_series: set[tuple[str, str]] = set()  # (topic, partition) this detector exports lag for
+        self._refused_series: dict[str, tuple[str, str]] = {}  # product -> (version, reason) exported
+
+    def refusal_stands(self, refusal: Refusal) -> None:
+        """Export the standing refusal of its product, replacing the product's earlier one (a RefusalSink)."""
+        series = (refusal.version, refusal.reason.value)
+        earlier = self._refused_series.get(refusal.product)
+        if earlier is not None and earlier != series:
+            self.model_refused.remove(refusal.product, *earlier)
+        self.model_refused.labels(refusal.product, *series).set(1)
+        self._refused_series[refusal.product] = series
+
+    def refusal_cleared(self, product: str, line: str) -> None:
+        """Drop the product's refusal series: absent, not 0, so the alert resolves and no label lingers."""
+        earlier = self._refused_series.pop(product, None)
+        if earlier is not None:
+            self.model_refused.remove(product, *earlier)
 
     def observe_statistics(self, stats_json: str) -> None:
         """librdkafka ``stats_cb``: set consumer lag per assigned partition, drop partitions no longer ours.

@@ -147,6 +147,7 @@ class DetectorService:
         if s.registry is None:
             return None
         from linewatch.detector.model.backends import load_model
+        from linewatch.detector.registry.hotswap import RedisRefusalBoard
         from linewatch.detector.registry.models import open_registry
         from linewatch.detector.registry.routing import ModelRouter
 
@@ -155,8 +156,11 @@ class DetectorService:
 
         log.info("models follow the registry at %s (line %r, every %.0f s)", s.registry.database_url.split("@")[-1],
                  s.routing.line, s.routing.poll_s)
+        # A refusal is shown while it stands: this detector's gauge (the LinewatchModelRefused alert) and a
+        # Redis record the operator page reads (its banner).
+        board = RedisRefusalBoard.for_polling(s.redis.client(), s.redis.key_prefix, s.routing.poll_s)
         return ModelRouter(open_registry(s.registry.database_url, s.registry.model_store), s.routing, loader,
-                           device=s.device, on_refused=self._model_refused)
+                           device=s.device, on_refused=self._model_refused, refusal_sinks=(self.metrics, board))
 
     def _model_refused(self, product: str, version: str, why: str) -> None:
         """A promoted model failed to load or its checks: alert (metric + ERROR log); the old one keeps running."""

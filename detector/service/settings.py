@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings
 
 from linewatch.common.redis_settings import RedisSettings
 from linewatch.common.settings import KafkaSettings, TopicSettings, settings_config
+from linewatch.detector.model.vocabulary import Backend
 from linewatch.detector.registry.settings import RegistryConfig, RoutingConfig
 from linewatch.ingest.fleet import CameraRegionsSettings
 from linewatch.ingest.wire import CAMERA_ID_PATTERN, MAX_PIXELS, MAX_SIDE
@@ -33,8 +34,8 @@ class DetectorSettings(BaseSettings, CameraRegionsSettings):
 
     model: Path = Field(default=Path("models/stfpm.safetensors"), description="Checkpoint from `linewatch train`.")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
-    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
-        default="auto",
+    backend: Backend = Field(
+        default=Backend.AUTO,
         description="Model runtime; auto = the fastest measured on this machine (detector/model/backends).",
     )
     torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads on CPU; 0 = torch's default.")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from linewatch.errors import ConfigurationError
 from linewatch.ingest.sources.base import CapturedFrame, FrameError, Source, SourceError
 from linewatch.ingest.sources.folder import FolderSource
 from linewatch.ingest.sources.opencv import OpenCVSource
@@ -33,7 +34,7 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 GLOB_CHARS = set("*?[")
 
 
-class SourceSpecError(ValueError):
+class SourceSpecError(ConfigurationError, ValueError):
     """A SOURCE string or option that cannot be understood; the message says what is expected."""
 
 

@@ -109,19 +109,21 @@ def test_alert_list_history_and_acknowledgement(api: tuple[TestClient, AlertsSet
 
 def test_camera_health_lists_failing_checks_and_survives_a_damaged_record(
         api: tuple[TestClient, AlertsSettings, str]) -> None:
-    from linewatch.health.state import health_key, index_key
+    from linewatch.health.state import health_key, heartbeat_key, index_key
 
     http, settings, _ = api
     client, prefix = settings.redis.client(), settings.redis.key_prefix
-    assert http.get("/api/camera-health", headers=AUTH).json() == {
-        "monitored": False, "cameras": [{"camera_id": "cam-7", "line_id": "", "healthy": True, "checks": []}]}
+    # The camera-health service is not reporting: no failing check proves nothing.
+    assert http.get("/api/camera-health", headers=AUTH).json() == {"monitored": False, "cameras": [
+        {"camera_id": "cam-7", "line_id": "", "health": "unknown", "healthy": False, "checks": []}]}
+    client.set(heartbeat_key(prefix), 1, ex=60)  # now it is
     client.hset(health_key(prefix, "cam-7"), mapping={
         "focus": '{"detail": "focus 0.1 < 0.25", "value": 0.1, "threshold": 0.25, "since_ns": 20, "line_id": "l-3"}',
         "exposure": '{"detail": "dark", "since_ns": 10}', "frozen": "not json", "drift": '{"since_ns": "soon"}'})
     client.zadd(index_key(prefix), {"cam-9": 1})  # known to the health service only, healthy again since
     cameras = http.get("/api/camera-health", headers=AUTH).json()["cameras"]
-    assert [(c["camera_id"], c["healthy"], c["line_id"]) for c in cameras] == [("cam-7", False, "l-3"),
-                                                                              ("cam-9", True, "")]
+    assert [(c["camera_id"], c["health"], c["healthy"], c["line_id"]) for c in cameras] == [
+        ("cam-7", "unhealthy", False, "l-3"), ("cam-9", "healthy", True, "")]
     checks = [(c["check"], c["since_ns"], c["detail"]) for c in cameras[0]["checks"]]
     assert checks == [("drift", 0, ""), ("frozen", 0, "unreadable health record"), ("exposure", 10, "dark"),
                       ("focus", 20, "focus 0.1 < 0.25")]

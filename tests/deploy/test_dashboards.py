@@ -15,6 +15,7 @@ from deploy_helpers import DEPLOY, load_compose
 from linewatch.deploy.cli import main
 from linewatch.deploy.dashboards import DASHBOARD_DIR, load_dashboards, push_dashboards
 from linewatch.deploy.local import free_port
+from linewatch.errors import BrokerError
 
 GRAFANA = DEPLOY / "grafana"
 TOKEN = "glsa_test_token"
@@ -188,7 +189,7 @@ def test_push_is_idempotent_by_uid(grafana: FakeGrafana, capsys: pytest.CaptureF
 
 def test_push_reports_a_bad_token_and_an_unreachable_grafana(grafana: FakeGrafana,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["dashboards", "push", "--grafana-url", grafana.url, "--token", "wrong"]) == 1
+    assert main(["dashboards", "push", "--grafana-url", grafana.url, "--token", "wrong"]) == BrokerError.exit_code
     assert "HTTP 401" in capsys.readouterr().err
     assert not grafana.dashboards
     closed = f"http://127.0.0.1:{free_port()}"

@@ -70,6 +70,14 @@ def fill_secret_files(folder: Path) -> dict[str, str]:
     return values
 
 
+def secret_value(key: str) -> str:
+    """A random value of the shape the setting validates (a database URL must parse as one)."""
+    token = secrets.token_urlsafe(32)
+    if key.endswith("DATABASE_URL"):
+        return f"postgresql+psycopg://linewatch:{token}@postgres.example:5432/linewatch"
+    return token
+
+
 def container_env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, str]:
     """The container's environment: envFrom ConfigMaps from the render, Secrets with example keys, then env."""
     keys = secret_example_keys()
@@ -78,7 +86,7 @@ def container_env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict
         if "configMapRef" in source:
             env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
         else:
-            env.update({key: secrets.token_urlsafe(32) for key in keys[source["secretRef"]["name"]]})
+            env.update({key: secret_value(key) for key in keys[source["secretRef"]["name"]]})
     env.update({item["name"]: item["value"] for item in container.get("env", [])})
     return env
 
@@ -201,7 +209,9 @@ def test_alerts_liveness_survives_a_redis_outage_readiness_does_not(deploy_check
 def test_detector_gets_its_model_without_a_shared_volume_and_keda_owns_replicas(deploy_checks: Path) -> None:
     for overlay in ("cpu", "gpu"):
         docs = app(deploy_checks, overlay)
-        assert not find(docs, "PersistentVolumeClaim"), "a ReadOnlyMany PVC leaves pods Pending on most CSI drivers"
+        # The one claim is the registry's model store (tests/deploy/test_k8s_registry.py); the model the
+        # detector starts with never needs one: a ReadOnlyMany PVC leaves pods Pending on most CSI drivers.
+        assert [c["spec"]["accessModes"] for c in find(docs, "PersistentVolumeClaim")] == [["ReadWriteMany"]]
         detector = one(docs, "Deployment", "linewatch-detector")
         assert "replicas" not in detector["spec"], "a replicas field resets KEDA's choice on every apply"
         spec = pod_spec(detector)

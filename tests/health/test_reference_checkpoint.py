@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,11 @@ def test_reference_matches_the_detectors_model_version_and_calibration(tmp_path:
     reference = references[model.model_version]
     assert reference.p50 == pytest.approx(model.metadata.calibration.score_stats["p50"])
     assert reference.log_scale == pytest.approx(model.metadata.calibration.log_scale)
+
+    # The alerts box runs camera health without torch or safetensors: the header alone must do.
+    code = ("import sys; sys.modules['torch'] = sys.modules['safetensors'] = None\n"
+            "from linewatch.health.service import references_from_checkpoints\n"
+            f"print(*references_from_checkpoints([{str(path)!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [model.model_version]

@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
 
+from linewatch.errors import ConfigurationError
 from linewatch.ingest import cli
 
 ReadTopic = Callable[..., list[Message]]
@@ -41,13 +42,13 @@ def test_camera_command_publishes(bootstrap: str, unique: str, tmp_path: Path, r
     assert len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic).topics[topic].partitions) == 3
 
 
-def test_camera_command_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("camera", "--source", "synthetic:?bogus=1", "--state-dir", str(tmp_path)) == 2
-    assert "unknown option(s) bogus" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:
+def test_camera_command_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown option\(s\) bogus") as info:
+        run_cli("camera", "--source", "synthetic:?bogus=1", "--state-dir", str(tmp_path))
+    assert info.value.exit_code == 2
+    with pytest.raises(ConfigurationError, match=r"--camera-id \(LINEWATCH_CAMERA_ID\)") as info:
         run_cli("camera", "--source", "synthetic:", "--camera-id", "bad id!", "--state-dir", str(tmp_path))
-    assert info.value.code == 2
-    assert "LINEWATCH_CAMERA_ID" in capsys.readouterr().err
+    assert info.value.exit_code == 2
     with pytest.raises(SystemExit):
         run_cli("camera", "--resize", "640by480")
 
@@ -72,7 +73,8 @@ cameras:
     assert "camera left: captured 3, sent 3" in out and "camera right: captured 4, sent 4" in out
     records = read_topic(topic, 7)
     assert sorted(r.key() for r in records) == [b"left"] * 3 + [b"right"] * 4
-    assert run_cli("cameras", "--config", str(tmp_path / "missing.yaml")) == 2
+    with pytest.raises(ConfigurationError, match=r"missing\.yaml"):
+        run_cli("cameras", "--config", str(tmp_path / "missing.yaml"))
 
 
 def test_topics_command_creates_missing_topics(bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch,

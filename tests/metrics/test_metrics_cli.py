@@ -9,6 +9,7 @@ import pytest
 from mvtec_fixture import write_tiny_mvtec
 
 from linewatch.deploy.cli import main
+from linewatch.errors import DataError, ModelError
 
 
 def test_evaluate_command_writes_metrics_and_report(tiny_model: Path, tmp_path: Path,
@@ -40,14 +41,14 @@ def test_evaluate_command_bad_inputs_give_one_line_errors(tiny_model: Path, tmp_
     corrupt = tmp_path / "corrupt.lw"
     corrupt.write_bytes(tiny_model.read_bytes()[:500])
     cases = [
-        (["--model", str(tmp_path / "missing.lw"), str(data)], "missing.lw"),
-        (["--model", str(corrupt), str(data)], "corrupt.lw"),
-        (["--model", str(tiny_model), str(data / "train")], "test/"),
+        (["--model", str(tmp_path / "missing.lw"), str(data)], "missing.lw", ModelError.exit_code),
+        (["--model", str(corrupt), str(data)], "corrupt.lw", ModelError.exit_code),
+        (["--model", str(tiny_model), str(data / "train")], "test/", DataError.exit_code),
     ]
-    for args, needle in cases:
-        assert main(["evaluate", *args, "--report", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    for args, needle, status in cases:
+        assert main(["evaluate", *args, "--report", str(tmp_path / "out"), "--device", "cpu"]) == status
         err = capsys.readouterr().err.strip()
-        assert err.startswith("linewatch evaluate:") and needle in err and "\n" not in err
+        assert err.startswith("linewatch evaluate: error:") and needle in err and "\n" not in err
 
 
 @pytest.mark.realdata

@@ -13,6 +13,7 @@ import torch
 
 from linewatch.deploy.cli import main
 from linewatch.detector.model.inference import AnomalyModel
+from linewatch.errors import DataError, ModelError
 from linewatch.ingest.synthetic import render_sample
 
 
@@ -21,7 +22,7 @@ def test_train_synthetic_and_bad_arguments(tmp_path: Path, capsys: pytest.Captur
     out = tmp_path / "syn.safetensors"
     assert main(["train", "--synthetic", "--out", str(out), "--epochs", "1", "--image-size", "64"]) == 0
     assert AnomalyModel.load(out, "cpu").image_size == 64
-    assert main(["train", str(tmp_path / "absent"), "--out", str(out)]) == 2
+    assert main(["train", str(tmp_path / "absent"), "--out", str(out)]) == DataError.exit_code
     assert "error" in capsys.readouterr().err
 
 
@@ -38,6 +39,7 @@ def test_train_takes_the_taps_a_user_chooses(tmp_path: Path, capsys: pytest.Capt
     model = AnomalyModel.load(out, "cpu")
     assert tuple(model.metadata.taps) == (10, 14) and tuple(model.model.taps) == (10, 14)
     assert model.predict(np.zeros((1, 64, 64, 3), np.uint8)).maps.shape == (1, 64, 64)
+    # A tap the network does not have: one line naming it and exit 2, as for any bad flag
     assert main(["train", str(folder), "--out", str(tmp_path / "bad.safetensors"), "--taps", "2,99", *common]) == 2
     assert "taps must be block indices" in capsys.readouterr().err
 
@@ -61,7 +63,8 @@ def test_predict_writes_overlays_and_json_lines(tmp_path: Path, tiny_model: Path
     assert scored["0.png"]["region"]["bbox"] is not None
     overlay = cv2.imread(scored["2.png"]["overlay"])
     assert overlay is not None and overlay.shape == (72, 72, 3)
-    assert main(["predict", "--model", str(folder / "broken.png"), str(folder), "--out", str(out)]) == 2
+    broken = ["predict", "--model", str(folder / "broken.png"), str(folder), "--out", str(out)]
+    assert main(broken) == ModelError.exit_code
 
 
 @pytest.mark.slow  # two exports (55 s measured on 2 busy cores)

@@ -10,9 +10,11 @@ import pytest
 
 from linewatch.deploy.cli import main
 from linewatch.detector.model.checkpoint import file_sha256
-from linewatch.detector.registry.db import Database, RegistryError
+from linewatch.detector.registry.db import Database
+from linewatch.detector.registry.errors import RegistryError
 from linewatch.detector.registry.models import Registry, _find_metrics
 from linewatch.detector.registry.store import FolderStore
+from linewatch.errors import DataError
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +119,7 @@ def test_cli_round_trip_on_the_default_sqlite(tmp_path: Path, model_a: Path, mod
     assert shown["metrics"] == {"image_auroc": 0.91}
     assert [p["action"] for p in shown["promotions"]] == ["promote", "rollback"]
     assert (tmp_path / ".linewatch" / "registry.db").is_file()
-    assert main(["models", "show", "ffff00"]) == 2
+    assert main(["models", "show", "ffff00"]) == DataError.exit_code
     assert "no registered version" in capsys.readouterr().err
 
 

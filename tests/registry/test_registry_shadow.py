@@ -18,6 +18,7 @@ from linewatch.detector.registry.models import Registry
 from linewatch.detector.registry.settings import RegistrySettings
 from linewatch.detector.registry.shadow import ShadowError, ShadowOptions, ShadowRun, write_report
 from linewatch.detector.registry.store import FolderStore
+from linewatch.errors import DataError
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +108,7 @@ def test_cli_writes_the_report_and_refuses_without_an_active_version(replay_line
     assert json.loads((out / "report.json").read_text())["frames_scored"] == 10
     assert (out / "report.html").is_file()
     assert main(["models", "shadow", replay_line["candidate"], "--product", "housing", "--since", "1h",
-                 *common]) == 2
+                 *common]) == DataError.exit_code
     assert "no active version" in capsys.readouterr().err
     with pytest.raises(ShadowError, match="already the active"):
         ShadowRun(replay_line["settings"], replay_line["registry"],

@@ -20,6 +20,7 @@ from helpers.faults import ROOT, report, size
 
 from linewatch.detector.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from linewatch.detector.model.inference import AnomalyModel
+from linewatch.errors import ModelError
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -106,4 +107,4 @@ def test_bad_checkpoints_are_refused_and_never_execute_code(tiny_model: Path, tm
                "code_executed": marker.exists(), "cli": {k: {"exit": v[0], "traceback": v[1]} for k, v in cli.items()}}
     report("model_files", figures)
     assert not accepted and not other and not marker.exists()
-    assert all(code == 2 and not traceback for code, traceback, _ in cli.values()), cli
+    assert all(code == ModelError.exit_code and not traceback for code, traceback, _ in cli.values()), cli

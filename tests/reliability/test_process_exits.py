@@ -32,6 +32,7 @@ from test_crash import _results_stream, result_pair
 from linewatch.alerts.rules import CameraState, step
 from linewatch.alerts.settings import RuleConfig
 from linewatch.deploy.local import free_port
+from linewatch.errors import BrokerError
 from linewatch.ingest.synthetic import render_sample
 from linewatch.ingest.wire import encode_frame
 
@@ -190,7 +191,7 @@ def test_detect_exits_non_zero_when_its_inference_worker_dies_and_a_restart_lose
     assert code == 1, died_log[-3000:]
     assert "InjectedWorkerDeath" in died_log, died_log[-3000:]  # it died of the injected fault, not of another
     assert died_log.count("detector worker failed\n") == 1  # died once: no worker restarted behind our back
-    assert "linewatch detect: detector worker failed: injected" in died_log
+    assert "linewatch detect: error: detector worker failed: injected" in died_log
     assert before_restart and committed < total
     assert set(range(committed)) <= before_restart  # nothing committed without its result
     assert restart_code == 0, _tail(log_path)
@@ -303,9 +304,10 @@ def test_alerts_exits_0_on_sigterm_while_its_redis_is_down(bootstrap: str, uniqu
 @pytest.mark.parametrize("failure", ["unexpected_error", "api_port_taken", "broker_unreachable"])
 def test_alerts_exits_non_zero_on_a_fatal_failure(failure: str, bootstrap: str, redis_url: str, unique: str,
                                                    tmp_path: Path) -> None:
-    """Each ends the process with 1 within seconds of the failure (not a hang, not a retry loop):
-    an exception the loop does not expect (a bug, injected into its 3rd batch of records), the API port
-    held by another process, and no broker at start (after its 15 s metadata timeout)."""
+    """Each ends the process non-zero within seconds of the failure (not a hang, not a retry loop):
+    an exception the loop does not expect (a bug, injected into its 3rd batch of records) and the API port
+    held by another process with 1, no broker at start (after its 15 s metadata timeout) with the
+    BrokerError status and one line (linewatch/errors.py)."""
     log_path = tmp_path / "alerts.log"
     env = _alerts_env(bootstrap, redis_url, unique)
     args, fault = ["alerts", "--no-api"], None
@@ -327,7 +329,7 @@ def test_alerts_exits_non_zero_on_a_fatal_failure(failure: str, bootstrap: str, 
         holder.close()
     text = log_path.read_text(errors="replace")
     report(f"exits.alerts_{failure}", {"exit_code": code, "exit_s_after_start": round(took, 1)})
-    assert code == 1, text[-3000:]
+    assert code == (BrokerError.exit_code if failure == "broker_unreachable" else 1), text[-3000:]
     if failure == "unexpected_error":
         assert text.count("InjectedBug: injected: batch 3") == 1, text[-3000:]  # once: not retried
         committed = _committed(bootstrap, f"alerts-{unique}", f"results-{unique}")
@@ -335,5 +337,5 @@ def test_alerts_exits_non_zero_on_a_fatal_failure(failure: str, bootstrap: str, 
     elif failure == "api_port_taken":
         assert "operator API did not start" in text, text[-3000:]
     else:
-        assert "cannot list topics" in text, text[-3000:]
+        assert "linewatch alerts: error: cannot list topics" in text and "Traceback" not in text, text[-3000:]
     assert took < 60, f"took {took:.0f}s to exit"

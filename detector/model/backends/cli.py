@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from linewatch.detector.evaluation.bench import FRAME_SIDE
-from linewatch.detector.model.backends.names import BACKENDS, PRECISIONS
+from linewatch.detector.model.vocabulary import Backend, Precision
 
 
 def register_bench(subparsers: Any) -> None:
@@ -22,11 +21,11 @@ def register_bench(subparsers: Any) -> None:
                               description="Frames/s and per-batch latency p50/p99 of the whole model path from uint8 "
                               "frames, in a worker thread with the detector's thread settings.")
     p.add_argument("--model", type=Path, required=True, help="checkpoint, or a folder from `linewatch export`")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    p.add_argument("--backend", choices=Backend.values(), default=Backend.AUTO.value)
+    p.add_argument("--precision", choices=Precision.values(), default=Precision.FP32.value,
                    help="fp32; bf16 (OpenVINO, CPUs with native bf16); int8 comes from an --int8 export folder")
-    p.add_argument("--batch", type=int, default=8, help="frames per batch (8)")
-    p.add_argument("--seconds", type=float, default=5.0, help="measuring time after warm-up (5)")
+    p.add_argument("--batch", type=_positive_int, default=8, help="frames per batch (8)")
+    p.add_argument("--seconds", type=_positive_float, default=5.0, help="measuring time after warm-up (5)")
     p.add_argument("--frame-side", type=int, default=FRAME_SIDE, help="side of the square uint8 input frames (256)")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads, as the detector's torch_threads setting (0: torch's default)")
@@ -35,17 +34,28 @@ def register_bench(subparsers: Any) -> None:
     p.set_defaults(func=_bench)
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _bench(args: argparse.Namespace) -> int:
     from linewatch.detector.evaluation.bench import measure
     from linewatch.detector.model.backends.loader import load_model
 
-    try:
-        model = load_model(args.model, args.backend, args.device, precision=args.precision,
-                           threads=args.threads or None)
-        result = measure(model, args.batch, args.seconds, threads=args.threads, frame_side=args.frame_side)
-    except (ValueError, FileNotFoundError) as exc:  # BackendError, CheckpointError, DeviceError, BenchError
-        print(f"linewatch bench: error: {exc}", file=sys.stderr)
-        return 2
+    model = load_model(args.model, args.backend, args.device, precision=args.precision, threads=args.threads or None)
+    result = measure(model, args.batch, args.seconds, threads=args.threads, frame_side=args.frame_side)
     if args.json:
         print(json.dumps(asdict(result)))
     else:

@@ -1,4 +1,6 @@
-"""Backend and precision names, importable without torch (the CLI builds its parsers from them)."""
+"""Backend and precision names as tuples, importable without torch (defined in detector/model/vocabulary.py)."""
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
+from linewatch.detector.model.vocabulary import Backend, Precision
+
+BACKENDS = Backend.values()
+PRECISIONS = Precision.values()

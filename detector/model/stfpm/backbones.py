@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from linewatch.detector.model.stfpm.efficientnet_lite import EfficientNetLiteFeatures
+from linewatch.errors import InvalidValueError, ModelError
 
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
-class BackboneError(ValueError):
+class BackboneError(ModelError, ValueError):
     """A backbone or its weights cannot be provided; the message says what to do."""
 
 
@@ -35,7 +36,7 @@ class ResNetFeatures(nn.Module):
         super().__init__()
         self.taps = tuple(sorted(int(t) for t in taps))
         if not self.taps or self.taps[0] < 1 or self.taps[-1] > 4:
-            raise ValueError(f"resnet taps must be layer numbers 1..4, got {taps}")
+            raise InvalidValueError(f"resnet taps must be layer numbers 1..4, got {taps}")
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layers = nn.ModuleList(getattr(net, f"layer{i}") for i in range(1, self.taps[-1] + 1))
 

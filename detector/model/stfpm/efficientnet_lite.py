@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from linewatch.errors import InvalidValueError
+
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01  # TF's 0.99 decay
 
@@ -115,7 +117,8 @@ class EfficientNetLiteFeatures(nn.Module):
                 stride = stage.stride if i == 0 else 1
                 blocks.append(MBConv(stage.kernel, stride, stage.expand, c_in, stage.c_out))
         if not self.taps or self.taps[0] < 0 or self.taps[-1] >= len(blocks):
-            raise ValueError(f"efficientnet_{variant} taps must be block indices 0..{len(blocks) - 1}, got {taps}")
+            raise InvalidValueError(f"efficientnet_{variant} taps must be block indices 0..{len(blocks) - 1}, "
+                                    f"got {taps}")
         self._blocks = nn.ModuleList(blocks[: self.taps[-1] + 1])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -12,6 +12,7 @@ from torch import nn
 from linewatch.detector.model.stfpm.anomaly_map import fuse_layer_maps
 from linewatch.detector.model.stfpm.backbones import get_spec
 from linewatch.detector.model.stfpm.loss import layer_distance
+from linewatch.errors import InvalidValueError
 
 RESIZE_MODES = ("squash", "letterbox")
 # The student learns from scratch in a few hundred SGD steps; with the teacher's TF-style BN momentum
@@ -40,7 +41,7 @@ def _resize_bounded(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     separably, one frame at a time: the horizontal pass runs on row strips converted to float
     one strip at a time, then the (H, S)-sized result is resized vertically. The antialiased
     bilinear filter is separable, so this matches the direct path to float rounding (< 1e-4
-    on 0..255 values, measured in tests/detector_service/test_hostile_units.py).
+    on 0..255 values, measured in tests/detector_service/test_units.py).
     """
     if _tracing():  # exported graphs keep H and W dynamic: no shape arithmetic before this branch
         return _resize_aa(frames.float(), size)
@@ -75,26 +76,27 @@ class STFPM(nn.Module):
         super().__init__()
         spec = get_spec(backbone)
         if resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+            raise InvalidValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         self.backbone = backbone
         self.taps = tuple(taps) if taps else spec.default_taps
         self.image_size = int(image_size)
         self.sigma = float(sigma)
         self.resize_mode = resize_mode
         if score_top_k < 1:
-            raise ValueError(f"score_top_k must be at least 1, got {score_top_k}")
+            raise InvalidValueError(f"score_top_k must be at least 1, got {score_top_k}")
         self.score_top_k = int(score_top_k)
         self.tap_weights = tuple(float(w) for w in tap_weights)
         if self.tap_weights and (len(self.tap_weights) != len(self.taps)
                                  or not all(math.isfinite(w) and w > 0 for w in self.tap_weights)):
-            raise ValueError(f"tap_weights must be one positive number per tap {self.taps}, got {self.tap_weights}")
+            raise InvalidValueError(f"tap_weights must be one positive number per tap {self.taps}, "
+                                    f"got {self.tap_weights}")
         # Two maps from one network: the map shown (``map_taps``, default every tap) and the map the image score
         # is read from (``score_taps``, default the shown one): deep taps can judge large low-contrast regions
         # while the fine ones still show where the defect is.
         self.map_taps, self.score_taps = tuple(map_taps), tuple(score_taps)
         for name, subset in (("map_taps", self.map_taps), ("score_taps", self.score_taps)):
             if not set(subset) <= set(self.taps) or len(set(subset)) != len(subset):
-                raise ValueError(f"{name} must be distinct taps among {self.taps}, got {subset}")
+                raise InvalidValueError(f"{name} must be distinct taps among {self.taps}, got {subset}")
         self.teacher = spec.build(self.taps)
         self.student = spec.build(self.taps)
         for module in self.student.modules():

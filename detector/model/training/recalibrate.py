@@ -17,6 +17,7 @@ from linewatch.common.images import list_train_good, load_rgb
 from linewatch.detector.model.calibrate import Calibration, calibrate
 from linewatch.detector.model.checkpoint import load_checkpoint, rewritable_metadata, save_checkpoint
 from linewatch.detector.model.inference import AnomalyModel
+from linewatch.errors import InvalidDataError
 
 MIN_GOOD_IMAGES = 20
 
@@ -25,7 +26,8 @@ def score_good_folder(model: AnomalyModel, folder: Path, batch_size: int = 16) -
     """Image scores (N,) and model-size maps (N, S, S) of every image in ``folder`` (or its train/good)."""
     records = list_train_good(folder)
     if len(records) < MIN_GOOD_IMAGES:
-        raise ValueError(f"{folder} holds {len(records)} good images; calibration needs at least {MIN_GOOD_IMAGES}")
+        raise InvalidDataError(f"{folder} holds {len(records)} good images; calibration needs at least "
+                               f"{MIN_GOOD_IMAGES}")
     scores, maps = [], []
     for start in range(0, len(records), batch_size):
         prediction = model.predict([load_rgb(r.path) for r in records[start:start + batch_size]])

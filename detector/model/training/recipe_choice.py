@@ -37,6 +37,7 @@ from linewatch.detector.model.checkpoint import load_checkpoint, rewritable_meta
 from linewatch.detector.model.training.recipes import CANDIDATES, RECIPES
 from linewatch.detector.model.training.synthetic_defects import make_defects
 from linewatch.detector.model.training.train import TrainConfig, TrainResult, held_out_indices, train
+from linewatch.errors import InvalidDataError
 
 MARGIN = 0.01
 Z = 2.0
@@ -77,7 +78,7 @@ def real_selection(folder: Path) -> SelectionImages:
     """Every test image of an MVTec-layout folder with its mask (``--select-on``)."""
     records = list_test(folder)
     if not any(r.label == "defect" for r in records) or all(r.label == "defect" for r in records):
-        raise ValueError(f"--select-on {folder}: needs good and defective test images (MVTec layout)")
+        raise InvalidDataError(f"--select-on {folder}: needs good and defective test images (MVTec layout)")
     images = [load_rgb(r.path) for r in records]
     return SelectionImages(images, [load_mask(r, img.shape[:2]) for r, img in zip(records, images, strict=True)],
                            ["good" if r.label == "good" else r.defect_type for r in records], str(folder))

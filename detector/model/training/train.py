@@ -26,6 +26,7 @@ from linewatch.detector.model.metadata import ModelMetadata
 from linewatch.detector.model.stfpm.backbones import get_spec, load_pretrained
 from linewatch.detector.model.stfpm.loss import stfpm_loss
 from linewatch.detector.model.stfpm.torch_model import STFPM
+from linewatch.errors import InvalidDataError, InvalidValueError
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -192,7 +193,7 @@ def train(config: TrainConfig, train_records: Sequence[ImageRecord] | Sequence[n
     device = select_device(config.device)
     images, data_hash = _load_images(train_records)
     if len(images) < 2:
-        raise ValueError(f"training needs at least 2 good images, got {len(images)}")
+        raise InvalidDataError(f"training needs at least 2 good images, got {len(images)}")
     torch.manual_seed(config.seed)
     model = _build_model(config, device)
     split = _split_and_cache(model, images, config, device)
@@ -251,7 +252,7 @@ def _resume(path: Path, model: STFPM, optimizer: torch.optim.Optimizer, config: 
     """The state of an interrupted run with the same settings and data."""
     saved = torch.load(path, map_location=device, weights_only=True)
     if saved["config"] != config.to_dict() or saved["data_sha256"] != data_hash:
-        raise ValueError(f"{path} belongs to a run with other settings or data; delete it or drop --resume")
+        raise InvalidValueError(f"{path} belongs to a run with other settings or data; delete it or drop --resume")
     model.student.load_state_dict(saved["student"])
     optimizer.load_state_dict(saved["optimizer"])
     return _Progress(start_epoch=int(saved["epoch"]) + 1, best_epoch=int(saved["best_epoch"]),
