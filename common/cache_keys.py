@@ -11,7 +11,7 @@ With ``p`` the configured key prefix (default ``lw``):
                                    ``map_scale`` (float: map value = pixel / 65535 * map_scale),
                                    ``colour_scale`` (float: the map value drawn as full red),
                                    image_score, normalised_score, anomalous, capture_ns, line_id;
-                                   (detectors before issue 12 wrote a rendered ``overlay`` PNG
+                                   (older detectors wrote a rendered ``overlay`` PNG
                                    instead of ``frame``/``colour_scale``; readers still accept it);
                                    expires after ``heatmap_ttl_s``, or ``breach_ttl_s`` for breaches;
 - ``p:ov:{camera}:{sequence}``     hash: ``overlay`` (PNG rendered on request by the operator API from
@@ -86,7 +86,7 @@ FIELD_SEQUENCE = "sequence"
 FIELD_HEATMAP_KEY = "heatmap_key"
 FIELD_UPDATED_NS = "updated_ns"
 # heatmap hash only:
-FIELD_OVERLAY = "overlay"  # a rendered PNG: only in hashes written by detectors before issue 12
+FIELD_OVERLAY = "overlay"  # a rendered PNG: only in hashes written by older detectors
 FIELD_FRAME = "frame"
 FIELD_COLOUR_SCALE = "colour_scale"
 FIELD_MAP = "map"

@@ -121,8 +121,8 @@ def demo_options(args: argparse.Namespace) -> DemoOptions:
 
 def _recipe(args: argparse.Namespace, data: Path | None) -> str:
     """The demo pins a recipe instead of training every candidate (which would double its training time): the
-    one the dev half of ../shared's magnetic_tile prefers for it (benchmarks/results/model_accuracy.md,
-    session 7: image AUROC 0.889 against 0.712), fine for anything else."""
+    one the dev half of ../shared's magnetic_tile prefers for it (image AUROC 0.889 against 0.712;
+    docs/decisions/0002-default-recipe-and-auto-selection.md), fine for anything else."""
     if args.recipe:
         return str(args.recipe)
     shared_set = shared_data()

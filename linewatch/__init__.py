@@ -8,9 +8,6 @@ common <- ingest <- detector <- (health, plant) <- alerts <- deploy (tests/test_
 
 import os
 
-# torch's OpenMP threads spin-wait at barriers by default. With other processes on the same cores
-# (cameras, decoders, a second detector) that collapses throughput: measured on a shared 2-core CPU,
-# training fell from ~50 to 1 image/s and a model at batch 8 ran 1.3 frames/s instead of 17. Passive
-# waiting costs little on an idle machine. Set before torch (and its libgomp) loads; the environment
-# can still choose otherwise.
+# Passive OpenMP waiting (docs/decisions/0004-omp-wait-policy-passive.md): set before torch (and its libgomp)
+# loads; the environment may still choose otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

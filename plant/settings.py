@@ -93,8 +93,8 @@ class VerdictsSettings(BaseSettings):
     batch_size: int = Field(default=64, ge=1, description="Results consumed per loop; small keeps latency low.")
     poll_timeout_s: float = Field(default=0.05, gt=0, description="Longest wait for a result before looping.")
     fetch_wait_max_ms: int = Field(default=10, ge=0, le=500,
-                                   description="librdkafka fetch.wait.max.ms: the broker's longest hold of a fetch "
-                                               "(default 500 put a ~200 ms floor under the verdict hop; measured)")
+                                   description="librdkafka fetch.wait.max.ms "
+                                               "(docs/decisions/0006-kafka-fetch-wait.md).")
     start_from: Literal["latest", "earliest"] = Field(
         default="latest", description="Where a new consumer group starts; a backlog of old parts is useless.")
     retry_backoff_s: float = Field(default=0.5, gt=0, description="Wait after a sink failure before retrying.")

@@ -1,6 +1,6 @@
 """Every test must pass, and assert what it claims, when it runs alone (``pytest path::test_name``).
 
-The order dependency that broke this before (issue 25): a module-level counter that one test filled and
+The order dependency that broke this before: a module-level counter that one test filled and
 another test reported and asserted on; run alone, the second asserted ``0 == 0``. Running every slow file
 a second time in isolation would catch more but doubles ``make test``; this is the cheap guard, run in
 ``make unit`` and CI: a scan of the test code (``tests/**/*.py`` except conftest.py, whose hooks keep

@@ -62,9 +62,8 @@ class DetectorSettings(BaseSettings, CameraRegionsSettings):
     max_poll_interval_ms: int = Field(default=60_000, ge=1000, description="A stuck loop leaves the group after this.")
     queued_max_messages_kbytes: int = Field(default=16_384, ge=1, description="Prefetch bound per consumer (KiB).")
     fetch_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Most bytes one fetch returns.")
-    fetch_wait_max_ms: int = Field(default=10, ge=0, le=500, description="librdkafka fetch.wait.max.ms: the "
-                                   "broker's longest hold of an empty fetch (librdkafka's 500 put a ~200 ms p50 "
-                                   "floor under light load; measured in benchmarks/results/detector_pipeline.md).")
+    fetch_wait_max_ms: int = Field(default=10, ge=0, le=500, description="librdkafka fetch.wait.max.ms "
+                                   "(docs/decisions/0006-kafka-fetch-wait.md).")
     statistics_interval_ms: int = Field(default=5_000, ge=0, description="librdkafka statistics (lag); 0 = off.")
     commit_interval_ms: int = Field(default=1_000, ge=100, description="Auto-commit of stored (acked) offsets.")
     heatmaps_per_camera: int = Field(default=20, ge=1, description="Latest N heatmaps kept per camera.")

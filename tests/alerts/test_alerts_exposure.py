@@ -1,4 +1,4 @@
-"""Issue 13, the operator side: keys that expire, alert state beyond heatmap eviction, strong tokens, no secret in
+"""Operator side of hostile input: keys that expire, alert state beyond heatmap eviction, strong tokens, no secret in
 logs or dead letters, security headers, acks by token identity, encoded ids, escaped annotations, replay-proof
 webhook signatures. Real broker, Redis servers, HTTP servers and the `linewatch alerts` process."""
 

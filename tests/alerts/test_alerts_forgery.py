@@ -1,4 +1,4 @@
-"""Forged frames cannot suppress a camera's alerts (issue 25, item 1): the pure rule against the guard's adversary.
+"""Forged frames cannot suppress a camera's alerts: the pure rule against the guard's adversary.
 
 The adversary (see ``alerts.rules``): up to ``reanchor_after - 1`` forged result records of the victim camera,
 at any positions in its real stream, with any sequence and capture time (huge ones, ones within the guard's

@@ -1,4 +1,4 @@
-"""Forged result records against the real alerts service, broker and Redis (issue 25, item 1).
+"""Forged result records against the real alerts service, broker and Redis.
 
 The review's probe end to end: one forged result record of the victim camera, its sequence 5,000 past the
 camera's and its capture time 290 s ahead of this host's clock (inside the accepted skew), then the camera's

@@ -1,4 +1,4 @@
-"""Hostile and malformed result records against the real alerts service, broker, Redis and HTTP (issue 13).
+"""Hostile and malformed result records against the real alerts service, broker, Redis and HTTP.
 
 Each test drives ``AlertsService.run`` on the real broker and Redis with records a compromised or broken
 camera (or detector) could cause, and checks that alerting goes on: no crash loop, no silenced camera,

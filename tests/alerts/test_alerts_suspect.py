@@ -1,4 +1,4 @@
-"""Defect alerts of an unhealthy camera are marked suspect (issue 17): the rule, the deliveries, and end to end
+"""Defect alerts of an unhealthy camera are marked suspect: the rule, the deliveries, and end to end
 on the real broker, Redis, Alertmanager and a webhook receiver with the health state the camera-health
 service writes."""
 

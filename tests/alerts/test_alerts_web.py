@@ -82,7 +82,7 @@ def test_page_shows_heatmaps_and_acknowledges(make_settings: Callable[..., Alert
         assert "checked the part" in driver.find_element(By.ID, "alert-ack").text
         ack = AlertHistory(client, settings.redis.key_prefix).get(alert_id).ack  # type: ignore[union-attr]
         assert ack is not None and (ack.by, ack.note) == ("operator", "checked the part")
-        # Feedback on the worst frame, recorded as the token's identity (issue 16).
+        # Feedback on the worst frame, recorded as the token's identity.
         driver.find_element(By.ID, "defect-type").send_keys("scratch")
         driver.find_element(By.ID, "real-defect").click()
         wait.until(lambda d: "recorded" in d.find_element(By.ID, "feedback-result").text)

@@ -22,7 +22,7 @@ What is asserted, per set and backend, against torch fp32 on the same images:
 
 Both CPU vendors' numerics occur on this project's machines (Intel Xeon with AMX, AMD EPYC with AVX-512
 BF16/VNNI); the test prints which one ran. Figures from both are in benchmarks/results/int8_accuracy.md.
-With the first block quantized too (sessions 3-5) mvtec3d_tire missed (-0.015 image). The INT8 export's own
+With the first block quantized too (an earlier export scope) mvtec3d_tire missed (-0.015 image). The INT8 export's own
 fidelity report (good images only) is checked to be there. Skipped when ../shared/datasets is absent.
 """
 

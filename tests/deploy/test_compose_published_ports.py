@@ -55,7 +55,7 @@ def defaults_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.unit
 def test_the_check_catches_a_comment_that_says_not_published_above_published_ports() -> None:
-    # The alerts service before issue 25: the comment said one thing, `ports:` did the other.
+    # A regression seen before: the comment said one thing, `ports:` did the other.
     text = ("services:\n  alerts:\n    environment:\n"
             "      # Prometheus scrapes /metrics without the token on the compose network only (port not published).\n"
             "      LINEWATCH_HTTP__METRICS_PUBLIC: \"true\"\n    ports:\n      - \"127.0.0.1:8081:8081\"\n"

@@ -1,4 +1,4 @@
-"""Findings of issue 14 in the code the deployment runs: lag series after a rebalance, one-line
+"""Review findings in the code the deployment runs: lag series after a rebalance, one-line
 configuration errors, ``linewatch --version``, and the local test broker kept out of production."""
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_dashboards_have_unique_uids_panel_ids_and_resolving_datasources() -> No
 
 
 def test_camera_health_row_has_a_panel_per_check_on_the_real_metric_names() -> None:
-    """Each health check's panel queries the metric the camera-health service really exports (issue 17)."""
+    """Each health check's panel queries the metric the camera-health service really exports."""
     import re
 
     from linewatch.health.checks import CHECKS

@@ -315,7 +315,7 @@ def test_topics_match_the_compose_topic_job(deploy_checks: Path) -> None:
             assert topic["spec"]["config"]["retention.ms"] == int(compose[name]["retention.ms"])
 
 
-# --- issue 17: verdicts and camera-health -----------------------------------------------------------
+# --- verdicts and camera-health ------------------------------------------------------------------
 
 def test_camera_health_writes_to_a_managed_topic_and_copies_the_model_like_the_detector(deploy_checks: Path) -> None:
     docs = app(deploy_checks)

@@ -114,7 +114,7 @@ def test_prometheus_rule_is_generated_from_the_rule_files(deploy_checks: Path) -
     assert rule["metadata"]["namespace"] == "linewatch"
 
 
-# --- issue 17: verdict and camera-health alerts reach the people who act on them ---------------------
+# --- verdict and camera-health alerts ---------- reach the people who act on them ---------------------
 
 ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 

@@ -1,4 +1,4 @@
-"""Alert state lives in a Redis that never evicts and persists; the heatmap cache stays bounded (issue 25).
+"""Alert state lives in a Redis that never evicts and persists; the heatmap cache stays bounded.
 
 Checked on what the real tools render (docker-compose config with .env.example, kubectl kustomize of the
 cpu and gpu overlays): which Redis each service uses is what its own settings class makes of its rendered

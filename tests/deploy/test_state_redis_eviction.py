@@ -1,5 +1,5 @@
 """Alert rule state survives a full heatmap cache, measured on real redis-server processes started with the
-options of the shipped compose file (issue 25).
+options of the shipped compose file.
 
 The compose file is rendered by docker-compose with only the Redis sizes made small (``REDIS_MAXMEMORY``,
 ``STATE_REDIS_MAXMEMORY``, the operator's own knobs) so that filling them takes a second; every other
@@ -215,7 +215,7 @@ def test_rule_state_survives_a_full_heatmap_cache_in_the_shipped_compose(
 
 def test_one_shared_volatile_ttl_redis_evicts_rule_state_when_the_cache_fills(
         shipped: ShippedRedis, servers: dict[str, redis.Redis]) -> None:
-    """The deployment before issue 25: alert state in the heatmap cache's Redis (its shipped options)."""
+    """The old deployment: alert state in the heatmap cache's Redis (its shipped options)."""
     cache = servers[shipped.heatmap_service]
     assert option(shipped.options(shipped.heatmap_service), "maxmemory-policy") == "volatile-ttl"
     writer = RuleStateWriter(shipped.alerts, cache)

@@ -1,4 +1,4 @@
-"""Hostile and malformed records against the real broker and Redis (issue 13, detector side).
+"""Hostile and malformed records against the real broker and Redis (the detector side).
 
 Each test drives a real detector (consumer group, producer, Redis writer) and fails on the code
 before the fix: a record that crash-looped it, a worker death that hung it, a key that silenced a

@@ -354,7 +354,7 @@ def test_heatmap_queue_holds_only_downscaled_frames_and_reports_skipped_keys() -
 
 
 def test_stored_map_and_frame_draw_the_overlay_the_detector_used_to_render() -> None:
-    """Issue 12 item 5: the detector stores map + JPEG; the overlay drawn from them matches one drawn from the
+    """The detector stores map + JPEG; the overlay drawn from them matches one drawn from the
     full-precision map and frame (JPEG and 16-bit quantisation only), and the hot region stays where it was."""
     import cv2
 
@@ -402,7 +402,7 @@ def test_a_heatmap_hash_that_cannot_be_drawn_is_a_clear_error_and_an_expired_one
 
 
 def test_the_consumer_does_not_let_the_broker_hold_an_empty_fetch_for_long(monkeypatch: pytest.MonkeyPatch) -> None:
-    """librdkafka's default fetch.wait.max.ms (500) put a ~200 ms p50 floor under light load (issue 12 item 5)."""
+    """librdkafka's default fetch.wait.max.ms (500) put a ~200 ms p50 floor under light load."""
     from linewatch.detector.service.settings import DetectorSettings
 
     assert DetectorSettings().consumer_config()["fetch.wait.max.ms"] == 10

@@ -1,4 +1,4 @@
-"""Issue 16 end to end: a line making two products, a promotion mid-stream, on the real broker, Redis and PostgreSQL.
+"""End to end: a line making two products, a promotion mid-stream, on the real broker, Redis and PostgreSQL.
 
 A real detector service follows the registry (PostgreSQL). Cameras send frames with ``lw-product``:
 cam-0 makes brackets, cam-1 gears, cam-2 changes over from brackets to gears mid-stream, cam-3 a

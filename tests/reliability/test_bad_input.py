@@ -75,7 +75,7 @@ def bad_cases(rng: random.Random) -> dict[str, tuple[bytes | None, list | None]]
         "png_claiming_jpeg": (b"\x89PNG\r\n\x1a\n" + v[8:], h),
         "raw_wrong_length": (b"\x00" * 100, _headers(m, encoding="raw")),
         "huge_message_5mb": (b"\xff\xd8" + bytes(rng.getrandbits(8) for _ in range(2000)) * 2500, h),
-        # hostile (issue 13): ids that crash-looped the detector or break keys/URLs, forged times, long text
+        # hostile: ids that crash-looped the detector or break keys/URLs, forged times, long text
         "camera_id_200k_control": (v, _headers(m, camera_id="\x01" * 200_000)),
         "camera_id_with_slash": (v, _headers(m, camera_id="plant1/cam2")),
         "camera_id_unicode": (v, _headers(m, camera_id="cam-\u00e9")),

@@ -59,7 +59,7 @@ def memory_figures(series: dict[str, list[tuple[float, float]]]) -> dict[str, di
 
 def rated_fps() -> float:
     """The line's rating from the detector benchmark's results: the highest total camera rate it kept up with
-    while its cameras ran on the same host (issue 12), else the median pipeline frames/s on a backlog."""
+    while its cameras ran on the same host, else the median pipeline frames/s on a backlog."""
     text = (ROOT / "benchmarks" / "results" / "detector_pipeline.md").read_text()
     for label in ("line rating with its cameras, frames/s", "pipeline, frames/s"):
         row = re.search(rf"^\| {re.escape(label)} \|(.+)\|\s*$", text, re.MULTILINE)

@@ -1,12 +1,11 @@
 """``load_model(path, backend, device)``: one checkpoint (or export folder), any runtime, the same results.
 
 ``auto`` picks the fastest backend measured on this machine for this model, device and thread count.
-The measurement (``detector.bench.measure`` at the detector's default micro-batch, briefly, in a worker
-thread) runs at the first load and is kept in a table, ``backend_table.json`` in the cache folder,
-keyed by model version, device, threads and CPU model; later loads read the table. Why measure
-rather than rank by rule: which runtime wins depends on the backbone, the input size and the CPU's
-instruction set (AVX2 / AVX-512 / AMX), and the whole path includes the shared torch pre-processing.
-On CUDA, ``auto`` is torch (OpenVINO runs on the CPU here; ONNX Runtime's CUDA provider is not installed).
+The measurement (``linewatch.detector.evaluation.bench.measure`` at the detector's default micro-batch, briefly,
+in a worker thread) runs at the first load and is kept in a table, ``backend_table.json`` in the cache folder,
+keyed by model version, device, threads and CPU model; later loads read the table. Why measure rather than rank
+by rule: docs/decisions/0005-backend-auto.md. On CUDA, ``auto`` is torch (OpenVINO runs on the CPU here; ONNX
+Runtime's CUDA provider is not installed).
 """
 
 from __future__ import annotations

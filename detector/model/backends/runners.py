@@ -27,8 +27,7 @@ def ort_runner(onnx_path: Path, threads: int, device: str) -> GraphRunner:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # no busy-waiting between batches: the detector shares its cores with decode threads (the libgomp
-    # lesson of benchmarks/results/detector_pipeline.md)
+    # no busy-waiting between batches (docs/decisions/0004-omp-wait-policy-passive.md)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(onnx_path), options, providers=providers)
     _require_masks_input([i.name for i in session.get_inputs()], onnx_path)
