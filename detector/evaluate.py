@@ -33,6 +33,7 @@ from linewatch.detector.metrics import auroc, best_f1, f1_score, recall_at_false
 from linewatch.detector.pixel_metrics import DEFAULT_BINS, PixelAccumulator, quantile_edges
 from linewatch.detector.report import write_report
 from linewatch.detector.roi import CameraMasks, RoiConfig
+from linewatch.detector.tiling import concat_maps
 
 if TYPE_CHECKING:
     from linewatch.detector.inference import InferenceModel
@@ -57,7 +58,7 @@ def _predict_all(model: InferenceModel, records: list[ImageRecord], batch_size: 
         maps.append(np.asarray(prediction.maps, np.float32))
         shapes += [(int(i.shape[0]), int(i.shape[1])) for i in images]
         log.info("evaluate: %d/%d images", min(start + batch_size, len(records)), len(records))
-    return np.concatenate(scores), np.concatenate(flagged), np.concatenate(maps), shapes
+    return np.concatenate(scores), np.concatenate(flagged), concat_maps(maps), shapes
 
 
 def _thin(x: np.ndarray, y: np.ndarray, points: int = 600) -> tuple[np.ndarray, np.ndarray]:

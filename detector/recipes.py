@@ -40,6 +40,12 @@ RECIPES: dict[str, Recipe] = {
                                "deep taps 10/14, shows the 32x32 map of taps 2/4/10 (128 px)",
                      {"backbone": "efficientnet_lite0", "taps": (2, 4, 10, 14), "image_size": 128,
                       "map_taps": (2, 4, 10), "score_taps": (10, 14)}),
+    # fine's geometry on square tiles of long parts: a 1130x460 part is 3 tiles at 192 px instead of one squash,
+    # so a thin defect keeps 2.4x more pixels across the long axis (detector/tiling.py)
+    "tiled": Recipe("tiled", "long parts (aspect >= 1.5) with small or thin defects: fine's 48x48 map on each of "
+                             "the part's overlapping square tiles (192 px each)",
+                    {"backbone": "efficientnet_lite0", "taps": (2, 4, 10), "image_size": 192, "map_taps": None,
+                     "score_taps": None, "resize_mode": "squash", "tiling": "long-axis"}),
 }
 # What ``auto`` trains, in order of preference: a later one must win clearly (recipe_choice.py). "coarse" first:
 # on the shared sets' dev halves it had the best mean of image AUROC, pixel AUROC and AUPRO (0.821 against 0.797)

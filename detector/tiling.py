@@ -176,3 +176,37 @@ def part_map_to_image(part_map: np.ndarray, height: int, width: int, map_size: i
     if m.shape == (height, width):
         return m
     return np.asarray(cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR), np.float32)
+
+
+def tiles_of_images(images: Sequence[np.ndarray], tiling: str) -> tuple[list[np.ndarray], list[int]]:
+    """Every image's tiles, in order, one list for all (one batch), and how many tiles each image gave."""
+    tiles: list[np.ndarray] = []
+    counts: list[int] = []
+    for image in images:
+        cut = cut_tiles(image, tiling)
+        tiles += cut
+        counts.append(len(cut))
+    return tiles, counts
+
+
+def per_image(tile_values: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+    """Split values of all tiles (in :func:`tiles_of_images` order) into one block per image."""
+    bounds = np.cumsum([0, *counts])
+    return [tile_values[bounds[i]:bounds[i + 1]] for i in range(len(counts))]
+
+
+def merge_tiles(tile_scores: np.ndarray, tile_maps: np.ndarray, shapes: Sequence[tuple[int, int]],
+                counts: Sequence[int], map_size: int, tiling: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per image: the max of its tiles' scores and its stitched part map (model scale)."""
+    scores = np.array([image_score(s) for s in per_image(np.asarray(tile_scores), counts)], np.float32)
+    maps = [stitch_part_map(list(m), h, w, map_size, tiling)
+            for m, (h, w) in zip(per_image(np.asarray(tile_maps), counts), shapes, strict=True)]
+    return scores, maps
+
+
+def concat_maps(batches: Sequence[np.ndarray]) -> np.ndarray:
+    """``Prediction.maps`` of several calls as one array: a plain concatenation when their maps share a
+    shape (untiled models, or frames of one size), else every map padded as :func:`pad_maps` does."""
+    if len({b.shape[1:] for b in batches}) <= 1:
+        return np.concatenate(batches)
+    return pad_maps([m for b in batches for m in b])

@@ -26,6 +26,7 @@ from linewatch.detector.metadata import ModelMetadata
 from linewatch.detector.stfpm.backbones import get_spec, load_pretrained
 from linewatch.detector.stfpm.loss import stfpm_loss
 from linewatch.detector.stfpm.torch_model import STFPM
+from linewatch.detector.tiling import TILINGS, merge_tiles, tiles_of_images
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -78,10 +79,15 @@ class TrainConfig:
     channels_last: bool = True
     # stop when the validation loss has not improved for this many epochs (0 = run every epoch)
     patience: int = 3
+    # "long-axis": long images are cut into overlapping square tiles (detector/tiling.py); each tile of a good
+    # image is a training sample, and calibration scores each held-out image as the max over its tiles
+    tiling: str = "none"
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.tiling not in TILINGS:
+            raise ValueError(f"tiling must be one of {TILINGS}, got {self.tiling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (paths as strings)."""
@@ -155,6 +161,8 @@ class _Split:
     val_x: torch.Tensor
     train_t: list[torch.Tensor]
     val_t: list[torch.Tensor]
+    val_shapes: list[tuple[int, int]] = field(default_factory=list)  # held-out images' (H, W)
+    val_tiles: list[int] = field(default_factory=list)  # tiles per held-out image, in val_x's order
 
 
 @dataclass
@@ -208,7 +216,7 @@ def train(config: TrainConfig, train_records: Sequence[ImageRecord] | Sequence[n
 
     model.student.load_state_dict(state.best_state)
     model.eval()
-    calibration = _calibrate(model, split.val_x, config, defect_images)
+    calibration = _calibrate(model, split, config, defect_images)
     training = {"config": config.to_dict(), "best_epoch": state.best_epoch, "best_val_loss": state.best_val,
                 "epochs_run": len(state.history), "n_train": len(split.train_x), "n_val": len(split.val_x),
                 "data_sha256": data_hash, **(notes or {})}
@@ -233,10 +241,14 @@ def _split_and_cache(model: STFPM, images: list[np.ndarray], config: TrainConfig
     """Seeded held-out split (for best-epoch choice and calibration) and the teacher feature caches."""
     held_out = held_out_indices(len(images), config)  # the first indices of the same seeded permutation
     kept = np.random.default_rng(config.seed).permutation(len(images))[len(held_out):]
-    inputs = _inputs(model, images, device)
-    train_x, val_x = inputs[torch.from_numpy(kept)], inputs[torch.from_numpy(held_out)]
+    # split images first, then tile: no tile of a held-out image is trained on
+    train_tiles, _ = tiles_of_images([images[i] for i in kept], config.tiling)
+    val_images = [images[i] for i in held_out]
+    val_tiles, val_counts = tiles_of_images(val_images, config.tiling)
+    train_x, val_x = _inputs(model, train_tiles, device), _inputs(model, val_tiles, device)
     return _Split(train_x, val_x, _teacher_cache(model, train_x, config.batch_size),
-                  _teacher_cache(model, val_x, config.batch_size))
+                  _teacher_cache(model, val_x, config.batch_size),
+                  [(int(i.shape[0]), int(i.shape[1])) for i in val_images], val_counts)
 
 
 def held_out_indices(n_images: int, config: TrainConfig) -> np.ndarray:
@@ -344,7 +356,7 @@ def _metadata(model: STFPM, config: TrainConfig, calibration: Calibration, train
         sigma=config.sigma, resize_mode=config.resize_mode, score_top_k=config.score_top_k,
         tap_weights=model.tap_weights, map_taps=model.map_taps, score_taps=model.score_taps,
         input_mean=tuple(spec.mean), input_std=tuple(spec.std),
-        map_cells=model.map_cells(), training=training,
+        map_cells=model.map_cells(), tiling=config.tiling, training=training,
         versions={"linewatch": _package_version(), "torch": torch.__version__})
 
 
@@ -355,10 +367,10 @@ def native_bf16(device: torch.device) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _calibrate(model: STFPM, val_x: torch.Tensor, config: TrainConfig,
+def _calibrate(model: STFPM, split: _Split, config: TrainConfig,
                defect_images: Sequence[np.ndarray] | None) -> Calibration:
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(maps shown, image scores) of pre-processed inputs."""
+        """(maps shown, image scores) of pre-processed inputs (tiles, for a tiled recipe)."""
         maps, scores = [], []
         with torch.inference_mode():
             for i in range(0, len(x), config.batch_size):
@@ -367,11 +379,20 @@ def _calibrate(model: STFPM, val_x: torch.Tensor, config: TrainConfig,
                 scores.append(model.image_scores(score_maps.float()).cpu())
         return torch.cat(maps), torch.cat(scores)
 
+    val_x = split.val_x
     maps, val_scores = run(val_x)
-    scores = val_scores.numpy()
-    calibration = calibrate(scores, maps.numpy(), config.target_false_alarm_rate, config.pixel_false_positive_rate)
+    scores, pixels = val_scores.numpy(), maps.numpy()
+    if config.tiling != "none":  # thresholds per part: each held-out image's worst tile, its stitched map
+        scores, part_maps = merge_tiles(scores, pixels, split.val_shapes, split.val_tiles, config.image_size,
+                                        config.tiling)
+        pixels = np.concatenate([m.ravel() for m in part_maps])
+    calibration = calibrate(scores, pixels, config.target_false_alarm_rate, config.pixel_false_positive_rate)
     if defect_images:
-        defect_scores = run(_inputs(model, list(defect_images), val_x.device))[1].numpy()
+        defect_tiles, counts = tiles_of_images(list(defect_images), config.tiling)
+        defect_maps, tile_scores = run(_inputs(model, defect_tiles, val_x.device))
+        defect_scores = tile_scores.numpy() if config.tiling == "none" else merge_tiles(
+            tile_scores.numpy(), defect_maps.numpy(), [d.shape[:2] for d in defect_images], counts,
+            config.image_size, config.tiling)[0]
         labels = np.r_[np.zeros(len(scores), bool), np.ones(len(defect_scores), bool)]
         threshold, f1 = f1_optimal_threshold(np.r_[scores, defect_scores], labels)
         calibration = Calibration(**{**calibration.to_dict(), "f1_threshold": threshold, "f1": f1})
