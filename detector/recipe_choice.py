@@ -34,8 +34,9 @@ from linewatch.common.images import ImageRecord, list_test, load_mask, load_rgb
 from linewatch.detector.checkpoint import load_checkpoint, rewritable_metadata, save_checkpoint
 from linewatch.detector.metrics import auroc, paired_auroc_difference_se
 from linewatch.detector.pixel_metrics import PixelAccumulator, quantile_edges
-from linewatch.detector.recipes import CANDIDATES, RECIPES
+from linewatch.detector.recipes import CANDIDATES, LONG_PARTS_CANDIDATE, RECIPES
 from linewatch.detector.synthetic_defects import make_defects
+from linewatch.detector.tiling import MIN_ASPECT
 from linewatch.detector.train import TrainConfig, TrainResult, held_out_indices, train
 
 MARGIN = 0.01
@@ -122,10 +123,12 @@ def required_margin(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarr
 
 
 def train_auto(base: TrainConfig, records: Sequence[ImageRecord], out: Path, *, progress: bool = True,
-               select_on: Path | None = None, candidates: Sequence[str] = CANDIDATES) -> tuple[TrainResult, str]:
-    """Train every candidate on ``records``, choose one, write it to ``out``; returns its result and name."""
+               select_on: Path | None = None, candidates: Sequence[str] | None = None) -> tuple[TrainResult, str]:
+    """Train every candidate (default: :func:`candidates_for` the images) on ``records``, choose one, write it
+    to ``out``; returns its result and name."""
     from linewatch.detector.inference import AnomalyModel
 
+    candidates = candidates or candidates_for(records)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="linewatch-recipes-", dir=out.parent) as work:
@@ -149,6 +152,23 @@ def train_auto(base: TrainConfig, records: Sequence[ImageRecord], out: Path, *, 
             "rule": RULE, "on": selection.source, "images": len(selection.images),
             "defects": int(selection.labels.sum()), "candidates": figures, "chosen": chosen})
         return TrainResult(**{**trained[chosen].__dict__, "path": out}), chosen
+
+
+def candidates_for(records: Sequence[ImageRecord]) -> tuple[str, ...]:
+    """``CANDIDATES``, and the tiled recipe after them when the good images are long."""
+    return (*CANDIDATES, LONG_PARTS_CANDIDATE) if median_aspect(records) >= MIN_ASPECT else CANDIDATES
+
+
+def median_aspect(records: Sequence[ImageRecord]) -> float:
+    """Median long side / short side of the images (read from the file headers, not decoded)."""
+    from PIL import Image
+
+    ratios = []
+    for record in records:
+        with Image.open(record.path) as image:
+            width, height = image.size
+        ratios.append(max(width, height) / max(1, min(width, height)))
+    return float(np.median(ratios)) if ratios else 1.0
 
 
 def _held_out(base: TrainConfig, records: Sequence[ImageRecord]) -> list[np.ndarray]:

@@ -52,6 +52,9 @@ RECIPES: dict[str, Recipe] = {
 # and the better figures on 4 of 5 sets, and the synthetic ranking then agreed with the real one on 4 of 5 sets
 # (2 of 5 with "fine" first): benchmarks/results/model_accuracy.md, session 7.
 CANDIDATES = ("coarse", "fine")
+# Joins the candidates (last: it must win clearly) only when the training images are long, so square parts
+# train nothing extra (recipe_choice.candidates_for).
+LONG_PARTS_CANDIDATE = "tiled"
 
 
 def recipe_names() -> tuple[str, ...]:
@@ -65,5 +68,6 @@ def describe() -> str:
     lines = [f"{name:<{width}}  {recipe.suits}" for name, recipe in RECIPES.items()]
     lines.append(f"{AUTO:<{width}}  the default: trains {', '.join(CANDIDATES)} and keeps the one that best separates "
                  "synthetic defects (thin scratches, low-contrast blotches, pasted patches, noise blends) drawn on "
-                 "the held-out good images, or real ones with --select-on DIR")
+                 f"the held-out good images, or real ones with --select-on DIR; {LONG_PARTS_CANDIDATE} too when the "
+                 "good images are long (median aspect ratio >= 1.5)")
     return "\n".join(lines)

@@ -210,3 +210,11 @@ def concat_maps(batches: Sequence[np.ndarray]) -> np.ndarray:
     if len({b.shape[1:] for b in batches}) <= 1:
         return np.concatenate(batches)
     return pad_maps([m for b in batches for m in b])
+
+
+def frame_map(anomaly_map: np.ndarray, height: int, width: int, map_size: int, tiling: str) -> np.ndarray:
+    """One ``Prediction.maps`` entry as the map of its (H, W) frame: untiled maps as they are, part maps
+    without their batch padding (so the map's aspect ratio is the frame's)."""
+    if tiling == "none":
+        return np.asarray(anomaly_map, np.float32)
+    return crop_part_map(anomaly_map, height, width, map_size, tiling)

@@ -25,6 +25,7 @@ from linewatch.detector.service.heatmap_cache import HeatmapCache, HeatmapEntry
 from linewatch.detector.service.metrics import DetectorMetrics
 from linewatch.detector.service.outputs import OutputProducer
 from linewatch.detector.service.region import summarise_region
+from linewatch.detector.tiling import frame_map
 
 log = logging.getLogger(__name__)
 NO_MODEL_REASON = "no_model_for_product"  # dead-letter reason: the frame's product has no assigned model
@@ -117,7 +118,7 @@ class BatchProcessor:
               cache_up: bool, model: InferenceModel) -> HeatmapEntry | None:
         meta, record = frame.meta, frame.record
         anomalous = bool(prediction.anomalous[i])
-        anomaly_map = np.asarray(prediction.maps[i], dtype=np.float32)
+        anomaly_map = frame_map(prediction.maps[i], meta.height, meta.width, model.image_size, model.metadata.tiling)
         now_ns = time.time_ns()
         fields: dict[str, Any] = {
             "camera_id": meta.camera_id, "line_id": meta.line_id, "sequence": meta.sequence,
