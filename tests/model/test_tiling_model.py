@@ -190,3 +190,23 @@ def test_predict_bench_and_hot_swap_check_take_long_frames(tiled_model: Path, tm
         check_model(model, model.model_version, _long_part(42))
     except ModelRefusedError as exc:
         assert "calls the known-good image anomalous" in str(exc)
+
+
+def test_standalone_frame_graphs_of_tiled_models_are_refused(tiled_model: Path, tmp_path: Path) -> None:
+    from linewatch.detector.export import ExportError, export_model
+
+    with pytest.raises(ExportError, match="cannot be exported as a standalone onnx"):
+        export_model(tiled_model, tmp_path / "model.onnx", "onnx")
+
+
+@pytest.mark.slow  # an OpenVINO export: 10-40 s on 2 cores
+def test_openvino_export_folders_keep_the_tiling(tiled_model: Path, tmp_path: Path) -> None:
+    from linewatch.detector.backends import load_model
+    from linewatch.detector.export import export_openvino
+
+    folder = export_openvino(tiled_model, tmp_path / "openvino")
+    parts = [_long_part(50)]
+    exported = load_model(folder, "openvino", "cpu", threads=1).predict(parts)
+    reference = AnomalyModel.load(tiled_model, "cpu").predict(parts)
+    assert exported.maps.shape == reference.maps.shape == (1, 64, 150)
+    assert np.allclose(exported.image_scores, reference.image_scores, rtol=1e-3, atol=1e-4)
