@@ -174,13 +174,11 @@ class AnomalyModel:
                 masks: np.ndarray | None = None) -> Prediction:
         """Scores, verdicts and maps for uint8 RGB frames; ``thresholds`` (N,) overrides the image threshold.
 
-        ``masks`` (N, S, S) of 0/1 over the model's map (``detector.roi``): cells at 0 are ignored (not for
-        tiled models: a region over the whole frame does not map onto one tile's cells).
+        ``masks`` (N, S, S) of 0/1 over the model's map (``detector.roi``): cells at 0 are ignored. For a tiled
+        model they are still masks of the squashed frame; each tile gets its part of them.
         """
         n = len(frames)
         tiled = self.metadata.tiling != "none"
-        if tiled and masks is not None:
-            raise ValueError("region masks are not supported for tiled models")
         if n == 0:
             empty = np.zeros((0,), np.float32)
             return Prediction(empty, empty.copy(), np.zeros((0,), bool),
@@ -193,7 +191,7 @@ class AnomalyModel:
             end = start + self.batch_size
             if tiled:  # the chunk's tiles run as one batch; per frame: worst tile, stitched map
                 parts.append(run_tiled(self._run, frames[start:end], per_frame[start:end], self.image_size,
-                                       self.metadata.tiling, self.device))
+                                       self.metadata.tiling, self.device, None if cells is None else cells[start:end]))
                 continue
             chunk = torch.from_numpy(per_frame[start:end]).to(self.device)
             parts.append(self._run(frames[start:end], chunk, None if cells is None else cells[start:end]))

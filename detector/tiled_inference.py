@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from linewatch.detector.tiling import pad_maps, per_image, stitch_part_map, tile_boxes
+from linewatch.detector.tiling import pad_maps, per_image, stitch_part_map, tile_boxes, tile_cell_masks
 
-# (frames or tiles, thresholds (T,) on the device, masks) -> [scores, normalised, anomalous, maps] per tile
-TileRunner = Callable[[Any, torch.Tensor, None], list[np.ndarray]]
+# (tiles, thresholds (T,) on the device, masks (T, S, S) or None) -> [scores, normalised, anomalous, maps] per tile
+TileRunner = Callable[[Any, torch.Tensor, np.ndarray | None], list[np.ndarray]]
 
 
 def _frame_shape(frame: Any) -> tuple[int, int]:
@@ -47,13 +47,15 @@ def cut_batch(frames: np.ndarray | Sequence[np.ndarray] | torch.Tensor, tiling: 
 
 
 def run_tiled(run: TileRunner, frames: Any, thresholds: np.ndarray, map_size: int, tiling: str,
-              device: torch.device) -> list[np.ndarray]:
+              device: torch.device, masks: np.ndarray | None = None) -> list[np.ndarray]:
     """[scores (N,), normalised (N,), anomalous (N,), part maps (N, Hm, Wm)] of N frames, their tiles run
-    as one batch by ``run`` (the model's ``_run``)."""
+    as one batch by ``run`` (the model's ``_run``); ``masks`` (N, S, S) region masks of the squashed frames."""
     tiles, counts = cut_batch(frames, tiling)
-    per_tile = torch.from_numpy(np.repeat(np.asarray(thresholds, np.float32), counts)).to(device)
-    scores, normalised, anomalous, maps = run(tiles, per_tile, None)
     shapes = [_frame_shape(frames[i]) for i in range(len(frames))]
+    per_tile = torch.from_numpy(np.repeat(np.asarray(thresholds, np.float32), counts)).to(device)
+    tile_masks = None if masks is None else np.ascontiguousarray(np.stack(
+        [t for mask, (h, w) in zip(masks, shapes, strict=True) for t in tile_cell_masks(mask, h, w, map_size, tiling)]))
+    scores, normalised, anomalous, maps = run(tiles, per_tile, tile_masks)
     part_maps = [stitch_part_map(list(m), h, w, map_size, tiling)
                  for m, (h, w) in zip(per_image(np.asarray(maps, np.float32), counts), shapes, strict=True)]
     return [np.array([s.max() for s in per_image(np.asarray(scores), counts)], np.float32),

@@ -218,3 +218,18 @@ def frame_map(anomaly_map: np.ndarray, height: int, width: int, map_size: int, t
     if tiling == "none":
         return np.asarray(anomaly_map, np.float32)
     return crop_part_map(anomaly_map, height, width, map_size, tiling)
+
+
+def tile_cell_masks(mask: np.ndarray, height: int, width: int, map_size: int, tiling: str) -> list[np.ndarray]:
+    """A frame's (S, S) region mask (cells of the squashed frame, ``detector/roi.py``) as one (S, S) mask
+    per tile: back to frame pixels, cut like the frame, area-averaged onto each tile's cells.
+
+    Regions are drawn on whole frames, and callers build their masks for the squashed frame; this keeps
+    that interface, at the squashed map's resolution along the long axis (coarser than a tile's cells there).
+    """
+    boxes = tile_boxes(height, width, tiling)
+    if len(boxes) == 1:
+        return [np.asarray(mask, np.float32)]
+    full = cv2.resize(np.asarray(mask, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return [np.asarray(cv2.resize(np.ascontiguousarray(b.cut(full)), (map_size, map_size),
+                                  interpolation=cv2.INTER_AREA), np.float32) for b in boxes]

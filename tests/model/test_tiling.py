@@ -19,6 +19,7 @@ from linewatch.detector.tiling import (
     stitch_part_map,
     stitch_to_image,
     tile_boxes,
+    tile_cell_masks,
     tile_count,
 )
 
@@ -125,6 +126,15 @@ def test_overlaps_are_averaged_and_tiles_land_exactly_in_the_part_map() -> None:
     part = stitch_part_map([np.full((192, 192), v, np.float32) for v in (1.0, 2.0, 3.0)], 460, 1130, 192)
     first_overlap = boxes[1].left  # columns seen by tiles 0 and 1
     assert part[0, 0] == 1.0 and part[0, first_overlap] == 1.5 and part[0, -1] == 3.0
+
+
+def test_region_masks_are_cut_like_the_frame() -> None:
+    mask = np.zeros((32, 32), np.float32)
+    mask[:, 24:] = 1.0  # the right quarter of the squashed frame
+    first, middle, last = tile_cell_masks(mask, 460, 1130, 32, "long-axis")
+    assert first.max() == 0.0 and last[:, -8:].min() == 1.0 and middle.max() < 1.0
+    (whole,) = tile_cell_masks(mask, 300, 300, 32, "long-axis")
+    assert np.array_equal(whole, mask)  # one tile: the frame's own mask
 
 
 def test_image_score_is_the_worst_tile() -> None:
