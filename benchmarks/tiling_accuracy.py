@@ -6,7 +6,9 @@ The border effect: for the highest-scoring good images of the half, the share of
 that lie within ``BORDER`` cells of the edge of the map the model judged (a tiled model: its worst tile's own
 map, the tile that set the image score; untiled: the image's map), next to that border's share of the map's
 area (what a border-blind model would give). Tiled models also report the share on the stitched part map
-within ``BORDER`` cells of any tile edge.
+within ``BORDER`` cells of any tile edge. ``without_outer_border``: image AUROC and recall when the image
+score is the maximum of the map shown without its outer ``BORDER`` cells (the part's edge; a what-if on the
+same maps, not what the model does).
 
     PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/tiling_accuracy.py --set bsdata --half dev \
         --model fine=runs/fine.safetensors --model tiled=runs/tiled.safetensors --out runs/tiling-dev
@@ -28,6 +30,7 @@ import torch
 from linewatch.common.images import load_rgb
 from linewatch.detector.evaluate import run_evaluation
 from linewatch.detector.inference import AnomalyModel
+from linewatch.detector.metrics import auroc, recall_at_false_alarm_rate
 from linewatch.detector.tiling import crop_part_map, cut_tiles, part_map_boxes
 
 ROOT = Path(__file__).resolve().parent
@@ -106,6 +109,21 @@ def border_effect(model: AnomalyModel, result: Any) -> dict[str, Any]:
     return out
 
 
+def without_outer_border(model: AnomalyModel, result: Any) -> dict[str, float]:
+    """Image figures with the score read from the map shown minus its outer ``BORDER`` cells."""
+    cell_px = model.image_size // int(model.map_cells[0])
+    edge = BORDER * cell_px
+    scores = []
+    for i, (h, w) in enumerate(result.shapes):
+        shown = (result.maps[i] if model.metadata.tiling == "none"
+                 else crop_part_map(result.maps[i], h, w, model.image_size, model.metadata.tiling))
+        scores.append(float(shown[edge:-edge, edge:-edge].max()))
+    values, labels = np.asarray(scores), result.labels
+    return {"image_auroc": round(auroc(values, labels), 4),
+            "recall_at_1pct": round(recall_at_false_alarm_rate(values, labels, 0.01), 4),
+            "recall_at_0.1pct": round(recall_at_false_alarm_rate(values, labels, 0.001), 4)}
+
+
 def row(name: str, path: Path, folder: Path, out: Path) -> dict[str, Any]:
     model = AnomalyModel.load(path, "cpu")
     started = time.perf_counter()
@@ -117,7 +135,7 @@ def row(name: str, path: Path, folder: Path, out: Path) -> dict[str, Any]:
             "recall_at_1pct": m["image_recall_at_fpr"]["0.01"], "recall_at_0.1pct": m["image_recall_at_fpr"]["0.001"],
             "best_epoch": training.get("best_epoch"), "epochs_run": training.get("epochs_run"),
             "n_train_samples": training.get("n_train"), "evaluate_s": round(time.perf_counter() - started, 1),
-            "border": border_effect(model, result)}
+            "border": border_effect(model, result), "without_outer_border": without_outer_border(model, result)}
 
 
 def main() -> None:
