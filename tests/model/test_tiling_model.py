@@ -69,6 +69,8 @@ def test_array_batches_lists_and_mixed_sizes_agree(tiled_model: Path) -> None:
     parts = [_long_part(7), _long_part(8)]
     listed, stacked = model.predict(parts), model.predict(np.stack(parts))
     assert np.allclose(listed.image_scores, stacked.image_scores) and np.allclose(listed.maps, stacked.maps)
+    on_device = model.predict(torch.from_numpy(np.stack(parts)))  # the GPU decode path's uint8 NHWC tensor
+    assert np.allclose(on_device.image_scores, listed.image_scores) and np.allclose(on_device.maps, listed.maps)
     square = np.ascontiguousarray(parts[1][:, :64])
     mixed = model.predict([parts[0], square])
     assert mixed.maps.shape == (2, 64, 150)  # padded to the widest part map
