@@ -27,8 +27,12 @@ class HeatmapDataError(DataError, ValueError):
 
 
 def encode_map_png(anomaly_map: np.ndarray, size: int) -> tuple[bytes, float]:
-    """16-bit grayscale PNG of the map resized to ``size``; value = pixel / 65535 * scale."""
-    small = cv2.resize(anomaly_map.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    """16-bit grayscale PNG of the map resized to ``size`` along its long side (a tiled model's map of a long
+    part keeps its aspect ratio); value = pixel / 65535 * scale."""
+    height, width = anomaly_map.shape[:2]
+    shrink = size / max(height, width)
+    target = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+    small = cv2.resize(anomaly_map.astype(np.float32), target, interpolation=cv2.INTER_AREA)
     scale = float(max(float(small.max()), 1e-12))
     pixels = np.clip(np.rint(small / scale * 65535), 0, 65535).astype(np.uint16)
     ok, buf = cv2.imencode(".png", pixels)

@@ -46,6 +46,7 @@ class BenchResult:
     device: str
     image_size: int
     frame_side: int
+    frame_width: int = 0  # frames are frame_side high and this wide (0: square)
 
 
 def backend_of(model: InferenceModel) -> tuple[str, str]:
@@ -88,13 +89,15 @@ def _time_batches(model: InferenceModel, frames: np.ndarray, seconds: float, min
 
 
 def measure(model: InferenceModel, batch: int = 8, seconds: float = 5.0, *, threads: int = 0,
-            frame_side: int = FRAME_SIDE, min_batches: int = 3, seed: int = 0) -> BenchResult:
+            frame_side: int = FRAME_SIDE, min_batches: int = 3, seed: int = 0, frame_width: int = 0) -> BenchResult:
     """Frames/s and per-batch latency p50/p99 of ``model.predict`` on random uint8 frames, in a worker thread."""
     import torch
 
     if batch < 1 or seconds <= 0:
         raise BenchError(f"batch must be >= 1 and seconds > 0, got batch {batch}, seconds {seconds}")
-    frames = np.random.default_rng(seed).integers(0, 256, (batch, frame_side, frame_side, 3), dtype=np.uint8)
+    # long frames (frame_width) size a tiled model's real load: a long part runs as several tiles
+    shape = (batch, frame_side, frame_width or frame_side, 3)
+    frames = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
     def run() -> tuple[list[float], int]:
         return _time_batches(model, frames, seconds, min_batches), torch.get_num_threads()
@@ -107,4 +110,5 @@ def measure(model: InferenceModel, batch: int = 8, seconds: float = 5.0, *, thre
                        frames_per_s=round(batch * len(latencies) / total, 2),
                        p50_ms=round(float(np.percentile(ms, 50)), 2), p99_ms=round(float(np.percentile(ms, 99)), 2),
                        batches=len(latencies), seconds=round(total, 3), threads=used_threads,
-                       device=str(model.device), image_size=int(model.image_size), frame_side=frame_side)
+                       device=str(model.device), image_size=int(model.image_size), frame_side=frame_side,
+                       frame_width=frame_width or frame_side)

@@ -28,11 +28,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from linewatch.common.images import ImageRecord, list_test, load_mask, load_rgb
-from linewatch.detector.evaluation.metrics import auroc, best_f1, f1_score, recall_at_false_alarm_rate, roc_curve
-from linewatch.detector.evaluation.pixel_metrics import DEFAULT_BINS, PixelAccumulator, quantile_edges
+from linewatch.detector.evaluation.metrics import (
+    auroc,
+    best_f1,
+    f1_score,
+    recall_at_false_alarm_rate,
+    roc_curve,
+)
+from linewatch.detector.evaluation.pixel_metrics import (
+    DEFAULT_BINS,
+    PixelAccumulator,
+    quantile_edges,
+)
 from linewatch.detector.evaluation.report import write_report
 from linewatch.detector.evaluation.results import Evaluation
 from linewatch.detector.model.roi import CameraMasks, RoiConfig
+from linewatch.detector.model.tiling import concat_maps
 from linewatch.errors import InvalidValueError
 
 if TYPE_CHECKING:
@@ -58,7 +69,7 @@ def _predict_all(model: InferenceModel, records: list[ImageRecord], batch_size: 
         maps.append(np.asarray(prediction.maps, np.float32))
         shapes += [(int(i.shape[0]), int(i.shape[1])) for i in images]
         log.info("evaluate: %d/%d images", min(start + batch_size, len(records)), len(records))
-    return np.concatenate(scores), np.concatenate(flagged), np.concatenate(maps), shapes
+    return np.concatenate(scores), np.concatenate(flagged), concat_maps(maps), shapes
 
 
 def _thin(x: np.ndarray, y: np.ndarray, points: int = 600) -> tuple[np.ndarray, np.ndarray]:

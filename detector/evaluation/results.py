@@ -19,7 +19,7 @@ class Evaluation:
     records: list[ImageRecord]
     image_scores: np.ndarray
     labels: np.ndarray  # True = defective image
-    maps: np.ndarray  # (N, S, S) model-size maps
+    maps: np.ndarray  # (N, S, S) model-size maps (a tiled model: part maps, see inference.Prediction.maps)
     shapes: list[tuple[int, int]]
     image_threshold: float
     resize_mode: str

@@ -36,6 +36,7 @@ from torch import nn
 from linewatch.detector.evaluation.metrics import rank_correlation
 from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.model.stfpm.calibrated import CalibratedSTFPM
+from linewatch.detector.model.tiling import cut_tiles
 from linewatch.errors import ModelError
 
 FORMATS = ("onnx", "torchscript", "openvino")
@@ -66,6 +67,10 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", ops
     if fmt == "openvino":
         return export_openvino(model_path, out)
     loaded = AnomalyModel.load(model_path, device="cpu")
+    if loaded.metadata.tiling != "none":  # the file would squash whole frames into one tile, silently wrong
+        raise ExportError(f"a tiled model ({loaded.metadata.tiling}) cannot be exported as a standalone {fmt} "
+                          "frame graph: tiling and stitching run in linewatch's predict. Use --format openvino "
+                          "(its folder keeps the tiling) or load the checkpoint with --backend onnxruntime")
     model, size, resize_mode = loaded.calibrated.eval(), loaded.image_size, loaded.metadata.resize_mode
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +257,8 @@ def quantize_graph(model: AnomalyModel, ov_model: Any, images: Sequence[np.ndarr
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    dataset = nncf.Dataset(list(calibration_items(model, images)))
+    items = list(calibration_items(model, images))
+    dataset = nncf.Dataset(items)
     # never the head: it takes small differences of normalised teacher and student features, and 8-bit
     # inputs to it turned every map into quantization noise (tiny model: maps off by 60% of range)
     patterns = [".*/student/.*"] if options.scope == "teacher" else []
@@ -267,15 +273,16 @@ def quantize_graph(model: AnomalyModel, ov_model: Any, images: Sequence[np.ndarr
     preset = nncf.QuantizationPreset.PERFORMANCE if options.preset == "performance" else nncf.QuantizationPreset.MIXED
     # SmoothQuant runs only in NNCF's transformer pipeline; this graph has no transformer ops it would treat apart
     model_type = nncf.ModelType.TRANSFORMER if options.smooth_quant_conv >= 0 else None
-    return nncf.quantize(ov_model, dataset, subset_size=len(images), preset=preset, ignored_scope=scope,
+    return nncf.quantize(ov_model, dataset, subset_size=len(items), preset=preset, ignored_scope=scope,
                          fast_bias_correction=options.fast_bias_correction, model_type=model_type,
                          advanced_parameters=advanced)
 
 
 def calibration_items(model: AnomalyModel, images: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-    """One graph input per image, pre-processed by the model's own ``preprocess``."""
+    """One graph input per image (per tile of a tiled model: what the graph sees), pre-processed by the
+    model's own ``preprocess``."""
     with torch.inference_mode():
-        for image in images:
+        for image in (tile for whole in images for tile in cut_tiles(whole, model.metadata.tiling)):
             pixels = model.model.preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])
             yield {"pixels": pixels.numpy(), "thresholds": np.array([model.image_threshold], np.float32),
                    "masks": np.ones((1, model.image_size, model.image_size), np.float32)}

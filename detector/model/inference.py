@@ -25,6 +25,8 @@ from linewatch.detector.model.metadata import MetadataError, ModelMetadata
 from linewatch.detector.model.stfpm.backbones import BackboneError
 from linewatch.detector.model.stfpm.calibrated import CalibratedSTFPM
 from linewatch.detector.model.stfpm.torch_model import STFPM
+from linewatch.detector.model.tiled_inference import run_tiled
+from linewatch.detector.model.tiling import pad_maps, part_map_to_image
 
 Frames = np.ndarray | Sequence[np.ndarray] | torch.Tensor
 
@@ -36,7 +38,11 @@ class Prediction:
     image_scores: np.ndarray  # (N,) float32 raw STFPM image scores (see ModelMetadata.score_top_k)
     normalised_scores: np.ndarray  # (N,) float32 in [0, 1]; each frame's threshold maps to 0.5
     anomalous: np.ndarray  # (N,) bool, image_score >= threshold
-    maps: np.ndarray  # (N, S, S) float32 anomaly maps at the model input size S
+    # (N, S, S) float32 anomaly maps at the model input size S. A tiled model (metadata.tiling != "none")
+    # gives each frame's part map instead: its tiles' maps stitched at model scale (short side S, e.g.
+    # (192, 472) for a 460x1130 frame; (S, S) for a near-square frame), in the top-left corner of an
+    # (N, Hmax, Wmax) array padded with zeros when the frames' shapes differ. ``map_to_image`` undoes both.
+    maps: np.ndarray
     thresholds: np.ndarray | None = None  # (N,) the image threshold each frame was judged by
 
 
@@ -56,7 +62,7 @@ class InferenceModel(Protocol):
         ...
 
     def map_to_image(self, anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """One (S, S) map in the original image's (H, W) pixels."""
+        """One map of ``Prediction.maps`` in the original image's (H, W) pixels."""
         ...
 
 
@@ -125,7 +131,11 @@ class AnomalyModel:
         return self.metadata.map_cells if all(self.metadata.map_cells) else self.model.map_cells()
 
     def map_to_image(self, anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """One (S, S) map in the original image's pixels (H, W): undo the letterbox padding, then resize."""
+        """One map of ``Prediction.maps`` in the original image's pixels (H, W): undo the letterbox padding
+        (or, for a tiled model, the batch padding of the part map), then resize."""
+        if self.metadata.tiling != "none":
+            return part_map_to_image(anomaly_map, int(shape[0]), int(shape[1]), self.image_size,
+                                     self.metadata.tiling)
         return map_to_image(anomaly_map, shape, self.metadata.resize_mode)
 
     def _inputs(self, frames: Frames) -> torch.Tensor:
@@ -164,9 +174,11 @@ class AnomalyModel:
                 masks: np.ndarray | None = None) -> Prediction:
         """Scores, verdicts and maps for uint8 RGB frames; ``thresholds`` (N,) overrides the image threshold.
 
-        ``masks`` (N, S, S) of 0/1 over the model's map (``detector.roi``): cells at 0 are ignored.
+        ``masks`` (N, S, S) of 0/1 over the model's map (``detector.roi``): cells at 0 are ignored. For a tiled
+        model they are still masks of the squashed frame; each tile gets its part of them.
         """
         n = len(frames)
+        tiled = self.metadata.tiling != "none"
         if n == 0:
             empty = np.zeros((0,), np.float32)
             return Prediction(empty, empty.copy(), np.zeros((0,), bool),
@@ -176,10 +188,15 @@ class AnomalyModel:
         cells = self._checked_masks(masks, n)
         parts: list[list[np.ndarray]] = []
         for start in range(0, n, self.batch_size):
-            chunk = torch.from_numpy(per_frame[start:start + self.batch_size]).to(self.device)
-            chunk_cells = None if cells is None else cells[start:start + self.batch_size]
-            parts.append(self._run(frames[start:start + self.batch_size], chunk, chunk_cells))
-        scores, normalised, anomalous, maps = (np.concatenate([p[i] for p in parts]) for i in range(4))
+            end = start + self.batch_size
+            if tiled:  # the chunk's tiles run as one batch; per frame: worst tile, stitched map
+                parts.append(run_tiled(self._run, frames[start:end], per_frame[start:end], self.image_size,
+                                       self.metadata.tiling, self.device, None if cells is None else cells[start:end]))
+                continue
+            chunk = torch.from_numpy(per_frame[start:end]).to(self.device)
+            parts.append(self._run(frames[start:end], chunk, None if cells is None else cells[start:end]))
+        scores, normalised, anomalous = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        maps = pad_maps([m for p in parts for m in p[3]]) if tiled else np.concatenate([p[3] for p in parts])
         return Prediction(image_scores=scores.astype(np.float32), normalised_scores=normalised.astype(np.float32),
                           anomalous=anomalous.astype(bool), maps=maps.astype(np.float32, copy=False),
                           thresholds=per_frame)

@@ -12,6 +12,7 @@ from typing import Any
 
 from linewatch.detector.model.calibrate import Calibration
 from linewatch.detector.model.geometry import RESIZE_MODES
+from linewatch.detector.model.tiling import TILINGS
 from linewatch.errors import ModelError
 
 
@@ -36,12 +37,17 @@ class ModelMetadata:
     input_mean: tuple[float, ...] = ()
     input_std: tuple[float, ...] = ()
     map_cells: tuple[int, int] = (0, 0)  # fused map size in feature cells (height, width) before upsampling
+    tiling: str = "none"  # "long-axis": long images run as overlapping square tiles (detector/model/tiling.py)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise MetadataError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.tiling not in TILINGS:
+            raise MetadataError(f"tiling must be one of {TILINGS}, got {self.tiling!r}")
+        if self.tiling != "none" and self.resize_mode != "squash":  # tiles are square: nothing to letterbox
+            raise MetadataError(f"tiling {self.tiling!r} needs resize_mode 'squash', got {self.resize_mode!r}")
         if self.image_size < 16 or not self.taps or self.score_top_k < 1 or self.sigma < 0:
             raise MetadataError(f"implausible model geometry: image_size {self.image_size}, taps {self.taps}, "
                                 f"score_top_k {self.score_top_k}, sigma {self.sigma}")
@@ -76,6 +82,7 @@ class ModelMetadata:
                        input_mean=tuple(float(v) for v in data.get("input_mean", ())),
                        input_std=tuple(float(v) for v in data.get("input_std", ())),
                        map_cells=tuple(int(v) for v in data.get("map_cells", (0, 0)))[:2],  # type: ignore[arg-type]
+                       tiling=str(data.get("tiling") or "none"),
                        training=dict(data.get("training") or {}), versions=dict(data.get("versions") or {}))
         except KeyError as exc:
             raise MetadataError(f"checkpoint metadata has no {exc.args[0]!r}") from None

@@ -51,3 +51,4 @@ class RecipeName(Vocabulary):
     AUTO = "auto"
     FINE = "fine"
     COARSE = "coarse"
+    TILED = "tiled"

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from linewatch.common import cache_keys as ck
 from linewatch.detector.model.checkpoint import CheckpointError
+from linewatch.detector.model.tiling import part_map_shape
 from linewatch.detector.registry.db import ALL_LINES
 from linewatch.detector.registry.errors import RegistryError
 from linewatch.detector.registry.models import Registry
@@ -158,10 +159,13 @@ def check_model(model: Any, version: str, known_good: np.ndarray | None) -> None
     probe = known_good if known_good is not None else np.full((model.image_size, model.image_size, 3), 128, np.uint8)
     prediction = model.predict([probe])
     size = model.image_size
-    if prediction.image_scores.shape != (1,) or prediction.maps.shape != (1, size, size):
+    tiling = model.metadata.tiling  # a tiled model maps a long probe to its part map, not (S, S)
+    height, width = int(probe.shape[0]), int(probe.shape[1])
+    expected = (1, size, size) if tiling == "none" else (1, *part_map_shape(height, width, size, tiling))
+    if prediction.image_scores.shape != (1,) or prediction.maps.shape != expected:
         raise ModelRefusedError(RefusalReason.OUTPUT_SHAPE,
                                 f"model {version} returned scores {prediction.image_scores.shape} and maps "
-                                f"{prediction.maps.shape}; expected (1,) and (1, {size}, {size})")
+                                f"{prediction.maps.shape}; expected (1,) and {expected}")
     if not np.isfinite(prediction.image_scores).all() or not np.isfinite(prediction.maps).all():
         raise ModelRefusedError(RefusalReason.NON_FINITE, f"model {version} returned non-finite scores")
     if known_good is not None and bool(prediction.anomalous[0]):

@@ -13,6 +13,7 @@ from linewatch.common.kafka import CommitGate
 from linewatch.detector.events import Breach, FrameResult, Latency
 from linewatch.detector.model.inference import InferenceModel, Prediction
 from linewatch.detector.model.roi import CameraMasks, RoiConfig
+from linewatch.detector.model.tiling import frame_map
 from linewatch.detector.service.decoding import (
     DecodedFrame,
     PendingBatch,
@@ -117,7 +118,7 @@ class BatchProcessor:
               cache_up: bool, model: InferenceModel) -> HeatmapEntry | None:
         meta, record = frame.meta, frame.record
         anomalous = bool(prediction.anomalous[i])
-        anomaly_map = np.asarray(prediction.maps[i], dtype=np.float32)
+        anomaly_map = frame_map(prediction.maps[i], meta.height, meta.width, model.image_size, model.metadata.tiling)
         now_ns = time.time_ns()
         fields: dict[str, Any] = {
             "camera_id": meta.camera_id, "line_id": meta.line_id, "sequence": meta.sequence,

@@ -56,7 +56,8 @@ def test_every_refusal_has_a_reason_from_the_fixed_set(exc: Exception, reason: R
 def fake_model(version: str, scores: np.ndarray, maps: np.ndarray) -> Any:
     """A model whose warm-up output is given (the checks themselves are under test, not a network)."""
     prediction = SimpleNamespace(image_scores=scores, maps=maps, anomalous=np.zeros(len(scores), bool))
-    return SimpleNamespace(model_version=version, image_size=8, image_threshold=1.0, predict=lambda _: prediction)
+    return SimpleNamespace(model_version=version, image_size=8, image_threshold=1.0, predict=lambda _: prediction,
+                           metadata=SimpleNamespace(tiling="none"))
 
 
 @pytest.mark.parametrize(("model", "reason"), [

@@ -27,6 +27,8 @@ def register_bench(subparsers: Any) -> None:
     p.add_argument("--batch", type=_positive_int, default=8, help="frames per batch (8)")
     p.add_argument("--seconds", type=_positive_float, default=5.0, help="measuring time after warm-up (5)")
     p.add_argument("--frame-side", type=int, default=FRAME_SIDE, help="side of the square uint8 input frames (256)")
+    p.add_argument("--frame-width", type=int, default=0,
+                   help="width of the frames, for long parts (default: --frame-side, square frames)")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads, as the detector's torch_threads setting (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -55,7 +57,8 @@ def _bench(args: argparse.Namespace) -> int:
     from linewatch.detector.model.backends.loader import load_model
 
     model = load_model(args.model, args.backend, args.device, precision=args.precision, threads=args.threads or None)
-    result = measure(model, args.batch, args.seconds, threads=args.threads, frame_side=args.frame_side)
+    result = measure(model, args.batch, args.seconds, threads=args.threads, frame_side=args.frame_side,
+                     frame_width=args.frame_width)
     if args.json:
         print(json.dumps(asdict(result)))
     else:

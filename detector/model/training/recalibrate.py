@@ -17,6 +17,7 @@ from linewatch.common.images import list_train_good, load_rgb
 from linewatch.detector.model.calibrate import Calibration, calibrate
 from linewatch.detector.model.checkpoint import load_checkpoint, rewritable_metadata, save_checkpoint
 from linewatch.detector.model.inference import AnomalyModel
+from linewatch.detector.model.tiling import concat_maps
 from linewatch.errors import InvalidDataError
 
 MIN_GOOD_IMAGES = 20
@@ -33,7 +34,7 @@ def score_good_folder(model: AnomalyModel, folder: Path, batch_size: int = 16) -
         prediction = model.predict([load_rgb(r.path) for r in records[start:start + batch_size]])
         scores.append(prediction.image_scores)
         maps.append(prediction.maps)
-    return np.concatenate(scores), np.concatenate(maps)
+    return np.concatenate(scores), concat_maps(maps)
 
 
 def recalibrate(model_path: Path, good_folder: Path, target_false_alarm_rate: float | None = None,

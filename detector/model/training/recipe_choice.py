@@ -12,8 +12,7 @@ defects are drawn on those (``synthetic_defects.py``, seeded), or a folder of re
 
 The standard error makes the rule say "not enough evidence" where few good images are held out: a 32-image
 paper-web set holds out 6, and both candidates then score near chance on the synthetic defects; the
-preferred recipe stays. Both constants were set on the shared sets' dev halves
-(benchmarks/results/model_accuracy.md, session 7).
+preferred recipe stays. Why these constants: docs/decisions/0002-default-recipe-and-auto-selection.md.
 
 Every candidate's figures, the rule and the choice go into the checkpoint's training metadata
 (``training["recipe"]``, ``training["selection"]``), so ``evaluate`` reports them and an operator can see why.
@@ -34,7 +33,8 @@ from linewatch.common.images import ImageRecord, list_test, load_mask, load_rgb
 from linewatch.detector.evaluation.metrics import auroc, paired_auroc_difference_se
 from linewatch.detector.evaluation.pixel_metrics import PixelAccumulator, quantile_edges
 from linewatch.detector.model.checkpoint import load_checkpoint, rewritable_metadata, save_checkpoint
-from linewatch.detector.model.training.recipes import CANDIDATES, RECIPES
+from linewatch.detector.model.tiling import MIN_ASPECT
+from linewatch.detector.model.training.recipes import CANDIDATES, LONG_PARTS_CANDIDATE, RECIPES
 from linewatch.detector.model.training.synthetic_defects import make_defects
 from linewatch.detector.model.training.train import TrainConfig, TrainResult, held_out_indices, train
 from linewatch.errors import InvalidDataError
@@ -123,10 +123,12 @@ def required_margin(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarr
 
 
 def train_auto(base: TrainConfig, records: Sequence[ImageRecord], out: Path, *, progress: bool = True,
-               select_on: Path | None = None, candidates: Sequence[str] = CANDIDATES) -> tuple[TrainResult, str]:
-    """Train every candidate on ``records``, choose one, write it to ``out``; returns its result and name."""
+               select_on: Path | None = None, candidates: Sequence[str] | None = None) -> tuple[TrainResult, str]:
+    """Train every candidate (default: :func:`candidates_for` the images) on ``records``, choose one, write it
+    to ``out``; returns its result and name."""
     from linewatch.detector.model.inference import AnomalyModel
 
+    candidates = candidates or candidates_for(records)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="linewatch-recipes-", dir=out.parent) as work:
@@ -150,6 +152,23 @@ def train_auto(base: TrainConfig, records: Sequence[ImageRecord], out: Path, *, 
             "rule": RULE, "on": selection.source, "images": len(selection.images),
             "defects": int(selection.labels.sum()), "candidates": figures, "chosen": chosen})
         return TrainResult(**{**trained[chosen].__dict__, "path": out}), chosen
+
+
+def candidates_for(records: Sequence[ImageRecord]) -> tuple[str, ...]:
+    """``CANDIDATES``, and the tiled recipe after them when the good images are long."""
+    return (*CANDIDATES, LONG_PARTS_CANDIDATE) if median_aspect(records) >= MIN_ASPECT else CANDIDATES
+
+
+def median_aspect(records: Sequence[ImageRecord]) -> float:
+    """Median long side / short side of the images (read from the file headers, not decoded)."""
+    from PIL import Image
+
+    ratios = []
+    for record in records:
+        with Image.open(record.path) as image:
+            width, height = image.size
+        ratios.append(max(width, height) / max(1, min(width, height)))
+    return float(np.median(ratios)) if ratios else 1.0
 
 
 def _held_out(base: TrainConfig, records: Sequence[ImageRecord]) -> list[np.ndarray]:

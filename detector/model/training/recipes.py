@@ -40,12 +40,19 @@ RECIPES: dict[str, Recipe] = {
                                "deep taps 10/14, shows the 32x32 map of taps 2/4/10 (128 px)",
                      {"backbone": "efficientnet_lite0", "taps": (2, 4, 10, 14), "image_size": 128,
                       "map_taps": (2, 4, 10), "score_taps": (10, 14)}),
+    # fine's geometry on square tiles of long parts: a 1130x460 part is 3 tiles at 192 px instead of one squash,
+    # so a thin defect keeps 2.4x more pixels across the long axis (detector/model/tiling.py)
+    "tiled": Recipe("tiled", "long parts (aspect >= 1.5) with small or thin defects: fine's 48x48 map on each of "
+                             "the part's overlapping square tiles (192 px each)",
+                    {"backbone": "efficientnet_lite0", "taps": (2, 4, 10), "image_size": 192, "map_taps": None,
+                     "score_taps": None, "resize_mode": "squash", "tiling": "long-axis"}),
 }
-# What ``auto`` trains, in order of preference: a later one must win clearly (recipe_choice.py). "coarse" first:
-# on the shared sets' dev halves it had the best mean of image AUROC, pixel AUROC and AUPRO (0.821 against 0.797)
-# and the better figures on 4 of 5 sets, and the synthetic ranking then agreed with the real one on 4 of 5 sets
-# (2 of 5 with "fine" first): benchmarks/results/model_accuracy.md, session 7.
+# What ``auto`` trains, in order of preference: a later one must win clearly (recipe_choice.py); why "coarse"
+# first: docs/decisions/0002-default-recipe-and-auto-selection.md.
 CANDIDATES = ("coarse", "fine")
+# Joins the candidates (last: it must win clearly) only when the training images are long, so square parts
+# train nothing extra (recipe_choice.candidates_for).
+LONG_PARTS_CANDIDATE = "tiled"
 
 
 def recipe_names() -> tuple[str, ...]:
@@ -59,5 +66,6 @@ def describe() -> str:
     lines = [f"{name:<{width}}  {recipe.suits}" for name, recipe in RECIPES.items()]
     lines.append(f"{AUTO:<{width}}  the default: trains {', '.join(CANDIDATES)} and keeps the one that best separates "
                  "synthetic defects (thin scratches, low-contrast blotches, pasted patches, noise blends) drawn on "
-                 "the held-out good images, or real ones with --select-on DIR")
+                 f"the held-out good images, or real ones with --select-on DIR; {LONG_PARTS_CANDIDATE} too when the "
+                 "good images are long (median aspect ratio >= 1.5)")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from linewatch.detector.model.metadata import ModelMetadata
 from linewatch.detector.model.stfpm.backbones import get_spec, load_pretrained
 from linewatch.detector.model.stfpm.loss import stfpm_loss
 from linewatch.detector.model.stfpm.torch_model import STFPM
+from linewatch.detector.model.tiling import TILINGS, merge_tiles, tiles_of_images
 from linewatch.errors import InvalidDataError, InvalidValueError
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -36,24 +37,18 @@ class TrainConfig:
     """Training settings (defaults: see the results in benchmarks/results/model_accuracy.md)."""
 
     backbone: str = "efficientnet_lite0"
-    # 192 px with lite0 taps 2/4/10 (strides 4/8/16, a 48x48-cell map; see backbones.py): chosen on the dev
-    # halves of every shared set (benchmarks/results/model_accuracy.md; the paper: 256 px, 100 epochs, batch
-    # 32). Up to 20 epochs with early stopping after 3 without a better validation loss: in the sweep (15 at
-    # most) the best epoch was still the last on most sets. lr 0.4 is the paper's number (its loss sums over
-    # the batch, ours averages, so the step does not grow with it).
+    # 192 px with lite0 taps 2/4/10 (a 48x48-cell map), up to 20 epochs with early stopping, lr 0.4 (the paper's):
+    # chosen on the dev halves (docs/decisions/0002-default-recipe-and-auto-selection.md,
+    # docs/decisions/0008-training-schedule-defaults.md).
     image_size: int = 192
     epochs: int = 20
     batch_size: int = 16
     lr: float = 0.4
-    # "constant" (the paper's) or "cosine": linear warm-up over the first epoch, then cosine decay to zero at
-    # ``epochs``. Cosine detected worse on the dev halves (model_accuracy.md, session 4), so it is not the default.
+    # "constant" (the paper's) or "cosine" (warm-up over the first epoch, then decay to zero at ``epochs``);
+    # why constant: docs/decisions/0008-training-schedule-defaults.md.
     lr_schedule: str = "constant"
-    # Recompute the student's batch-norm statistics over the training images before each validation (and so
-    # in the saved model). With a few SGD steps per epoch, running averages (momentum 0.1) trail weights that
-    # still move fast at lr 0.4, so the eval-mode validation loss overstates the error (it rose after epoch 0
-    # on magnetic_tile while the training loss fell). The refresh makes that loss honest but did not detect
-    # better on the dev halves (mean 0.792 vs 0.801 for the default, 0.775 vs 0.786 for 4 taps at 128 px;
-    # benchmarks/results/model_accuracy.md, session 4), so it is off by default.
+    # Recompute the student's batch-norm statistics over the training images before each validation (and so in
+    # the saved model); off by default: docs/decisions/0008-training-schedule-defaults.md.
     refresh_bn_stats: bool = False
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -73,16 +68,21 @@ class TrainConfig:
     map_taps: tuple[int, ...] | None = None
     score_taps: tuple[int, ...] | None = None
     device: str | None = "auto"
-    # None = where the hardware does bf16 natively (CUDA, or a CPU with AVX-512 BF16/AMX). Emulated bf16 is
-    # slower, not faster: on an AVX2-only EPYC, 256 px batch 16 trained at 1.5 img/s in bf16 vs 9.0 in fp32.
+    # None = bf16 only where the hardware does it natively (CUDA, AVX-512 BF16/AMX):
+    # docs/decisions/0008-training-schedule-defaults.md.
     bf16: bool | None = None
     channels_last: bool = True
     # stop when the validation loss has not improved for this many epochs (0 = run every epoch)
     patience: int = 3
+    # "long-axis": long images are cut into overlapping square tiles (detector/model/tiling.py); each tile of a good
+    # image is a training sample, and calibration scores each held-out image as the max over its tiles
+    tiling: str = "none"
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.tiling not in TILINGS:
+            raise ValueError(f"tiling must be one of {TILINGS}, got {self.tiling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (paths as strings)."""
@@ -156,6 +156,8 @@ class _Split:
     val_x: torch.Tensor
     train_t: list[torch.Tensor]
     val_t: list[torch.Tensor]
+    val_shapes: list[tuple[int, int]] = field(default_factory=list)  # held-out images' (H, W)
+    val_tiles: list[int] = field(default_factory=list)  # tiles per held-out image, in val_x's order
 
 
 @dataclass
@@ -209,7 +211,7 @@ def train(config: TrainConfig, train_records: Sequence[ImageRecord] | Sequence[n
 
     model.student.load_state_dict(state.best_state)
     model.eval()
-    calibration = _calibrate(model, split.val_x, config, defect_images)
+    calibration = _calibrate(model, split, config, defect_images)
     training = {"config": config.to_dict(), "best_epoch": state.best_epoch, "best_val_loss": state.best_val,
                 "epochs_run": len(state.history), "n_train": len(split.train_x), "n_val": len(split.val_x),
                 "data_sha256": data_hash, **(notes or {})}
@@ -234,10 +236,14 @@ def _split_and_cache(model: STFPM, images: list[np.ndarray], config: TrainConfig
     """Seeded held-out split (for best-epoch choice and calibration) and the teacher feature caches."""
     held_out = held_out_indices(len(images), config)  # the first indices of the same seeded permutation
     kept = np.random.default_rng(config.seed).permutation(len(images))[len(held_out):]
-    inputs = _inputs(model, images, device)
-    train_x, val_x = inputs[torch.from_numpy(kept)], inputs[torch.from_numpy(held_out)]
+    # split images first, then tile: no tile of a held-out image is trained on
+    train_tiles, _ = tiles_of_images([images[i] for i in kept], config.tiling)
+    val_images = [images[i] for i in held_out]
+    val_tiles, val_counts = tiles_of_images(val_images, config.tiling)
+    train_x, val_x = _inputs(model, train_tiles, device), _inputs(model, val_tiles, device)
     return _Split(train_x, val_x, _teacher_cache(model, train_x, config.batch_size),
-                  _teacher_cache(model, val_x, config.batch_size))
+                  _teacher_cache(model, val_x, config.batch_size),
+                  [(int(i.shape[0]), int(i.shape[1])) for i in val_images], val_counts)
 
 
 def held_out_indices(n_images: int, config: TrainConfig) -> np.ndarray:
@@ -345,7 +351,7 @@ def _metadata(model: STFPM, config: TrainConfig, calibration: Calibration, train
         sigma=config.sigma, resize_mode=config.resize_mode, score_top_k=config.score_top_k,
         tap_weights=model.tap_weights, map_taps=model.map_taps, score_taps=model.score_taps,
         input_mean=tuple(spec.mean), input_std=tuple(spec.std),
-        map_cells=model.map_cells(), training=training,
+        map_cells=model.map_cells(), tiling=config.tiling, training=training,
         versions={"linewatch": _package_version(), "torch": torch.__version__})
 
 
@@ -356,10 +362,10 @@ def native_bf16(device: torch.device) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _calibrate(model: STFPM, val_x: torch.Tensor, config: TrainConfig,
+def _calibrate(model: STFPM, split: _Split, config: TrainConfig,
                defect_images: Sequence[np.ndarray] | None) -> Calibration:
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(maps shown, image scores) of pre-processed inputs."""
+        """(maps shown, image scores) of pre-processed inputs (tiles, for a tiled recipe)."""
         maps, scores = [], []
         with torch.inference_mode():
             for i in range(0, len(x), config.batch_size):
@@ -368,11 +374,20 @@ def _calibrate(model: STFPM, val_x: torch.Tensor, config: TrainConfig,
                 scores.append(model.image_scores(score_maps.float()).cpu())
         return torch.cat(maps), torch.cat(scores)
 
+    val_x = split.val_x
     maps, val_scores = run(val_x)
-    scores = val_scores.numpy()
-    calibration = calibrate(scores, maps.numpy(), config.target_false_alarm_rate, config.pixel_false_positive_rate)
+    scores, pixels = val_scores.numpy(), maps.numpy()
+    if config.tiling != "none":  # thresholds per part: each held-out image's worst tile, its stitched map
+        scores, part_maps = merge_tiles(scores, pixels, split.val_shapes, split.val_tiles, config.image_size,
+                                        config.tiling)
+        pixels = np.concatenate([m.ravel() for m in part_maps])
+    calibration = calibrate(scores, pixels, config.target_false_alarm_rate, config.pixel_false_positive_rate)
     if defect_images:
-        defect_scores = run(_inputs(model, list(defect_images), val_x.device))[1].numpy()
+        defect_tiles, counts = tiles_of_images(list(defect_images), config.tiling)
+        defect_maps, tile_scores = run(_inputs(model, defect_tiles, val_x.device))
+        defect_scores = tile_scores.numpy() if config.tiling == "none" else merge_tiles(
+            tile_scores.numpy(), defect_maps.numpy(), [d.shape[:2] for d in defect_images], counts,
+            config.image_size, config.tiling)[0]
         labels = np.r_[np.zeros(len(scores), bool), np.ones(len(defect_scores), bool)]
         threshold, f1 = f1_optimal_threshold(np.r_[scores, defect_scores], labels)
         calibration = Calibration(**{**calibration.to_dict(), "f1_threshold": threshold, "f1": f1})
