@@ -28,6 +28,16 @@ def topic_names(unique: str) -> dict[str, str]:
     return {name: f"{name}-{unique}" for name in ("frames", "results", "alerts")}
 
 
+def delete_test_keys(redis_url: str, prefix: str) -> None:
+    """Remove what a test's detector wrote to the machine's Redis under its key prefix."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
 def create_topics(bootstrap: str, names: list[str], partitions: int = 2) -> None:
     """Create the test's topics."""
     admin = AdminClient({"bootstrap.servers": bootstrap})

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-import redis
 from asyncua import Server, ua
 from helpers.mosquitto import Mosquitto
-from registry_helpers import create_topics
+from registry_helpers import create_topics, delete_test_keys
 from test_registry_e2e import _read, _settings, _wait_for
 
 from linewatch.deploy.local import free_port
@@ -173,10 +172,7 @@ def test_every_frame_is_scored_by_the_model_of_the_product_in_force_at_its_captu
         gate.set()
         service.stop_event.set()
         detector.join(60)
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(f"lwt-{unique}*"))
-        if keys:
-            client.delete(*keys)
+        delete_test_keys(redis_url, f"lwt-{unique}")
 
     assert stats and stats[0].sent == FRAMES and stats[0].late_stamped == 0
     by_frame = {r["source_id"]: r for r in results}

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from confluent_kafka import Consumer, Producer
-from registry_helpers import create_topics
+from registry_helpers import create_topics, delete_test_keys
 
 from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.registry.audit import AuditConsumer, explain
@@ -132,10 +131,7 @@ def test_two_products_a_promotion_mid_stream_every_frame_once_by_its_assigned_ve
     finally:
         service.stop_event.set()
         thread.join(60)
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(f"lwt-{unique}*"))
-        if keys:
-            client.delete(*keys)
+        delete_test_keys(redis_url, f"lwt-{unique}")
     assert not thread.is_alive()
 
     parsed = [json.loads(m.value()) for m in results]
