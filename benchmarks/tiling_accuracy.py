@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from common import datasets_dir
 from linewatch.common.images import load_rgb
 from linewatch.detector.evaluation.evaluate import run_evaluation
 from linewatch.detector.evaluation.metrics import auroc, recall_at_false_alarm_rate
@@ -34,7 +34,7 @@ from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.model.tiling import crop_part_map, cut_tiles, part_map_boxes
 
 ROOT = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("LINEWATCH_SHARED", ROOT.parents[1] / "shared")) / "datasets"
+SHARED = datasets_dir()  # LINEWATCH_DATASETS, else ../shared/datasets beside the checkout
 TOP_IMAGES = 10  # highest-scoring good images looked at
 TOP_CELLS = 5  # their top-scoring cells
 BORDER = 2  # cells

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import datasets_dir
 from linewatch.common.images import ImageRecord, list_test, list_train_good, load_rgb
-from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.evaluation.metrics import auroc, recall_at_false_alarm_rate
+from linewatch.detector.model.inference import AnomalyModel
 from linewatch.detector.model.tiling import cut_tiles
 from linewatch.detector.model.training.train import TrainConfig, held_out_indices
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED = datasets_dir()  # LINEWATCH_DATASETS, else ../shared/datasets beside the checkout
 
 
 def tile_scores(model: AnomalyModel, records: Sequence[ImageRecord]) -> np.ndarray:
