@@ -67,7 +67,9 @@ class HealthService:
                            **settings.score_references}
         kafka = settings.kafka.client_config()
         self.consumer = Consumer({**kafka, "group.id": settings.group_id, "enable.auto.commit": True,
-                                  "auto.offset.reset": settings.start_from})
+                                  "auto.offset.reset": settings.start_from,
+                                  "session.timeout.ms": settings.session_timeout_ms,
+                                  "heartbeat.interval.ms": max(250, settings.session_timeout_ms // 4)})
         self.producer = Producer({**kafka, "acks": "all"})
         self.alertmanager = (HealthAlertmanager(settings.alertmanager_url, settings.alertname)
                              if settings.alertmanager_url else None)

@@ -175,6 +175,8 @@ class HealthSettings(BaseSettings):
 
     health_topic: str = Field(default="camera-health", description="Camera-health alert events (JSON, key camera).")
     group_id: str = "linewatch-camera-health"
+    session_timeout_ms: int = Field(default=10_000, ge=1000, description="How soon a stopped health service's "
+                                    "partitions move (the other services' default; librdkafka's is 45 s).")
     start_from: Literal["latest", "earliest"] = "latest"
     decode_min_side: int = Field(default=160, ge=32, description="Downscaled decode keeps the long side >= this.")
     alertmanager_url: str | None = Field(default=None, description="Also post alerts here, e.g. http://am:9093.")

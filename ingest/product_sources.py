@@ -21,6 +21,7 @@ import json
 import logging
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -29,6 +30,7 @@ from linewatch.ingest.product_timeline import ProductTimeline
 log = logging.getLogger(__name__)
 
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 15.0
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ProductSourceError(ValueError):
@@ -167,7 +169,7 @@ class _DataChanges:
 
     def datachange_notification(self, _node: Any, value: Any, data: Any) -> None:
         stamp = data.monitored_item.Value.SourceTimestamp or data.monitored_item.Value.ServerTimestamp
-        since_ns = int(stamp.timestamp() * 1e9) if stamp is not None else None
+        since_ns = _datetime_ns(stamp) if stamp is not None else None
         if not isinstance(value, str):
             self.timeline.rejected += 1
             log.error("product source %s: value %r is not a string; keeping the product in force",
@@ -180,6 +182,12 @@ def check_product_source(source: str) -> str:
     """``source`` unchanged when a follower can be built from it, else :class:`ProductSourceError`."""
     product_follower(source, ProductTimeline(), client_id="check")
     return source
+
+
+def _datetime_ns(stamp: datetime) -> int:
+    """ns since the epoch of an OPC UA time, exactly (a float of seconds loses the last few hundred ns)."""
+    moment = stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+    return (moment - EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def product_follower(source: str, timeline: ProductTimeline, client_id: str) -> ProductFollower:

@@ -209,8 +209,10 @@ class AuditConsumer:
     def __init__(self, settings: RegistrySettings, db: Database, *, group_id: str | None = None) -> None:
         self.settings, self.writer = settings, AuditWriter(db)
         config = settings.kafka.client_config()
+        # the other services' 10 s session: a restarted writer gets its partitions back in seconds, not librdkafka's 45
         config.update({"group.id": group_id or settings.registry.audit_group_id, "enable.auto.commit": False,
-                       "auto.offset.reset": "earliest", "enable.partition.eof": False})
+                       "auto.offset.reset": "earliest", "enable.partition.eof": False,
+                       "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_500})
         self.consumer = Consumer(config)
         self.written = self.skipped = 0
         self._last_prune = 0.0

@@ -23,7 +23,7 @@ from linewatch.deploy.local import LocalStack
 from linewatch.detector.events import FrameResult, Latency
 from linewatch.health.metrics import HealthMetrics
 from linewatch.health.service import HealthService
-from linewatch.health.settings import CheckConfig, ChecksSettings, HealthSettings, ScoreReference
+from linewatch.health.settings import CheckConfig, CheckOverride, ChecksSettings, HealthSettings, ScoreReference
 from linewatch.health.state import monitored, recently_unhealthy, unhealthy_checks
 from linewatch.ingest.synthetic import render_sample
 from linewatch.ingest.wire import encode_frame
@@ -31,8 +31,11 @@ from linewatch.ingest.wire import encode_frame
 pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "magnetic_tile" / "magnetic_tile"
-CHECKS = CheckConfig(window=10, baseline_frames=20, confirm=3, silence_s=3.0, drift_window=30, drift_threshold=1.5,
+# Silence after 10 minutes: a replay that has ended is not silence within a test. The frozen-stream test's camera
+# ("stuck") has 3 s, so that it sees silence fire and clear without the other cameras' replays racing it.
+CHECKS = CheckConfig(window=10, baseline_frames=20, confirm=3, silence_s=600.0, drift_window=30, drift_threshold=1.5,
                      focus_ratio=0.35)  # 0.35: also right for the synthetic parts used without the shared data
+STUCK_SILENCE_S = 3.0
 REFERENCE = ScoreReference(p50=1.0, log_scale=0.3)
 
 
@@ -52,7 +55,8 @@ def health(stack: LocalStack) -> Iterator[tuple[HealthSettings, HealthMetrics, l
         kafka=KafkaSettings(bootstrap_servers=stack.bootstrap_servers),
         topics=TopicSettings(frames=f"frames-{unique}", results=f"results-{unique}", partitions=2),
         redis=RedisSettings(url=stack.redis_url, key_prefix=f"lw-{unique}"), redis_ttl_s=60,
-        checks=ChecksSettings(default=CHECKS), score_references={"m-1": REFERENCE},
+        checks=ChecksSettings(default=CHECKS, cameras={"stuck": CheckOverride(silence_s=STUCK_SILENCE_S)}),
+        score_references={"m-1": REFERENCE},
         health_topic=f"health-{unique}", group_id=f"health-{unique}", start_from="earliest", metrics_port=None)
     ensure_topics(settings.kafka, [settings.topics.frames, settings.topics.results, settings.health_topic], 2)
     metrics = HealthMetrics()

@@ -74,3 +74,13 @@ def test_product_sources_that_can_be_followed(source: str) -> None:
 def test_product_sources_that_cannot_be_followed_are_setting_errors(source: str) -> None:
     with pytest.raises(ValidationError, match="product source"):
         CameraSettings(product_source=source)
+
+
+def test_opc_ua_times_convert_to_exact_nanoseconds() -> None:
+    from datetime import UTC, datetime
+
+    from linewatch.ingest.product_sources import _datetime_ns
+
+    stamp = datetime(2026, 12, 7, 10, 0, 0, 123456, tzinfo=UTC)
+    assert _datetime_ns(stamp) == 1796637600_123456000
+    assert _datetime_ns(stamp.replace(tzinfo=None)) == 1796637600_123456000  # asyncua's naive UTC times

@@ -144,7 +144,8 @@ def test_every_frame_is_scored_by_the_model_of_the_product_in_force_at_its_captu
     registry.promote(gear, product="gear", by="qe")
 
     base_ns = time.time_ns()
-    switch_ns = base_ns + SWITCH_AFTER * STEP_NS + STEP_NS // 2  # between frames 5 and 6
+    # between frames 5 and 6, on a whole microsecond: OPC UA times carry microseconds (MQTT's since_ns is exact)
+    switch_ns = (base_ns + SWITCH_AFTER * STEP_NS + STEP_NS // 2) // 1000 * 1000
     set_product("bracket", base_ns - 10 * STEP_NS)  # what the line made before the test's frames
 
     service = DetectorService(_settings(bootstrap, redis_url, topics, unique, database_url, tmp_path / "store",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from registry_helpers import create_topics, delete_test_keys
 
 from linewatch.detector.model.inference import AnomalyModel
@@ -58,9 +58,11 @@ def _produce(bootstrap: str, topic: str, sequences: range, images: dict[tuple[st
 
 
 def _read(bootstrap: str, topic: str, done: Callable[[list], bool], timeout_s: float = 120.0) -> list:
+    """Every record of ``topic`` until ``done`` says so; partitions assigned, not a group joined (a join waits)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{topic}-{time.time_ns()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
+    partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     messages: list = []
     deadline = time.monotonic() + timeout_s
     try:
