@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from linewatch.deploy.cli import main
-from linewatch.detector.model.training.recipe_choice import MARGIN, choose, required_margin, synthetic_selection
+from linewatch.detector.model.training.recipe_choice import (
+    MARGIN,
+    SELECTION_FIGURES,
+    choose,
+    required_margin,
+    synthetic_selection,
+)
 from linewatch.detector.model.training.recipes import CANDIDATES, RECIPES, recipe_names
 from linewatch.detector.model.training.synthetic_defects import KINDS, make_defects
 from linewatch.ingest.synthetic import render_sample
@@ -142,6 +148,8 @@ def test_train_without_flags_chooses_a_recipe_and_evaluate_reports_why(tmp_path:
     assert selection["on"] == "synthetic" and selection["defects"] >= 60
     for figures in selection["candidates"].values():
         assert 0.0 <= figures["image_auroc"] <= 1.0 and set(figures["image_auroc_by_kind"]) == set(KINDS)
+        assert 0.0 <= figures["aupro"] <= 1.0  # localisation of the synthetic defects, shown beside the score
+        assert figures["score"] == pytest.approx(np.mean([figures[k] for k in SELECTION_FIGURES]), abs=1e-3)
     assert "chosen automatically" in (tmp_path / "report" / "report.html").read_text()
     # real labelled defects instead of synthetic ones
     assert main(["train", str(data), "--out", str(out), "--epochs", "1", "--device", "cpu", "--quiet",

@@ -41,11 +41,14 @@ RECIPES: dict[str, Recipe] = {
                      {"backbone": "efficientnet_lite0", "taps": (2, 4, 10, 14), "image_size": 128,
                       "map_taps": (2, 4, 10), "score_taps": (10, 14)}),
     # fine's geometry on square tiles of long parts: a 1130x460 part is 3 tiles at 192 px instead of one squash,
-    # so a thin defect keeps 2.4x more pixels across the long axis (detector/model/tiling.py)
+    # so a thin defect keeps 2.4x more pixels across the long axis (detector/model/tiling.py). Up to 10 epochs:
+    # each image gives several tiles, so 10 epochs are more student updates than fine's 20, and on bsdata's dev
+    # half 10 epochs did better than 20 on all three figures (benchmarks/results/tiling_accuracy.md) and keep
+    # `auto` on long parts within 3x the training time of one recipe.
     "tiled": Recipe("tiled", "long parts (aspect >= 1.5) with small or thin defects: fine's 48x48 map on each of "
                              "the part's overlapping square tiles (192 px each)",
                     {"backbone": "efficientnet_lite0", "taps": (2, 4, 10), "image_size": 192, "map_taps": None,
-                     "score_taps": None, "resize_mode": "squash", "tiling": "long-axis"}),
+                     "score_taps": None, "resize_mode": "squash", "tiling": "long-axis", "epochs": 10}),
 }
 # What ``auto`` trains, in order of preference: a later one must win clearly (recipe_choice.py); why "coarse"
 # first: docs/decisions/0002-default-recipe-and-auto-selection.md.
