@@ -148,8 +148,9 @@ def _print_selection(path: Path) -> None:
           f"{selection['rule']}")
     for name, figures in selection["candidates"].items():
         mark = "  <- chosen" if name == selection["chosen"] else ""
-        print(f"  {name}: score {figures['score']:.4f} (image AUROC {figures['image_auroc']:.4f}, pixel AUROC "
-              f"{figures['pixel_auroc']:.4f}; by kind {figures['image_auroc_by_kind']}; trained in "
+        print(f"  {name}: score {figures['score']:.4f} (image AUROC {figures['image_auroc']:.4f}, by kind "
+              f"{figures['image_auroc_by_kind']}, median over kinds {figures['image_auroc_kinds_median']:.4f}; "
+              f"pixel AUROC {figures['pixel_auroc']:.4f}; AUPRO {figures['aupro']:.4f}; trained in "
               f"{figures['train_seconds']:.0f}s){mark}")
 
 

@@ -201,11 +201,13 @@ def _recipe(m: dict[str, Any]) -> str:
         f"<tr><td>{html.escape(name)}{' (chosen)' if name == selection['chosen'] else ''}</td>"
         f"<td>{_fmt(f['score'])}</td><td>{_fmt(f['image_auroc'])}</td><td>{_fmt(f['pixel_auroc'])}</td>"
         f"<td>{html.escape(', '.join(f'{k} {_fmt(v)}' for k, v in f['image_auroc_by_kind'].items()))}</td>"
+        f"<td>{_fmt(f.get('image_auroc_kinds_median'))}</td><td>{_fmt(f.get('aupro'))}</td>"
         f"<td>{_fmt(f['train_seconds'])}</td></tr>" for name, f in selection["candidates"].items())
     return (f"<h2>Recipe: {html.escape(str(recipe))}, chosen automatically</h2><p>On {selection['images']} images "
             f"({selection['defects']} with defects, {html.escape(str(selection['on']))}). Rule: "
             f"{html.escape(selection['rule'])}.</p><table><tr><th>recipe</th><th>selection score</th>"
-            f"<th>image AUROC</th><th>pixel AUROC</th><th>image AUROC by defect kind</th><th>train s</th></tr>"
+            f"<th>image AUROC</th><th>pixel AUROC</th><th>image AUROC by defect kind</th><th>median over kinds</th>"
+            f"<th>AUPRO</th><th>train s</th></tr>"
             f"{rows}</table>")
 
 
