@@ -74,12 +74,15 @@ def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
     versions = report["versions"]
     overall = report["overall"]
     skipped = ", ".join(f"{k}: {v}" for k, v in report["frames_skipped"].items()) or "none"
+    # a live run scores frames as they arrive; a replay re-reads a window of the past: the page says which
+    kind = "Live shadow" if report["window"].get("live") else "Shadow replay"
+    how = "Scored live" if report["window"].get("live") else "Replayed"
     status = "" if report["complete"] else (f"<p><b>Incomplete:</b> partitions {report['stalled_partitions']} "
                                             "stopped making progress.</p>")
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Shadow replay {_e(versions['candidate']['version'])} vs {_e(versions['active']['version'])}</title>
+<title>{kind} {_e(versions['candidate']['version'])} vs {_e(versions['active']['version'])}</title>
 <style>{STYLE}</style></head><body>
-<h1>Shadow replay of product {_e(report['product'])}</h1>
+<h1>{kind} of product {_e(report['product'])}</h1>
 <p>Candidate <code>{_e(versions['candidate']['version'])}</code> (image threshold
 {versions['candidate']['image_threshold']:.5g}) against the active <code>{_e(versions['active']['version'])}</code>
 (image threshold {versions['active']['image_threshold']:.5g}) on {report['frames_scored']} frames of
@@ -92,6 +95,6 @@ is not None else 'n/a'}.</p>
 <h2>Alert rate per camera</h2>{_rates_table(report)}
 <h2>Score distributions</h2>{_histogram(report)}
 <h2>Where they disagree most</h2>{_disagreements(report, images)}
-<p class=muted>Replayed at {report['frames_per_second']} frames/s in {report['seconds']} s by a separate consumer
+<p class=muted>{how} at {report['frames_per_second']} frames/s in {report['seconds']} s by a separate consumer
 group that commits nothing.</p></body></html>
 """

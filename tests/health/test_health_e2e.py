@@ -197,5 +197,8 @@ def test_a_darkened_camera_raises_one_health_alert_and_its_defect_alerts_are_sus
     marked = {e["alert"]["alert_id"] for e in dark_alerts if e["alert"]["suspect"]}
     assert open_while_unhealthy <= marked, (open_while_unhealthy, marked)
     assert all("exposure" in e["alert"]["suspect_checks"] for e in dark_alerts if e["alert"]["suspect"])
+    # the healthy camera: no health alert (above), and none of its alerts is marked suspect. Whether the toy
+    # model (64 px, 2 epochs, a 1% threshold from a dozen held-out images) pages on one of its good frames is
+    # that model's false-alarm rate, which moves with the CPU's numerics (it did once on an AVX2-only CPU)
     healthy_alerts = [e for e in data.alert_events if e["alert"]["camera_id"] != "cam-dark"]
-    assert healthy_alerts == [], healthy_alerts
+    assert not any(e["alert"]["suspect"] for e in healthy_alerts), healthy_alerts
