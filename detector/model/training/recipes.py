@@ -44,7 +44,7 @@ RECIPES: dict[str, Recipe] = {
     # so a thin defect keeps 2.4x more pixels across the long axis (detector/model/tiling.py). Up to 10 epochs:
     # each image gives several tiles, so 10 epochs are more student updates than fine's 20, and on bsdata's dev
     # half 10 epochs did better than 20 on all three figures (benchmarks/results/tiling_accuracy.md) and keep
-    # `auto` on long parts within 3x the training time of one recipe.
+    # `auto` on long parts near 3x the training time of one recipe.
     "tiled": Recipe("tiled", "long parts (aspect >= 1.5) with small or thin defects: fine's 48x48 map on each of "
                              "the part's overlapping square tiles (192 px each)",
                     {"backbone": "efficientnet_lite0", "taps": (2, 4, 10), "image_size": 192, "map_taps": None,
