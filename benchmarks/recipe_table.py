@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ from linewatch.detector.model.training import recipe_choice
 from linewatch.detector.model.training.recipe_choice import choose, selection_figures, synthetic_selection
 from linewatch.detector.model.training.train import TrainConfig, held_out_indices
 
-RUNS = common.RUNS / "recipes"
+# RECIPE_RUNS: another run's folder (a second seed: benchmarks/train_recipes.sh with RECIPE_SEED)
+RUNS = Path(os.environ.get("RECIPE_RUNS") or common.RUNS / "recipes")
 SETS = ("bsdata", "magnetic_tile", "mvtec3d_tire", "paper_brg02_rl", "paper_brg03_tl")
 FIGURES = ("image_auroc", "pixel_auroc", "aupro")
 TABLE = ("image_auroc", "pixel_auroc", "aupro", "recall_at_1pct", "recall_at_0.1pct")

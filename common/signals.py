@@ -27,6 +27,8 @@ import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 
+from linewatch.common.signal_stack import enlarge_signal_stack
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -74,6 +76,7 @@ def _handling(handler: Handler) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    enlarge_signal_stack()  # Python's handlers run on the alternate stack: room for AMX state (signal_stack.py)
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     for signum in STOP_SIGNALS:
         signal.signal(signum, handler)

@@ -22,6 +22,7 @@ from importlib import metadata
 from typing import NoReturn
 
 from linewatch.alerts import cli as alerts_cli
+from linewatch.common.signal_stack import enlarge_signal_stack
 from linewatch.deploy import dashboards, stack_cli
 from linewatch.detector import cli as detector_cli
 from linewatch.errors import LinewatchError
@@ -92,6 +93,7 @@ def _dump_stacks_on_sigusr1() -> None:
         faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     except (AttributeError, OSError, ValueError):  # stderr without a file descriptor (e.g. captured in tests)
         log.debug("no stack dump on SIGUSR1: stderr has no file descriptor")
+    enlarge_signal_stack()  # faulthandler's alternate stack is too small for AMX state (common/signal_stack.py)
 
 
 if __name__ == "__main__":

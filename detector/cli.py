@@ -90,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from linewatch.common.images import list_train_good
+    from linewatch.detector.model.training.precisions import add_native_calibrations
     from linewatch.detector.model.training.recipe_choice import train_auto
     from linewatch.detector.model.training.recipes import AUTO, RECIPES
     from linewatch.detector.model.training.train import TrainConfig, train, train_synthetic_model
@@ -117,9 +118,11 @@ def _train(args: argparse.Namespace) -> int:
     else:
         result = train(config, records, args.out, progress=not args.quiet, resume=args.resume,
                        notes={"recipe": recipe})
+    # on a CPU with native bf16, thresholds at bf16 too, so `--backend auto` may run it (precisions.py)
+    added = add_native_calibrations(result.path, records, config)
     print(f"wrote {result.path} (recipe {recipe}): best epoch {result.best_epoch}, "
           f"val loss {result.best_val_loss:.5f}, image threshold {result.calibration.image_threshold:.5f}, "
-          f"{result.images_per_second:.1f} images/s")
+          f"{result.images_per_second:.1f} images/s" + (f"; also calibrated at {', '.join(added)}" if added else ""))
     return 0
 
 
@@ -178,6 +181,9 @@ def register_calibrate(subparsers: Any) -> None:
     p.add_argument("--print-threshold", metavar="CAMERA", default=None,
                    help="print the threshold as LINEWATCH_CAMERA_THRESHOLDS JSON for this camera instead")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: score the frames with OpenVINO bf16 and store the thresholds as the model's bf16 ones "
+                        "(a CPU with native bf16; `--backend auto` then may run the model at bf16)")
     p.set_defaults(func=_calibrate)
 
 
@@ -188,15 +194,15 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if (args.out is None) == (args.print_threshold is None):
         raise ConfigurationError("give exactly one of --out MODEL2 and --print-threshold CAMERA")
-    calibration = recalibrate(args.model, args.good_dir, args.target_false_alarm_rate, args.device)
+    calibration = recalibrate(args.model, args.good_dir, args.target_false_alarm_rate, args.device, args.precision)
     low, high = calibration.threshold_interval or (float("nan"), float("nan"))
-    summary = (f"image threshold {calibration.image_threshold:.5f} (90% interval {low:.5f}..{high:.5f}) "
-               f"from {int(calibration.score_stats['n'])} good images")
+    summary = (f"{args.precision} image threshold {calibration.image_threshold:.5f} (90% interval "
+               f"{low:.5f}..{high:.5f}) from {int(calibration.score_stats['n'])} good images")
     if args.print_threshold is not None:
         print(summary, file=sys.stderr)
         print(json.dumps({args.print_threshold: calibration.image_threshold}))
         return 0
-    print(f"wrote {write_recalibrated(args.model, calibration, args.out, args.good_dir)}: {summary}")
+    print(f"wrote {write_recalibrated(args.model, calibration, args.out, args.good_dir, args.precision)}: {summary}")
     return 0
 
 

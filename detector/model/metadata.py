@@ -38,6 +38,9 @@ class ModelMetadata:
     input_std: tuple[float, ...] = ()
     map_cells: tuple[int, int] = (0, 0)  # fused map size in feature cells (height, width) before upsampling
     tiling: str = "none"  # "long-axis": long images run as overlapping square tiles (detector/model/tiling.py)
+    # thresholds from the same held-out good images scored at another precision ("bf16"): a model runs
+    # at a precision other than fp32 under `--backend auto` only with its own calibration there
+    precision_calibrations: dict[str, Calibration] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -59,10 +62,15 @@ class ModelMetadata:
             if not set(subset) <= set(self.taps) or len(set(subset)) != len(subset):
                 raise MetadataError(f"{name} must be distinct taps among {self.taps}, got {subset}")
 
+    def calibration_at(self, precision: str) -> Calibration | None:
+        """The calibration measured at ``precision`` (fp32: the model's own), or None where there is none."""
+        return self.calibration if precision == "fp32" else self.precision_calibrations.get(precision)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, as stored in the checkpoint."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["calibration"] = self.calibration.to_dict()
+        out["precision_calibrations"] = {name: c.to_dict() for name, c in self.precision_calibrations.items()}
         for name in ("taps", "tap_weights", "map_taps", "score_taps", "input_mean", "input_std", "map_cells"):
             out[name] = list(out[name])
         return out
@@ -83,6 +91,8 @@ class ModelMetadata:
                        input_std=tuple(float(v) for v in data.get("input_std", ())),
                        map_cells=tuple(int(v) for v in data.get("map_cells", (0, 0)))[:2],  # type: ignore[arg-type]
                        tiling=str(data.get("tiling") or "none"),
+                       precision_calibrations={str(name): Calibration.from_dict(dict(c)) for name, c
+                                               in dict(data.get("precision_calibrations") or {}).items()},
                        training=dict(data.get("training") or {}), versions=dict(data.get("versions") or {}))
         except KeyError as exc:
             raise MetadataError(f"checkpoint metadata has no {exc.args[0]!r}") from None

@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
+from helpers.synthetic_parts import synthetic_good_folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,17 +18,6 @@ def _backend_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LINEWATCH_CACHE_DIR", str(tmp_path_factory.mktemp("backend-cache")))
         yield
-
-
-def synthetic_good_folder(folder: Path, n: int = 24, size: int = 64) -> Path:
-    """The good parts ``train_synthetic_model`` trains on (same seeds), as PNG files."""
-    from linewatch.ingest.synthetic import render_sample
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        image = render_sample(i, size=size, defect_probability=0.0).image
-        cv2.imwrite(str(folder / f"{i:03d}.png"), np.ascontiguousarray(image[:, :, ::-1]))
-    return folder
 
 
 @pytest.fixture(scope="session")

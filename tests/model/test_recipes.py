@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from linewatch.deploy.cli import main
+from linewatch.detector.model.training.precisions import native_precisions
 from linewatch.detector.model.training.recipe_choice import (
     MARGIN,
     SELECTION_FIGURES,
@@ -157,5 +158,9 @@ def test_train_without_flags_chooses_a_recipe_and_evaluate_reports_why(tmp_path:
     assert "recipe selection on" in capsys.readouterr().out
     from linewatch.detector.model.inference import AnomalyModel
 
-    training = AnomalyModel.load(out, "cpu").metadata.training
-    assert training["selection"]["on"] == str(data) and training["recipe"] in CANDIDATES
+    metadata = AnomalyModel.load(out, "cpu").metadata
+    assert metadata.training["selection"]["on"] == str(data) and metadata.training["recipe"] in CANDIDATES
+    # on a CPU with native bf16 the chosen model is calibrated there too, on the same held-out good images
+    assert set(metadata.precision_calibrations) == set(native_precisions())
+    for calibration in metadata.precision_calibrations.values():
+        assert calibration.score_stats["n"] == metadata.calibration.score_stats["n"]

@@ -22,8 +22,10 @@ def register_bench(subparsers: Any) -> None:
                               "frames, in a worker thread with the detector's thread settings.")
     p.add_argument("--model", type=Path, required=True, help="checkpoint, or a folder from `linewatch export`")
     p.add_argument("--backend", choices=Backend.values(), default=Backend.AUTO.value)
-    p.add_argument("--precision", choices=Precision.values(), default=Precision.FP32.value,
-                   help="fp32; bf16 (OpenVINO, CPUs with native bf16); int8 comes from an --int8 export folder")
+    p.add_argument("--precision", choices=Precision.values(), default=None,
+                   help="fp32; bf16 (OpenVINO, CPUs with native bf16); int8 comes from an --int8 export folder "
+                        "(default: fp32, or as the detector does with --backend auto, bf16 too where the CPU has "
+                        "it natively and the model has bf16 thresholds)")
     p.add_argument("--batch", type=_positive_int, default=8, help="frames per batch (8)")
     p.add_argument("--seconds", type=_positive_float, default=5.0, help="measuring time after warm-up (5)")
     p.add_argument("--frame-side", type=int, default=FRAME_SIDE, help="side of the square uint8 input frames (256)")

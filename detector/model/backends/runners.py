@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from linewatch.common.signal_stack import enlarge_signal_stack
 from linewatch.detector.model.backends.errors import BackendError
 from linewatch.detector.model.backends.graph import GraphRunner
 
@@ -71,6 +72,8 @@ def openvino_runner(model_path: Path, threads: int, device: str, precision: str)
     config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
     compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
+    # the CPU plugin may have set this thread a ~20 KiB alternate signal stack, too small for AMX state
+    enlarge_signal_stack()
     _require_masks_input([name for port in compiled.inputs for name in port.get_names()], model_path)
     request = compiled.create_infer_request()
     lock = threading.Lock()
