@@ -7,7 +7,7 @@ repeat r+1 of any, so background load hits all alike; medians over repeats. A ti
 frame as several tiles, so its parts/s is what a camera of such parts gets.
 
     cd benchmarks && PYTHONPATH=. OMP_WAIT_POLICY=PASSIVE ../.venv/bin/python recipe_speed.py --set bsdata \
-        --frame 460x1130 --backends openvino,torch --repeats 3
+        --frame 460x1130 --backends openvino,openvino:bf16,torch --repeats 3
 """
 
 from __future__ import annotations
@@ -27,15 +27,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", default="bsdata")
     parser.add_argument("--frame", default="460x1130", help="HEIGHTxWIDTH of the frames")
-    parser.add_argument("--backends", default="openvino,torch")
+    parser.add_argument("--backends", default="openvino,torch",
+                        help="backends, each optionally BACKEND:PRECISION (openvino:bf16)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     height, width = (int(v) for v in args.frame.split("x"))
-    models = {(path.stem, backend): load_model(path, backend, "cpu", threads=args.threads)
-              for path in sorted((RUNS / args.set).glob("*.safetensors")) for backend in args.backends.split(",")}
+    models = {(path.stem, runtime): load_model(path, runtime.split(":")[0], "cpu", threads=args.threads,
+                                               precision=[*runtime.split(":"), "fp32"][1])
+              for path in sorted((RUNS / args.set).glob("*.safetensors")) for runtime in args.backends.split(",")}
     fps: dict[tuple[str, str], list[float]] = {key: [] for key in models}
     for _ in range(args.repeats):
         for key, model in models.items():
