@@ -66,6 +66,18 @@ def test_a_bf16_run_judges_by_its_bf16_thresholds(bf16_model: tuple[Path, list[n
     assert fp32.image_threshold == stored.calibration.image_threshold
 
 
+def test_an_export_folder_run_at_bf16_judges_by_the_bf16_thresholds(bf16_model: tuple[Path, list[np.ndarray]],
+                                                                     tmp_path: Path) -> None:
+    from linewatch.detector.model.export import export_openvino
+
+    path, _ = bf16_model
+    bf16 = ModelMetadata.from_dict(load_checkpoint(path)[1]).precision_calibrations["bf16"]
+    folder = export_openvino(path, tmp_path / "export")
+    assert load_model(folder, "openvino", "cpu", precision="bf16", threads=1).image_threshold == bf16.image_threshold
+    fp32 = load_model(folder, "openvino", "cpu", threads=1)
+    assert fp32.image_threshold == ModelMetadata.from_dict(load_checkpoint(path)[1]).calibration.image_threshold
+
+
 def test_auto_runs_bf16_by_its_thresholds_where_it_was_measured_fastest(
         bf16_model: tuple[Path, list[np.ndarray]]) -> None:
     path, _ = bf16_model

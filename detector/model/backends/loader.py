@@ -174,6 +174,8 @@ def _load_export(folder: Path, backend: str, device: str | None, precision: str,
     run_as = "int8" if exported == "int8" else precision
     # the network's torch weights are not needed (the graph holds them); its pre-processing is
     model = GraphModel(build_model(metadata), metadata, version, torch.device("cpu"))
+    if run_as == "bf16":  # the fp32 graph at bf16: its thresholds are graph inputs, so the bf16 ones apply
+        model = _calibrated_at(model, run_as)
     return model.attach(openvino_runner(folder / "model.xml", threads, "cpu", run_as), "openvino", run_as)
 
 
