@@ -14,6 +14,9 @@ Two forms, chosen by what the command owns:
 Both restore the previous handlers on exit, and do nothing off the main thread, where Python cannot
 install handlers (the caller's event still works for programmatic stops).
 
+The entry point calls :func:`forget_caught_interrupts` before it exits: without it, a process run as
+``python -m`` could die by SIGINT in place of the status it chose (see there).
+
 Long-running commands do not call these themselves: common/service_runner.py installs
 :func:`stop_on_signals` for each of them, so every service answers signals the same way.
 """
@@ -91,3 +94,17 @@ def _die_by(signum: int) -> None:
     """End the process the way ``signum`` does by default (exit status 128+signum, no cleanup)."""
     signal.signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)
+
+
+def forget_caught_interrupts() -> None:
+    """Make the exit status the one the program returns, even after a KeyboardInterrupt it caught.
+
+    CPython (3.8 to 3.13 at least) remembers a KeyboardInterrupt that ended a string ``exec``/``eval``
+    in a process-wide flag, even when a caller catches it, and under ``python -m`` it reads that flag
+    after the interpreter finalised: the process then kills itself with SIGINT (status -2) in place of
+    the exit status it chose. Such an ``exec`` runs whenever a dataclass or namedtuple is built, so a
+    SIGTERM that lands while ``linewatch demo`` imports a module (interrupt_on_signals raises
+    KeyboardInterrupt there) turned its exit 130 into a SIGINT death. Every string ``exec`` starts by
+    clearing the flag, so one harmless ``exec`` at the end forgets what the program already handled.
+    """
+    exec("None", {})  # a constant string: the exec itself is the point (see above)

@@ -23,6 +23,7 @@ from typing import NoReturn
 
 from linewatch.alerts import cli as alerts_cli
 from linewatch.common.signal_stack import enlarge_signal_stack
+from linewatch.common.signals import forget_caught_interrupts
 from linewatch.deploy import dashboards, stack_cli
 from linewatch.detector import cli as detector_cli
 from linewatch.errors import LinewatchError
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    finally:
+        forget_caught_interrupts()  # the status returned here is the one the process exits with
 
 
 def command_name(args: argparse.Namespace) -> str:

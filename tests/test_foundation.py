@@ -120,6 +120,38 @@ def test_interrupt_on_signals_raises_once_and_lets_the_cleanup_finish(signum: in
     assert _handlers() == (sentinel_handlers, sentinel_handlers)
 
 
+# Run as ``python -m``, the way the demo, the tests and the deploy files start linewatch: a SIGTERM that lands
+# in a string exec (a dataclass or namedtuple being built while a module is imported) must still give 130.
+INTERRUPTED_IN_A_STRING_EXEC = """
+import argparse, sys
+
+from linewatch.common.signals import interrupt_on_signals
+from linewatch.deploy import cli
+
+
+def command(_args):
+    with interrupt_on_signals():
+        exec("import signal; signal.raise_signal(signal.SIGTERM)", {})
+
+
+def parser():
+    p = argparse.ArgumentParser()
+    p.set_defaults(func=command, command="demo", log_level="WARNING")
+    return p
+
+
+cli.build_parser = parser
+sys.exit(cli.main([]))
+"""
+
+
+def test_a_signal_caught_inside_a_string_exec_still_exits_130_under_python_m(tmp_path: Path) -> None:
+    (tmp_path / "interrupted_entry.py").write_text(INTERRUPTED_IN_A_STRING_EXEC)
+    proc = subprocess.run([sys.executable, "-m", "interrupted_entry"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 130, proc.stderr  # -2 (killed by SIGINT) without forget_caught_interrupts
+
+
 def test_off_the_main_thread_the_helpers_change_no_handler(sentinel_handlers: object) -> None:
     seen: list[object] = []
 

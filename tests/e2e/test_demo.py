@@ -95,8 +95,8 @@ def test_demo_reuses_the_cached_model_and_stops_everything_on_sigterm(bootstrap:
     assert len(urls) == 2, f"expected the detector's and the alerts' URLs in:\n{text}"
     assert all(http_ok(f"{u}/{p}") for u, p in zip(urls, ("readyz", "health"), strict=True))
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130  # interrupted, after stopping what it started
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, text + rest  # interrupted, after stopping what it started
     assert not any(http_ok(f"{u}/{p}") for u, p in zip(urls, ("readyz", "health"), strict=True))
 
 
