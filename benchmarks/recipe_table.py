@@ -49,6 +49,9 @@ TABLE = ("image_auroc", "pixel_auroc", "aupro", "recall_at_1pct", "recall_at_0.1
 SCORES = {"image+pixel": ("image_auroc", "pixel_auroc"), "image+pixel+aupro": ("image_auroc", "pixel_auroc", "aupro"),
           "kinds_median+pixel": ("kinds_median", "pixel_auroc"), "kinds_median": ("kinds_median",)}
 PRODUCT_SCORE = ("kinds_median", "pixel_auroc")  # recipe_choice.SELECTION_FIGURES, in this script's names
+# Reference rows of the test table where their checkpoints exist (never candidates): the previous 8x8 default,
+# which the done-when's means are compared with (benchmarks/train_recipes.sh SET:previous8x8)
+REFERENCES = ("previous8x8",)
 
 
 def checkpoint(set_name: str, recipe: str) -> Path:
@@ -152,14 +155,10 @@ def test_phase(sets: list[str]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     rows: dict[str, list[dict[str, Any]]] = {}
     for set_name in sets:
-        recipes = candidates(set_name)
-        figures = selection(set_name, recipes)
-        chosen = rule_pick(figures, recipes, PRODUCT_SCORE)
-        fixed = {n: {**evaluated(set_name, n, "test"), "train_s": times.get((set_name, n), {}).get("user", np.nan)}
-                 for n in recipes}
-        auto = {**fixed[chosen], "train_s": sum(f["train_s"] for f in fixed.values())
-                + sum(figures[n]["select_seconds"] for n in recipes)}
-        for name, figure in [*fixed.items(), (f"auto ({chosen})", auto)]:
+        set_rows = {**_candidates_and_auto(set_name, times), **{
+            n: {**evaluated(set_name, n, "test"), "train_s": times.get((set_name, n), {}).get("user", np.nan)}
+            for n in REFERENCES if checkpoint(set_name, n).is_file()}}
+        for name, figure in set_rows.items():
             rows.setdefault(name.split(" (")[0], []).append(figure)
             lines.append(f"| {set_name} | {name} | " + " | ".join(f"{figure[m]:.3f}" for m in TABLE)
                          + f" | {figure['train_s']:.0f} |")
@@ -169,6 +168,20 @@ def test_phase(sets: list[str]) -> list[str]:
                 f"**{np.mean([r[m] for r in recipe_rows]):.3f}**" for m in TABLE)
                 + f" | {np.sum([r['train_s'] for r in recipe_rows]):.0f} |")
     return lines
+
+
+def _candidates_and_auto(set_name: str, times: dict[tuple[str, str], dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Test figures of each candidate present and of ``auto`` (none when no candidate was trained)."""
+    recipes = candidates(set_name)
+    if not recipes:
+        return {}
+    figures = selection(set_name, recipes)
+    chosen = rule_pick(figures, recipes, PRODUCT_SCORE)
+    fixed = {n: {**evaluated(set_name, n, "test"), "train_s": times.get((set_name, n), {}).get("user", np.nan)}
+             for n in recipes}
+    auto = {**fixed[chosen], "train_s": sum(f["train_s"] for f in fixed.values())
+            + sum(figures[n]["select_seconds"] for n in recipes)}
+    return {**fixed, f"auto ({chosen})": auto}
 
 
 def main() -> None:
