@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,11 +33,46 @@ class LocalServiceError(RuntimeError):
     """A local service could not be started; the message says what to do."""
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()  # ports this process already gave out (bounded by the range drawn from)
+_RANDOM = random.SystemRandom()  # not the global generator: a test or library seeding it would make processes agree
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
+    """A TCP port on 127.0.0.1 that is free now and that no outgoing connection takes before it is used.
+
+    The port is bound later, by the service it is for, so the choice races with everything else on the
+    machine. The kernel gives outgoing connections (Kafka, Redis and HTTP clients open many) source ports
+    from its ephemeral range, and ``bind(0)`` draws from that same range: a connection opened meanwhile took
+    the operator API's port in a CI run ("address already in use"). So ports are drawn at random below that
+    range, where no outgoing connection lands, each at most once per process; ``bind(0)`` only where the
+    range starts too low to leave room.
+    """
+    below = range(max(1024, _ephemeral_start() // 2), _ephemeral_start())
+    for port in _RANDOM.sample(below, min(len(below), 200)) if len(below) >= 1024 else ():
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default 32768 where it cannot be read)."""
+    try:
+        return int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:

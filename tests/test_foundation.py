@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -51,6 +52,17 @@ def _leaf_commands(parser: argparse.ArgumentParser, prefix: str = "") -> Iterato
     for group in groups:
         for name, sub in group.choices.items():
             yield from _leaf_commands(sub, f"{prefix} {name}")
+
+
+@pytest.mark.skipif(not Path("/proc/sys/net/ipv4/ip_local_port_range").is_file(), reason="Linux's ephemeral range")
+def test_free_ports_are_distinct_bindable_and_below_the_range_outgoing_connections_use() -> None:
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(20)]
+    assert len(set(ports)) == len(ports)
+    assert all(port < ephemeral_start for port in ports), ports  # no client's source port can take them
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
 
 
 # --- signals: one helper for every long-running command ---------------------------------------------------------
