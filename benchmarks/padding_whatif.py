@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -41,13 +40,9 @@ def pad_with(mode: str) -> None:
         return
 
     def forward(self: SameConv2d, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = int(x.shape[-2]), int(x.shape[-1])
-        kh, kw = self.kernel_size
-        sh, sw = self.stride
-        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
-        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
-        if ph or pw:
-            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], mode=mode)
+        pads = self.same_padding(x)
+        if any(pads):
+            x = F.pad(x, pads, mode=mode)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     SameConv2d.forward = forward  # type: ignore[method-assign]

@@ -60,15 +60,20 @@ def lite_stages(variant: str) -> tuple[StageSpec, ...]:
 class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding (extra pixel at bottom/right for stride 2)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pad as TF would, then convolve without padding."""
+    def same_padding(self, x: torch.Tensor) -> list[int]:
+        """F.pad's [left, right, top, bottom] amounts that TF's "SAME" gives ``x``."""
         ih, iw = int(x.shape[-2]), int(x.shape[-1])
         kh, kw = self.kernel_size
         sh, sw = self.stride
         ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
         pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
-        if ph or pw:
-            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad as TF would, then convolve without padding."""
+        pads = self.same_padding(x)
+        if any(pads):
+            x = F.pad(x, pads)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
