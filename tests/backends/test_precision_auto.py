@@ -3,6 +3,7 @@ calibrated at bf16; a bf16 run judges frames by those thresholds, never by the f
 
 from __future__ import annotations
 
+import logging
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from helpers.synthetic_parts import synthetic_good_folder
 from linewatch.common.signal_stack import current_signal_stack, install_signal_stack, needed_signal_stack
 from linewatch.common.signals import stop_on_signals
 from linewatch.deploy.cli import main
-from linewatch.detector.model.backends import load_model
+from linewatch.detector.model.backends import load_model, load_to_calibrate
 from linewatch.detector.model.backends.loader import _read_table, _runtimes, _table_key, record_measurement
 from linewatch.detector.model.backends.runners import openvino_capabilities
 from linewatch.detector.model.checkpoint import file_sha256, load_checkpoint
@@ -51,6 +52,19 @@ def bf16_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     assert main(["calibrate", "--model", str(tiny_model), str(folder), "--out", str(out), "--precision", "bf16"]) == 0
     images = [cv2.imread(str(p))[:, :, ::-1].copy() for p in sorted(folder.iterdir())]
     return out, images
+
+
+def test_measuring_bf16_thresholds_does_not_warn_that_they_are_missing(tiny_model: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """`linewatch train` on a bf16 CPU printed "no thresholds calibrated at bf16" just before calibrating them."""
+    if not NATIVE_BF16:
+        pytest.skip(f"no native bf16 on this CPU (OpenVINO CPU capabilities: {sorted(openvino_capabilities())})")
+    missing = "no thresholds calibrated at bf16"
+    with caplog.at_level(logging.WARNING, logger="linewatch.detector.model.backends.loader"):
+        load_to_calibrate(tiny_model, "bf16", threads=1)
+        assert not [r for r in caplog.records if missing in r.getMessage()]
+        load_model(tiny_model, "openvino", "cpu", precision="bf16", threads=1)  # a run, not a calibration: it says so
+        assert [r for r in caplog.records if missing in r.getMessage()]
 
 
 def test_a_bf16_run_judges_by_its_bf16_thresholds(bf16_model: tuple[Path, list[np.ndarray]], tiny_model: Path) -> None:

@@ -16,14 +16,14 @@ from linewatch.detector.model.backends.errors import BackendError
 from linewatch.detector.model.backends.names import BACKENDS
 
 if TYPE_CHECKING:
-    from linewatch.detector.model.backends.loader import available_backends, load_model
+    from linewatch.detector.model.backends.loader import available_backends, load_model, load_to_calibrate
 
-__all__ = ["BACKENDS", "BackendError", "available_backends", "load_model"]
+__all__ = ["BACKENDS", "BackendError", "available_backends", "load_model", "load_to_calibrate"]
 
 
 def __getattr__(name: str) -> Any:
     """The loader imports torch: load it on first use, so ``linewatch --help`` and the CLI stay light."""
-    if name in ("available_backends", "load_model"):
+    if name in ("available_backends", "load_model", "load_to_calibrate"):
         import linewatch.detector.model.backends.loader as loader_module
 
         return getattr(loader_module, name)

@@ -108,27 +108,38 @@ def load_model(path: str | Path, backend: str = "auto", device: str | None = "au
     return _load_checkpoint(path, backend, resolved, precision or "fp32", n_threads)
 
 
-def _load_checkpoint(path: Path, backend: str, device: torch.device, precision: str, threads: int) -> InferenceModel:
+def load_to_calibrate(path: str | Path, precision: str, threads: int | None = None) -> InferenceModel:
+    """A checkpoint on OpenVINO at ``precision``, to measure its thresholds there (``linewatch train`` on a CPU with
+    native bf16, ``linewatch calibrate --precision``): as :func:`load_model`, without warning that the thresholds
+    at ``precision`` are missing, since they are what is being measured."""
+    return _load_checkpoint(Path(path), "openvino", select_device("cpu"), precision, threads or torch.get_num_threads(),
+                            warn_uncalibrated=False)
+
+
+def _load_checkpoint(path: Path, backend: str, device: torch.device, precision: str, threads: int, *,
+                     warn_uncalibrated: bool = True) -> InferenceModel:
     if backend == "torch":
         if precision != "fp32":
             raise BackendError(f"the torch backend runs fp32 here; {precision} is an openvino precision")
         return AnomalyModel.load(path, device=str(device))
     if backend == "onnxruntime" and precision != "fp32":
         raise BackendError(f"the onnxruntime backend runs fp32; {precision} is an openvino precision")
-    model = _calibrated_at(cast(GraphModel, GraphModel.load(path, device=str(device))), precision)  # load builds cls
+    model = _calibrated_at(cast(GraphModel, GraphModel.load(path, device=str(device))), precision,  # load builds cls
+                           warn_uncalibrated)
     graph = _cached_graph(model, "" if precision == "fp32" else f"-{precision}")
     if backend == "onnxruntime":
         return model.attach(ort_runner(graph, threads, str(device)), "onnxruntime", precision)
     return model.attach(openvino_runner(graph, threads, str(device), precision), "openvino", precision)
 
 
-def _calibrated_at(model: GraphModel, precision: str) -> GraphModel:
+def _calibrated_at(model: GraphModel, precision: str, warn_uncalibrated: bool = True) -> GraphModel:
     """``model`` judging by the thresholds measured at ``precision``, where the checkpoint has them."""
     calibration = model.metadata.calibration_at(precision)
     if calibration is None:
-        log.warning("model %s has no thresholds calibrated at %s: it judges by its fp32 ones, which a %s run "
-                    "shifts slightly (linewatch calibrate --precision %s GOOD_DIR calibrates it there)",
-                    model.model_version, precision, precision, precision)
+        if warn_uncalibrated:
+            log.warning("model %s has no thresholds calibrated at %s: it judges by its fp32 ones, which a %s run "
+                        "shifts slightly (linewatch calibrate --precision %s GOOD_DIR calibrates it there)",
+                        model.model_version, precision, precision, precision)
         return model
     if calibration is model.calibration:
         return model

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from linewatch.common.images import ImageRecord, load_rgb
-from linewatch.detector.model.backends import BackendError, load_model
+from linewatch.detector.model.backends import BackendError, load_to_calibrate
 from linewatch.detector.model.backends.runners import openvino_capabilities
 from linewatch.detector.model.calibrate import Calibration
 from linewatch.detector.model.checkpoint import load_checkpoint, rewritable_metadata, save_checkpoint
@@ -37,7 +37,7 @@ def native_precisions() -> tuple[str, ...]:
 
 def calibrate_at(model_path: Path, precision: str, images: Sequence[np.ndarray]) -> Calibration:
     """The calibration good ``images`` give the model run at ``precision`` on OpenVINO, at the model's rates."""
-    model = load_model(model_path, "openvino", "cpu", precision=precision)
+    model = load_to_calibrate(model_path, precision)
     fp32 = ModelMetadata.from_dict(load_checkpoint(model_path)[1]).calibration
     return calibrate_model(model, images, fp32)
 

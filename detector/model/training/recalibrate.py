@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from linewatch.common.images import list_train_good, load_rgb
-from linewatch.detector.model.backends import load_model
+from linewatch.detector.model.backends import load_to_calibrate
 from linewatch.detector.model.calibrate import Calibration, calibrate
 from linewatch.detector.model.checkpoint import load_checkpoint, rewritable_metadata, save_checkpoint
 from linewatch.detector.model.inference import AnomalyModel, InferenceModel
@@ -58,7 +58,7 @@ def recalibrate(model_path: Path, good_folder: Path, target_false_alarm_rate: fl
     """The calibration ``good_folder`` gives the model at ``model_path`` run at ``precision`` (fp32 on torch,
     others on OpenVINO); rates default to the model's own."""
     model: InferenceModel = (AnomalyModel.load(model_path, device) if precision == "fp32"
-                             else load_model(model_path, "openvino", "cpu", precision=precision))
+                             else load_to_calibrate(model_path, precision))
     return calibrate_model(model, good_folder_images(good_folder), model.metadata.calibration,
                            target_false_alarm_rate)
 
