@@ -52,6 +52,9 @@ def register_train(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
                    help="constant, or warm-up for one epoch then cosine decay (default: the model default's)")
+    p.add_argument("--patience", type=int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs without a better validation loss; 0 runs every epoch "
+                        "(default: the model default's)")
     p.add_argument("--refresh-bn-stats", action="store_true", default=None,
                    help="recompute the student's batch-norm statistics before each validation (off by default)")
     p.add_argument("--taps", type=_taps, default=None, metavar="T1,T2,...",
@@ -110,7 +113,8 @@ def _train(args: argparse.Namespace) -> int:
         config = RECIPES[recipe].config(config)
     overrides = {"backbone": args.backbone, "epochs": args.epochs, "image_size": args.image_size,
                  "batch_size": args.batch_size, "lr": args.lr, "lr_schedule": args.lr_schedule,
-                 "refresh_bn_stats": args.refresh_bn_stats, "taps": args.taps, "tap_weights": args.tap_weights}
+                 "refresh_bn_stats": args.refresh_bn_stats, "patience": args.patience, "taps": args.taps,
+                 "tap_weights": args.tap_weights}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if recipe == AUTO:
         result, recipe = train_auto(config, records, args.out, progress=not args.quiet, select_on=args.select_on)

@@ -35,9 +35,10 @@ def test_train_takes_the_taps_a_user_chooses(tmp_path: Path, capsys: pytest.Capt
         cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     out = tmp_path / "deep.safetensors"
     common = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--device", "cpu", "--quiet"]
-    assert main(["train", str(folder), "--out", str(out), "--taps", "10,14", *common]) == 0
+    assert main(["train", str(folder), "--out", str(out), "--taps", "10,14", "--patience", "0", *common]) == 0
     model = AnomalyModel.load(out, "cpu")
     assert tuple(model.metadata.taps) == (10, 14) and tuple(model.model.taps) == (10, 14)
+    assert model.metadata.training["config"]["patience"] == 0  # the early-stopping flag reaches the run
     assert model.predict(np.zeros((1, 64, 64, 3), np.uint8)).maps.shape == (1, 64, 64)
     # A tap the network does not have: one line naming it and exit 2, as for any bad flag
     assert main(["train", str(folder), "--out", str(tmp_path / "bad.safetensors"), "--taps", "2,99", *common]) == 2
