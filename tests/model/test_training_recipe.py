@@ -1,4 +1,5 @@
-"""The training recipe's parts: learning-rate schedule and the student's batch-norm refresh."""
+"""The training recipe's parts: learning-rate schedule, early stopping's patience and the student's batch-norm
+refresh."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from linewatch.detector.model.training.train import TrainConfig, learning_rate, refresh_bn_stats
+from linewatch.detector.model.training.train import (
+    MIN_PATIENCE_UPDATES,
+    TrainConfig,
+    learning_rate,
+    patience_epochs,
+    refresh_bn_stats,
+)
 
 
 def test_constant_schedule_is_the_configured_rate() -> None:
@@ -23,6 +30,14 @@ def test_cosine_warms_up_over_the_first_epoch_then_decays_to_zero() -> None:
     assert learning_rate(config, 11.0) == pytest.approx(0.0, abs=1e-12)
     decay = [learning_rate(config, p) for p in range(1, 12)]
     assert decay == sorted(decay, reverse=True)
+
+
+def test_early_stopping_waits_for_enough_student_updates_on_small_sets() -> None:
+    assert MIN_PATIENCE_UPDATES == 100
+    assert patience_epochs(3, 39) == 3  # magnetic_tile: 609 images at batch 16, three epochs are 117 updates
+    assert patience_epochs(3, 12) == 9  # mvtec3d_tire: 191 images
+    assert patience_epochs(3, 2) == 50  # a 26-image paper-web set: no early stop within 20 epochs
+    assert patience_epochs(0, 2) == 0  # 0 still runs every epoch
 
 
 def test_unknown_schedule_is_refused() -> None:

@@ -30,6 +30,10 @@ from linewatch.detector.model.tiling import TILINGS, merge_tiles, tiles_of_image
 from linewatch.errors import InvalidDataError, InvalidValueError
 
 LR_SCHEDULES = ("constant", "cosine")
+# Early stopping waits at least this many student updates without a better validation loss: an epoch of a 26-image
+# set is two updates, and three epochs stopped the coarse student at epoch 4 of 20 on a paper-web set while its
+# validation loss fell from 2.10 to 1.27 by epoch 19 (benchmarks/results/model_accuracy.md, run E)
+MIN_PATIENCE_UPDATES = 100
 
 
 @dataclass
@@ -72,7 +76,8 @@ class TrainConfig:
     # docs/decisions/0008-training-schedule-defaults.md.
     bf16: bool | None = None
     channels_last: bool = True
-    # stop when the validation loss has not improved for this many epochs (0 = run every epoch)
+    # stop when the validation loss has not improved for this many epochs (0 = run every epoch), and for at least
+    # ``MIN_PATIENCE_UPDATES`` student updates (patience_epochs)
     patience: int = 3
     # "long-axis": long images are cut into overlapping square tiles (detector/model/tiling.py); each tile of a good
     # image is a training sample, and calibration scores each held-out image as the max over its tiles
@@ -279,6 +284,7 @@ def _epochs(model: STFPM, optimizer: torch.optim.Optimizer, split: _Split, confi
     from tqdm import tqdm
 
     bf16 = native_bf16(device) if config.bf16 is None else config.bf16
+    patience = patience_epochs(config.patience, -(-len(split.train_x) // config.batch_size))
     seen = 0
     bar = tqdm(range(state.start_epoch, config.epochs), disable=not progress, unit="epoch", desc="train",
                initial=state.start_epoch, total=config.epochs)
@@ -294,9 +300,15 @@ def _epochs(model: STFPM, optimizer: torch.optim.Optimizer, split: _Split, confi
                                     "images_per_second": rate})
         bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val:.4f}", img_s=f"{rate:.1f}")
         save(epoch)
-        if state.should_stop(epoch, config.patience):
+        if state.should_stop(epoch, patience):
             break
     return seen
+
+
+def patience_epochs(patience: int, updates_per_epoch: int) -> int:
+    """Epochs without a better validation loss before stopping: ``patience``, or more where that many epochs hold
+    fewer than ``MIN_PATIENCE_UPDATES`` student updates (small sets); 0 stays 0 (run every epoch)."""
+    return max(patience, -(-MIN_PATIENCE_UPDATES // max(updates_per_epoch, 1))) if patience else 0
 
 
 def _train_epoch(model: STFPM, optimizer: torch.optim.Optimizer, split: _Split, config: TrainConfig, epoch: int,
